@@ -1,0 +1,102 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeploymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPLOYMENT_STATUS_UNSPECIFIED: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_DEPLOYING: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_RUNNING: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_FAILED: _ClassVar[DeploymentStatus]
+    DEPLOYMENT_STATUS_STOPPED: _ClassVar[DeploymentStatus]
+DEPLOYMENT_STATUS_UNSPECIFIED: DeploymentStatus
+DEPLOYMENT_STATUS_DEPLOYING: DeploymentStatus
+DEPLOYMENT_STATUS_RUNNING: DeploymentStatus
+DEPLOYMENT_STATUS_FAILED: DeploymentStatus
+DEPLOYMENT_STATUS_STOPPED: DeploymentStatus
+
+class StepSpec(_message.Message):
+    __slots__ = ("model_id", "version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: int
+    version: int
+    def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("workspace_id", "name", "steps")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: int
+    name: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepSpec]
+    def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSpec, _Mapping]]] = ...) -> None: ...
+
+class DeploymentStep(_message.Message):
+    __slots__ = ("model_id", "version", "runtime", "location")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    model_id: int
+    version: int
+    runtime: str
+    location: str
+    def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    FLIGHT_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    workspace_id: int
+    status: DeploymentStatus
+    status_reason: str
+    steps: _containers.RepeatedCompositeFieldContainer[DeploymentStep]
+    flight_location: str
+    input_schema: bytes
+    output_schema: bytes
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UndeployRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ("workspace_id",)
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: int
+    def __init__(self, workspace_id: _Optional[int] = ...) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...

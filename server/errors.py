@@ -1,0 +1,31 @@
+"""Domain errors. Each maps to one gRPC status code, in one place: `flightline.server.api.status`."""
+
+from __future__ import annotations
+
+
+class FlightlineError(Exception):
+    """Base of all errors a client should see with their message."""
+
+
+class InvalidArgument(FlightlineError):
+    """The request is malformed: a bad name, schema, framework, ..."""
+
+
+class NotFound(FlightlineError):
+    """A named thing (workspace, registry, model, path, deployment) does not exist."""
+
+
+class AlreadyExists(FlightlineError):
+    """A unique name is taken."""
+
+
+class Unauthenticated(FlightlineError):
+    """A registry (or a client) presented missing or wrong credentials."""
+
+
+class Unavailable(FlightlineError):
+    """A dependency (registry, runtime) cannot be reached; retrying later may help."""
+
+
+class FailedPrecondition(FlightlineError):
+    """The thing exists but is in the wrong state, e.g. deploying a model version that is not READY."""

@@ -1,0 +1,98 @@
+"""Plain, immutable records the stores return. The rest of the server never sees ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class ModelStatus(StrEnum):
+    PENDING_CONVERSION = "pending_conversion"
+    CONVERTING = "converting"
+    READY = "ready"
+    ERROR = "error"
+
+
+class DeploymentStatus(StrEnum):
+    DEPLOYING = "deploying"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: int
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Registry:
+    id: str  # UUID
+    name: str
+    url: str
+    token: str  # "" when none; never leaves the server
+    created_at: datetime
+    updated_at: datetime
+    workspace_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conversion:
+    framework: str
+    python_version: str = ""
+    requirements: tuple[str, ...] = ()
+    input_schema: bytes = b""  # Arrow IPC-serialized schema, b"" when not given
+    output_schema: bytes = b""
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model_id: int
+    model_name: str
+    version: int
+    framework: str
+    runtime: str
+    native: bool
+    status: ModelStatus
+    status_reason: str
+    conversion_note: str
+    input_schema: bytes
+    output_schema: bytes
+    sha256: str  # artifact the runtime loads
+    size_bytes: int
+    original_sha256: str  # artifact as uploaded
+    source: str
+    conversion: Conversion
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Model:
+    id: int
+    name: str
+    workspace_id: int
+    visibility: str  # "private" | "public"
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentStep:
+    model_id: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    name: str
+    workspace_id: int
+    status: DeploymentStatus
+    status_reason: str
+    steps: tuple[DeploymentStep, ...]
+    created_at: datetime
