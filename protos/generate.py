@@ -1,7 +1,7 @@
 """Generates the Python bindings in protos/flightline/v1 from the .proto files beside them.
 
-    python protos/generate.py          # regenerate in place
-    python protos/generate.py --check  # exit 1 if the committed bindings drift from the protos
+python protos/generate.py          # regenerate in place
+python protos/generate.py --check  # exit 1 if the committed bindings drift from the protos
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ GENERATED = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.glob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{ROOT}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *protos]
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 
@@ -39,8 +46,13 @@ def main() -> int:
         generate(Path(tmp))
         fresh = Path(tmp) / "flightline" / "v1"
         names = generated_files(fresh) | generated_files(PACKAGE)
-        drift = sorted(n for n in names if not (PACKAGE / n).exists() or not (fresh / n).exists()
-                       or not filecmp.cmp(PACKAGE / n, fresh / n, shallow=False))
+        drift = sorted(
+            n
+            for n in names
+            if not (PACKAGE / n).exists()
+            or not (fresh / n).exists()
+            or not filecmp.cmp(PACKAGE / n, fresh / n, shallow=False)
+        )
     if drift:
         print("generated code drifts from protos/; run `python protos/generate.py`:", *drift, sep="\n  ")
         return 1

@@ -14,7 +14,7 @@ from typing import ClassVar, Self
 import pyarrow as pa
 
 
-class InvalidInput(pa.ArrowInvalid):
+class InvalidInput(pa.ArrowInvalid):  # type: ignore[misc]
     """A request batch breaks the data rules. Flight reports it as INVALID_ARGUMENT."""
 
 
@@ -52,8 +52,13 @@ class ModelSpec:
             path = folder / f"{name}_schema.arrow"
             return pa.ipc.read_schema(pa.py_buffer(path.read_bytes())) if path.exists() else None
 
-        return cls(Path(meta["artifact"]), meta["framework"], schema("input"), schema("output"),
-                   meta.get("options", {}))
+        return cls(
+            Path(meta["artifact"]),
+            meta["framework"],
+            schema("input"),
+            schema("output"),
+            meta.get("options", {}),
+        )
 
 
 class Runtime(ABC):

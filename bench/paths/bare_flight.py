@@ -1,0 +1,28 @@
+"""The bare reference: the same ONNX session behind a minimal Flight server (one hop, nothing else)."""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow.flight as flight
+
+from bench.context import RunContext
+from bench.measure import Cell
+from bench.models import BenchModel
+from bench.paths.exchange import measure_exchange
+from bench.tensors import input_schema
+
+NAME = "bare-flight"
+
+
+def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
+    server = ctx.processes.start(
+        f"bare-flight-{model.key}", [sys.executable, "-m", "bench.paths.bare_flight_server", str(model.onnx_path)]
+    )
+    try:
+        port = int(server.wait_for_line("READY ", timeout=60).split()[1])
+        schema = input_schema(model.input_name, model.width)
+        location = f"grpc+tcp://127.0.0.1:{port}"
+        return measure_exchange(model, NAME, ctx, location, flight.FlightDescriptor.for_path("bare"), schema)
+    finally:
+        ctx.processes.stop(server)

@@ -1,0 +1,145 @@
+"""Child processes of the bench: each in its own process group, logged, and always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """A started server. Its stdout lines are forwarded to its log and can be waited on."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[str], log_path: Path) -> None:
+        self.name = name
+        self.popen = popen
+        self.log_path = log_path
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._log = log_path.open("a", buffering=1)
+        threading.Thread(target=self._pump, name=f"{name}-stdout", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._log.write(line)
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        """Returns the first stdout line starting with `prefix`; fails if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.wait()}) before ready; {self.log_tail()}")
+            if line.startswith(prefix):
+                return line
+        raise TimeoutError(f"{self.name} printed no {prefix!r} line in {timeout:.0f} s; {self.log_tail()}")
+
+    def wait_for_http(self, url: str, timeout: float) -> None:
+        """Polls `url` until it answers 200 (the server's readiness endpoint)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}) before ready; {self.log_tail()}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.2)  # polling interval of the readiness probe, not a wait for readiness
+        raise TimeoutError(f"{self.name} not ready at {url} after {timeout:.0f} s; {self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"last lines of {self.log_path}:\n" + "\n".join(text)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the server, then SIGKILL to whatever is left of its process group."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group id is the server's pid (start_new_session): this reaches its workers only.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        self._log.close()
+
+
+class Processes:
+    """Starts servers and stops every one of them on exit, errors and Ctrl-C included."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._servers: list[ServerProcess] = []
+
+    def start(
+        self, name: str, argv: Sequence[str], *, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log_path.write_text(f"$ {' '.join(argv)}\n")
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_path.open("a"),
+            text=True,
+            start_new_session=True,
+        )
+        server = ServerProcess(name, popen, log_path)
+        self._servers.append(server)
+        return server
+
+    def stop(self, server: ServerProcess) -> None:
+        if server in self._servers:
+            self._servers.remove(server)
+            server.stop()
+
+    def stop_all(self) -> None:
+        while self._servers:
+            self._servers.pop().stop()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def sigterm_as_interrupt() -> Callable[[], None]:
+    """Makes SIGTERM unwind like Ctrl-C so `finally` blocks stop the servers; returns the undo."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,377 @@
+"""Converts uploads to ONNX so they run in the native onnx runtime.
+
+A conversion is only accepted after the ONNX model and the original agree on a synthetic batch;
+otherwise the result carries a note saying why, and the upload runs in its framework's fallback
+runtime. Unpickling runs arbitrary code and converters can crash, so the control plane runs this
+module as a subprocess (`python -m flightline.runtimes.convert ...`, see `main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pyarrow as pa
+from onnx import helper
+
+from flightline.runtimes import sklearn as pickles
+from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.catalog import get_framework
+
+DEFAULT_TARGET_OPSET = 17
+ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17
+CONVERTED_FILE = "model.onnx"
+_CORE_INPUT = "inputs_core"
+_EXIT_LOAD_ERROR = 3
+_EXIT_INVALID_ARGUMENT = 2
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    onnx_path: Path | None  # set when converted
+    note: str  # why a convertible upload was not converted; "" otherwise
+
+
+class InvalidConversionRequest(ValueError):
+    """The schemas or options of the request do not fit the model; the caller should fix the request."""
+
+
+class _NotConverted(Exception):
+    """One conversion attempt failed; the message becomes the note (with the fallback appended)."""
+
+
+def convert(
+    framework: str,
+    artifact: Path,
+    out_dir: Path,
+    *,
+    input_schema: pa.Schema | None = None,
+    output_schema: pa.Schema | None = None,
+    options: Mapping[str, str] | None = None,
+) -> ConversionResult:
+    """Converts `artifact` to `out_dir/model.onnx` when its framework converts and the result is verified.
+
+    Raises UnknownFramework, InvalidConversionRequest (bad schema or options) and ModelLoadError
+    (the artifact cannot be loaded at all)."""
+    spec = get_framework(framework)
+    if not spec.converts_to_onnx:
+        return ConversionResult(None, "")
+    opset = _target_opset(options or {})
+    fallback = (
+        f"runs the original in the {spec.fallback_runtime} container runtime"
+        if spec.fallback_runtime
+        else "this server has no containerized runtime for it yet"
+    )
+    if framework == "pytorch":
+        return ConversionResult(
+            None,
+            "PyTorch is not installed on this server, so TorchScript models cannot be converted to ONNX: "
+            "export the model with torch.onnx.export and upload it as framework 'onnx'",
+        )
+    if framework == "keras":
+        return ConversionResult(
+            None,
+            "Keras conversion to ONNX is not available yet: export the model with tf2onnx or as a "
+            "TensorFlow SavedModel .zip and upload it as framework 'onnx' or 'tensorflow'",
+        )
+    estimator = pickles.load_estimator(artifact)
+    try:
+        layout = pickles.input_layout(estimator, input_schema)
+        outputs = pickles.output_methods(framework, estimator, output_schema)
+    except pickles.SchemaMismatch as exc:
+        raise InvalidConversionRequest(str(exc)) from exc
+    try:
+        model = _convert_pickle(estimator, layout, outputs, output_schema, opset)
+    except _NotConverted as exc:
+        return ConversionResult(None, f"{exc}: {fallback}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / CONVERTED_FILE
+    onnx.save_model(model, onnx_path)
+    return ConversionResult(onnx_path, "")
+
+
+def _target_opset(options: Mapping[str, str]) -> int:
+    raw = options.get("target_opset", str(DEFAULT_TARGET_OPSET))
+    try:
+        opset = int(raw)
+    except ValueError:
+        raise InvalidConversionRequest(f"option target_opset must be an integer, got {raw!r}") from None
+    if not 9 <= opset <= onnx.defs.onnx_opset_version():
+        raise InvalidConversionRequest(
+            f"option target_opset must be between 9 and {onnx.defs.onnx_opset_version()}, got {opset}"
+        )
+    return opset
+
+
+def _convert_pickle(
+    estimator: Any,
+    layout: pickles.InputLayout,
+    outputs: Sequence[tuple[str, str]],
+    output_schema: pa.Schema | None,
+    opset: int,
+) -> onnx.ModelProto:
+    """Converts with the input's own precision where the converters allow it, else in float32 behind
+    a Cast (XGBoost's ONNX trees are float32 only, as is XGBoost itself)."""
+    if layout.value_type == pa.float32():
+        core_types = [np.dtype(np.float32)]
+    else:
+        core_types = [np.dtype(np.float64), np.dtype(np.float32)]
+    first_failure: _NotConverted | None = None
+    for core in core_types:
+        try:
+            model = _skl2onnx(estimator, layout, core, opset)
+            model = _with_schema_names(model, layout, core, outputs, output_schema)
+            _verify(estimator, layout, outputs, model)
+            return model
+        except _NotConverted as exc:
+            first_failure = first_failure or exc
+            if isinstance(exc.__cause__, _missing_converter_errors()):
+                break
+    assert first_failure is not None
+    raise first_failure
+
+
+def _missing_converter_errors() -> tuple[type[Exception], ...]:
+    from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
+
+    return MissingConverter, MissingShapeCalculator
+
+
+def _skl2onnx(estimator: Any, layout: pickles.InputLayout, core: np.dtype[Any], opset: int) -> onnx.ModelProto:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    _register_xgboost()
+    tensor_type = FloatTensorType if core == np.float32 else DoubleTensorType
+    input_name = "inputs" if core == layout.numpy_dtype else _CORE_INPUT
+    final = _final_estimator(estimator)
+    # ZipMap would turn probabilities into a sequence of maps; plain tensors map to Arrow columns.
+    options = {id(final): {"zipmap": False}} if _is_classifier(final) else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model: onnx.ModelProto = convert_sklearn(
+                estimator,
+                initial_types=[(input_name, tensor_type([None, layout.width]))],
+                target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+                options=options,
+            )
+    except _missing_converter_errors() as exc:
+        raise _NotConverted(f"skl2onnx has no converter for {_unsupported_class(exc, estimator)}") from exc
+    except Exception as exc:  # converters fail in many ways; each is a reason not to convert
+        raise _NotConverted(
+            f"skl2onnx could not convert {_class_name(estimator)}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    return model
+
+
+def _register_xgboost() -> None:
+    """XGBoost's sklearn wrappers convert through onnxmltools' converter, also inside Pipelines."""
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from xgboost import XGBClassifier, XGBRegressor
+
+    update_registered_converter(
+        XGBClassifier,
+        "XGBoostXGBClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_xgboost,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+    update_registered_converter(
+        XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+    )
+
+
+def _final_estimator(estimator: Any) -> Any:
+    while hasattr(estimator, "steps"):
+        estimator = estimator.steps[-1][1]
+    return estimator
+
+
+def _is_classifier(estimator: Any) -> bool:
+    from sklearn.base import is_classifier
+
+    return bool(is_classifier(estimator))
+
+
+def _with_schema_names(
+    model: onnx.ModelProto,
+    layout: pickles.InputLayout,
+    core: np.dtype[Any],
+    outputs: Sequence[tuple[str, str]],
+    output_schema: pa.Schema | None,
+) -> onnx.ModelProto:
+    """Renames the graph's input and outputs to the served columns, drops outputs the original has no
+    method for (e.g. decision scores), flattens single-column results and casts to declared types."""
+    graph = model.graph
+    if core != layout.numpy_dtype:
+        served = helper.make_tensor_value_info("inputs", _onnx_type(layout.numpy_dtype), [None, layout.width])
+        cast = helper.make_node("Cast", ["inputs"], [_CORE_INPUT], to=_onnx_type(core), name="cast_inputs")
+        graph.node.insert(0, cast)
+        kept_inputs = [value for value in graph.input if value.name != _CORE_INPUT]
+        del graph.input[:]
+        graph.input.extend([served, *kept_inputs])
+    produced = list(graph.output)
+    if len(produced) < len(outputs):
+        raise _NotConverted(
+            f"the ONNX graph has {len(produced)} outputs where {len(outputs)} were expected"
+        )
+    del graph.output[:]
+    for value, (_, column) in zip(produced, outputs, strict=False):
+        declared = output_schema.field(column).type if output_schema is not None else None
+        graph.output.append(_renamed_output(graph, value, column, declared))
+    return model
+
+
+def _renamed_output(
+    graph: onnx.GraphProto, value: onnx.ValueInfoProto, column: str, declared: pa.DataType | None
+) -> onnx.ValueInfoProto:
+    tensor = value.type.tensor_type
+    dims: list[int | str | None] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    elem_type = tensor.elem_type
+    current = value.name
+    declared_list = declared is not None and (
+        pa.types.is_fixed_size_list(declared) or pa.types.is_list(declared)
+    )
+    if len(dims) == 2 and dims[1] == 1 and not declared_list:
+        shape = helper.make_tensor(f"{column}_shape", onnx.TensorProto.INT64, [1], [-1])
+        graph.initializer.append(shape)
+        graph.node.append(helper.make_node("Reshape", [current, shape.name], [f"{column}_flat"]))
+        current, dims = f"{column}_flat", [None]
+    value_type = declared.value_type if declared is not None and declared_list else declared
+    if value_type is not None and _is_numeric(value_type):
+        wanted = _onnx_type(np.dtype(value_type.to_pandas_dtype()))
+        if wanted != elem_type:
+            graph.node.append(helper.make_node("Cast", [current], [f"{column}_cast"], to=wanted))
+            current, elem_type = f"{column}_cast", wanted
+    graph.node.append(helper.make_node("Identity", [current], [column]))
+    return helper.make_tensor_value_info(column, elem_type, [None, *dims[1:]])
+
+
+def _verify(
+    estimator: Any, layout: pickles.InputLayout, outputs: Sequence[tuple[str, str]], model: onnx.ModelProto
+) -> None:
+    """Runs the ONNX model and the original on the same synthetic batch and compares every output."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime rejects graphs the converter got wrong
+        raise _NotConverted(f"onnxruntime cannot load the converted {_class_name(estimator)}: {_first_line(exc)}") from exc
+    columns = [column for _, column in outputs]
+
+    def original(batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inputs = pickles.model_inputs(estimator, batch)
+            return [np.asarray(getattr(estimator, method)(inputs)) for method, _ in outputs]
+
+    try:
+        batch, expected = pickles.run_on_synthetic(layout, original)
+        got: list[npt.NDArray[Any]] = session.run(columns, {"inputs": batch})
+    except Exception as exc:  # either side failing means the conversion cannot be trusted
+        raise _NotConverted(f"could not check the conversion on a synthetic batch: {_first_line(exc)}") from exc
+    for column, want, have in zip(columns, expected, got, strict=True):
+        problem = _difference(want, np.asarray(have))
+        if problem:
+            raise _NotConverted(
+                f"the ONNX conversion of {_class_name(estimator)} disagrees with the original on a "
+                f"synthetic batch: {column} {problem}"
+            )
+
+
+def _difference(want: npt.NDArray[Any], have: npt.NDArray[Any]) -> str:
+    """'' when the converted output matches: labels exactly, numbers within float32 error."""
+    if want.size != have.size:
+        return f"has shape {have.shape}, expected {want.shape}"
+    want, have = want.reshape(have.shape), have
+    if want.dtype.kind in "OUSb" or have.dtype.kind in "OUSb" or want.dtype.kind in "iu":
+        mismatched = int(np.count_nonzero(want.astype(str) != have.astype(str)))
+        return f"differs in {mismatched} of {len(want)} rows" if mismatched else ""
+    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    if np.allclose(have, want, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):
+        return ""
+    return f"differs by up to {float(np.max(np.abs(have - want))):.3g}"
+
+
+def _onnx_type(dtype: np.dtype[Any]) -> int:
+    return int(helper.np_dtype_to_tensor_dtype(dtype))
+
+
+def _is_numeric(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type))
+
+
+def _class_name(estimator: Any) -> str:
+    return f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+
+
+def _unsupported_class(exc: Exception, estimator: Any) -> str:
+    named = re.search(r"<class '([\w.]+)'>", str(exc))
+    return named.group(1) if named else _class_name(estimator)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_schema(path: str | None) -> pa.Schema | None:
+    if path is None:
+        return None
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(Path(path).read_bytes()))
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidConversionRequest(f"cannot read the Arrow IPC schema in {path}: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print) -> int:
+    """CLI for the control plane: prints one JSON line, `{"onnx_path", "note"}` or `{"error"}`.
+    Exit codes: 0 done (converted or not), 2 bad request, 3 the model cannot be loaded."""
+    parser = argparse.ArgumentParser(prog="python -m flightline.runtimes.convert", description=__doc__)
+    parser.add_argument("--framework", required=True)
+    parser.add_argument("--artifact", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--input-schema", help="file with an Arrow IPC serialized schema")
+    parser.add_argument("--output-schema", help="file with an Arrow IPC serialized schema")
+    parser.add_argument("--options", default="{}", help='JSON object of strings, e.g. {"target_opset": "17"}')
+    args = parser.parse_args(argv)
+    try:
+        options = json.loads(args.options)
+        if not isinstance(options, dict):
+            raise InvalidConversionRequest("--options must be a JSON object")
+        result = convert(
+            args.framework,
+            args.artifact,
+            args.out,
+            input_schema=_read_schema(args.input_schema),
+            output_schema=_read_schema(args.output_schema),
+            options={str(key): str(value) for key, value in options.items()},
+        )
+    except ModelLoadError as exc:
+        emit(json.dumps({"error": str(exc)}))
+        return _EXIT_LOAD_ERROR
+    except ValueError as exc:  # UnknownFramework, InvalidConversionRequest, bad JSON
+        emit(json.dumps({"error": str(exc)}))
+        return _EXIT_INVALID_ARGUMENT
+    emit(json.dumps({"onnx_path": str(result.onnx_path) if result.onnx_path else None, "note": result.note}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

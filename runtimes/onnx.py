@@ -1,0 +1,191 @@
+"""ONNX models on onnxruntime (CPU). Every input and output is a tensor whose first dimension is the batch;
+the other dimensions must be fixed and become (nested) fixed-size-list columns, so a batch goes to the
+session and back as numpy views of the Arrow buffers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+
+from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
+from flightline.runtimes.rules import as_tensor, from_tensor, is_open, tensor_shape, tensor_type
+
+ONNX_TYPES: dict[str, pa.DataType] = {
+    "tensor(float)": pa.float32(),
+    "tensor(double)": pa.float64(),
+    "tensor(float16)": pa.float16(),
+    "tensor(int8)": pa.int8(),
+    "tensor(int16)": pa.int16(),
+    "tensor(int32)": pa.int32(),
+    "tensor(int64)": pa.int64(),
+    "tensor(uint8)": pa.uint8(),
+    "tensor(uint16)": pa.uint16(),
+    "tensor(uint32)": pa.uint32(),
+    "tensor(uint64)": pa.uint64(),
+    "tensor(bool)": pa.bool_(),
+    "tensor(string)": pa.string(),
+}
+
+# One intra-op thread is fastest for small requests and leaves the second core of a 2-core box to the
+# Flight transport; `options["intra_op_threads"]` raises it for models dominated by big matrix products.
+DEFAULT_INTRA_OP_THREADS = 1
+
+
+@dataclass(frozen=True)
+class _Port:
+    """One graph input or output: its name, element type and per-row dimensions (None = dynamic)."""
+
+    name: str
+    leaf: pa.DataType
+    dims: tuple[int | None, ...]
+
+    @property
+    def fixed(self) -> bool:
+        return all(d is not None for d in self.dims)
+
+
+def _ports(kind: str, args: list[ort.NodeArg]) -> list[_Port]:
+    ports = []
+    for arg in args:
+        leaf = ONNX_TYPES.get(arg.type)
+        if leaf is None:
+            hint = " (for skl2onnx classifiers convert with options={'zipmap': False})" if "map" in arg.type else ""
+            raise ModelLoadError(f"{kind} '{arg.name}' has type {arg.type}; only tensors are supported{hint}")
+        shape = arg.shape or []
+        if not shape:
+            raise ModelLoadError(f"{kind} '{arg.name}' has no batch dimension; its first dimension must be "
+                                 "the (dynamic) number of rows")
+        if kind == "input" and isinstance(shape[0], int):
+            raise ModelLoadError(f"input '{arg.name}' has a fixed batch dimension of {shape[0]}; export the "
+                                 "model with a dynamic first dimension")
+        dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in shape[1:])
+        ports.append(_Port(arg.name, leaf, dims))
+    return ports
+
+
+def _match(kind: str, ports: list[_Port], declared: pa.Schema) -> list[tuple[_Port, pa.Field]]:
+    """Pairs graph ports with user-declared fields: by name when the names agree, else in order."""
+    if set(declared.names) == {p.name for p in ports}:
+        by_name = {p.name: p for p in ports}
+        return [(by_name[f.name], f) for f in declared]
+    if len(declared) != len(ports):
+        raise ModelLoadError(f"the declared {kind} schema has {len(declared)} columns {declared.names} but "
+                             f"the model has {len(ports)} {kind}s {[p.name for p in ports]}")
+    return list(zip(ports, declared, strict=True))
+
+
+def _resolve(kind: str, port: _Port, field: pa.Field) -> _Port:
+    """The port with dynamic dimensions fixed by a compatible declared field; ModelLoadError otherwise."""
+    leaf, shape = tensor_shape(field.type)
+    wanted = f"{kind} '{port.name}' (declared as '{field.name}: {field.type}')"
+    if not leaf.equals(port.leaf):
+        raise ModelLoadError(f"{wanted}: the model's element type is {port.leaf}, not {leaf}")
+    if len(shape) != len(port.dims) or any(d is not None and d != s for d, s in zip(port.dims, shape,
+                                                                                 strict=False)):
+        graph_dims = ["?" if d is None else d for d in port.dims]
+        raise ModelLoadError(f"{wanted}: the model's per-row shape is {graph_dims}, not {list(shape)}")
+    return _Port(port.name, leaf, shape)
+
+
+def _field(kind: str, name: str, port: _Port) -> pa.Field:
+    if not port.fixed:
+        graph_dims = ["?" if d is None else d for d in port.dims]
+        raise ModelLoadError(f"{kind} '{port.name}' has dynamic per-row shape {graph_dims}; declare a fixed "
+                             f"shape in the {kind} schema (e.g. fixed_size_list<{port.leaf}>[n])")
+    return pa.field(name, tensor_type(port.leaf, port.dims))  # type: ignore[arg-type]  # fixed checked
+
+
+def _zero_row(port: _Port) -> np.ndarray:
+    dtype = object if port.leaf.equals(pa.string()) else port.leaf.to_pandas_dtype()
+    return np.zeros((1, *port.dims), dtype=dtype)
+
+
+def _session_options(spec: ModelSpec) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(spec.options.get("intra_op_threads", DEFAULT_INTRA_OP_THREADS))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+    return options
+
+
+def _model_file(artifact: Path) -> Path:
+    if artifact.is_dir():
+        found = sorted(artifact.glob("*.onnx"))
+        if len(found) != 1:
+            raise ModelLoadError(f"expected one .onnx file in {artifact}, found {len(found)}")
+        return found[0]
+    if not artifact.is_file():
+        raise ModelLoadError(f"model file {artifact} does not exist")
+    return artifact
+
+
+class OnnxRuntime(Runtime):
+    name = "onnx"
+
+    def __init__(self, session: ort.InferenceSession, feeds: list[str], input_schema: pa.Schema,
+                 output_names: list[str], output_schema: pa.Schema) -> None:
+        self._session = session
+        self._feeds = feeds  # graph input name of each input_schema column, in order
+        self._output_names = output_names
+        self.input_schema = input_schema
+        self.output_schema = output_schema
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> Self:
+        path = _model_file(spec.artifact)
+        try:
+            session = ort.InferenceSession(os.fspath(path), _session_options(spec),
+                                           providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own pybind types for every kind of bad file
+            raise ModelLoadError(f"{path.name} is not a valid ONNX model: {error}") from error
+        inputs = _ports("input", session.get_inputs())
+        outputs = _ports("output", session.get_outputs())
+
+        if spec.input_schema is not None and not is_open(spec.input_schema):
+            pairs = [(f.name, _resolve("input", p, f)) for p, f in _match("input", inputs, spec.input_schema)]
+        else:
+            pairs = [(p.name, p) for p in inputs]
+        input_schema = pa.schema([_field("input", name, port) for name, port in pairs])
+        feeds = [port.name for _, port in pairs]
+
+        if spec.output_schema is not None and not is_open(spec.output_schema):
+            out_pairs = [(f.name, _resolve("output", p, f))
+                         for p, f in _match("output", outputs, spec.output_schema)]
+        else:
+            out_pairs = [(p.name, p) for p in outputs]
+        if not all(port.fixed for _, port in out_pairs):
+            out_pairs = cls._probe_output_shapes(session, pairs, out_pairs)
+        output_schema = pa.schema([_field("output", name, port) for name, port in out_pairs])
+        return cls(session, feeds, input_schema, [port.name for _, port in out_pairs], output_schema)
+
+    @staticmethod
+    def _probe_output_shapes(session: ort.InferenceSession, inputs: list[tuple[str, _Port]],
+                             outputs: list[tuple[str, _Port]]) -> list[tuple[str, _Port]]:
+        """Output shapes the graph leaves dynamic, found by running one row of zeros."""
+        try:
+            results = session.run([p.name for _, p in outputs], {p.name: _zero_row(p) for _, p in inputs})
+        except Exception as error:
+            raise ModelLoadError(f"the model's output shapes are dynamic and a probe run failed ({error}); "
+                                 "declare the output schema") from error
+        return [(name, _Port(port.name, port.leaf, tuple(result.shape[1:])))
+                for (name, port), result in zip(outputs, results, strict=True)]
+
+    def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        feeds = {name: as_tensor(column) for name, column in zip(self._feeds, batch.columns, strict=True)}
+        results = self._session.run(self._output_names, feeds)
+        return pa.RecordBatch.from_arrays([from_tensor(r) for r in results], schema=self.output_schema)
+
+
+def describe(path: Path) -> tuple[pa.Schema, pa.Schema]:
+    """(input schema, output schema) of an ONNX file, for the control plane to record at upload time.
+    Raises ModelLoadError if the file is not a usable ONNX model."""
+    runtime = OnnxRuntime.load(ModelSpec(Path(path), "onnx"))
+    return runtime.input_schema, runtime.output_schema

@@ -1,0 +1,93 @@
+"""Python steps: one .py script defining `wallaroo_json(data: pandas.DataFrame)` that returns a DataFrame,
+a list of row dicts or an Arrow table. Used for pre/post-processing steps and small models.
+
+The user's contract is pandas, so a batch becomes a DataFrame (fixed-size-list columns become one numpy
+array per row) and the result comes back to Arrow. Without a declared input schema the step accepts any
+columns; without a declared output schema its output columns are whatever the script returns."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Self
+
+import pandas as pd
+import pyarrow as pa
+
+from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
+
+ENTRY_POINT = "wallaroo_json"
+_module_ids = itertools.count()
+
+
+def _script_file(artifact: Path) -> Path:
+    if artifact.is_dir():
+        found = sorted(artifact.glob("*.py"))
+        if len(found) != 1:
+            raise ModelLoadError(f"expected one .py script in {artifact}, found {len(found)}")
+        return found[0]
+    if not artifact.is_file():
+        raise ModelLoadError(f"script {artifact} does not exist")
+    return artifact
+
+
+def _load_module(path: Path) -> ModuleType:
+    """Runs the script as its own module, so two steps in one process never share globals."""
+    name = f"flightline_step_{next(_module_ids)}_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ModelLoadError(f"{path.name} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        sys.modules.pop(name, None)
+        raise ModelLoadError(f"{path.name} failed to import: {type(error).__name__}: {error}") from error
+    return module
+
+
+def _to_batch(result: Any) -> pa.RecordBatch:
+    if isinstance(result, pd.DataFrame):
+        return pa.RecordBatch.from_pandas(result, preserve_index=False)
+    if isinstance(result, list) and all(isinstance(row, dict) for row in result):
+        return pa.RecordBatch.from_pylist(result)
+    if isinstance(result, pa.RecordBatch):
+        return result
+    if isinstance(result, pa.Table):
+        return result.combine_chunks().to_batches()[0] if result.num_rows else pa.RecordBatch.from_pylist(
+            [], schema=result.schema)
+    raise TypeError(f"{ENTRY_POINT} returned {type(result).__name__}; expected a pandas DataFrame, a list of "
+                    "row dicts or a pyarrow Table")
+
+
+class PythonStepRuntime(Runtime):
+    name = "python"
+
+    def __init__(self, function: Callable[[pd.DataFrame], Any], input_schema: pa.Schema,
+                 output_schema: pa.Schema) -> None:
+        self._function = function
+        self.input_schema = input_schema
+        self.output_schema = output_schema
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> Self:
+        path = _script_file(spec.artifact)
+        function = getattr(_load_module(path), ENTRY_POINT, None)
+        if not callable(function):
+            raise ModelLoadError(f"{path.name} does not define a function {ENTRY_POINT}(data: pandas.DataFrame)")
+        return cls(function, spec.input_schema or pa.schema([]), spec.output_schema or pa.schema([]))
+
+    def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        result = _to_batch(self._function(batch.to_pandas()))
+        if len(self.output_schema) == 0:
+            return result
+        missing = [n for n in self.output_schema.names if n not in result.schema.names]
+        if missing:
+            raise ValueError(f"{ENTRY_POINT} returned no column '{missing[0]}' of the declared output schema; "
+                             f"it returned {result.schema.names}")
+        return result.select(self.output_schema.names).cast(self.output_schema)

@@ -1,0 +1,251 @@
+"""The data rules a request batch must follow before any model sees it, and the zero-copy bridge between
+fixed-size-list columns and numpy tensors.
+
+The rules (each failure is an `InvalidInput` naming the column):
+- the batch has exactly the columns of the model's input schema, each of the declared type;
+- every tensor column is fixed-size: a variable-size `list` column is accepted only when every row has the
+  expected length, and is then viewed as a fixed-size list (no copy of the values);
+- a tensor holds one dtype: union, struct or map values (how mixed types arrive in Arrow) are refused;
+- tensors hold no nulls.
+
+An *open* schema (no fields) means the runtime declared no input schema: column names and types are not
+matched, but list columns must still be regular, single-typed and null-free.
+
+All checks are vectorised (schema compares, null counts, numpy over list offsets); none walks rows in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.types as pt
+
+from flightline.runtimes.base import InvalidInput
+
+ListLike = pa.ListArray | pa.LargeListArray | pa.FixedSizeListArray
+
+
+def is_open(schema: pa.Schema) -> bool:
+    """True for the empty schema, which a runtime uses to say "I accept (or produce) any columns"."""
+    return len(schema) == 0
+
+
+def tensor_type(leaf: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:
+    """The column type of a tensor of per-row `shape`: nested fixed-size lists, or `leaf` for a scalar."""
+    result = leaf
+    for width in reversed(shape):
+        result = pa.list_(result, width)
+    return result
+
+
+def tensor_shape(column_type: pa.DataType) -> tuple[pa.DataType, tuple[int, ...]]:
+    """The inverse of `tensor_type`: (leaf type, per-row shape) of a possibly nested fixed-size list."""
+    shape: list[int] = []
+    while pt.is_fixed_size_list(column_type):
+        shape.append(column_type.list_size)
+        column_type = column_type.value_type
+    return column_type, tuple(shape)
+
+
+def as_tensor(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The numpy view (rows, *shape) of a null-free scalar or (nested) fixed-size-list column.
+
+    Zero-copy for numeric leaves; booleans (bit-packed in Arrow) and strings are copied."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = len(array)
+    shape: list[int] = []
+    while pt.is_fixed_size_list(array.type):
+        width = array.type.list_size
+        shape.append(width)
+        # `.values` ignores the slice offset of the list array, so cut the used range out explicitly.
+        array = array.values.slice(array.offset * width, len(array) * width)
+    zero_copy = pt.is_integer(array.type) or pt.is_floating(array.type)
+    return array.to_numpy(zero_copy_only=zero_copy).reshape(rows, *shape)
+
+
+def from_tensor(tensor: np.ndarray) -> pa.Array:
+    """The Arrow column of a (rows, *shape) array: plain for 1-D, nested fixed-size lists otherwise.
+
+    Zero-copy for contiguous numeric arrays (the Arrow array keeps the numpy buffer alive)."""
+    if tensor.ndim == 0:
+        raise ValueError("a tensor column needs a leading row dimension")
+    flat = np.ascontiguousarray(tensor).reshape(-1)
+    column: pa.Array = pa.array(flat)
+    for width in reversed(tensor.shape[1:]):
+        column = pa.FixedSizeListArray.from_arrays(column, width)
+    return column
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return bool(pt.is_list(data_type) or pt.is_large_list(data_type) or pt.is_fixed_size_list(data_type))
+
+
+def _is_mixed(data_type: pa.DataType) -> bool:
+    return bool(pt.is_union(data_type) or pt.is_struct(data_type) or pt.is_map(data_type))
+
+
+def _is_tensor(data_type: pa.DataType) -> bool:
+    """Columns that must hold no nulls: numbers, booleans and lists of anything."""
+    return bool(pt.is_integer(data_type) or pt.is_floating(data_type) or pt.is_boolean(data_type)
+                or _is_list(data_type))
+
+
+def _first_true(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
+def _null_error(name: str, array: pa.Array, rows_per_item: int) -> InvalidInput:
+    item = _first_true(array.is_null().to_numpy(zero_copy_only=False))
+    return InvalidInput(f"column '{name}' has a null at row {item // rows_per_item}; tensors cannot hold nulls")
+
+
+def _check_no_nulls(name: str, column: pa.Array) -> None:
+    """Refuses nulls at any nesting level of a tensor column; reports the first row holding one."""
+    array = column
+    # How to map an index one level down back up: a width (fixed-size list) or the offsets (variable).
+    levels: list[int | np.ndarray] = []
+    while True:
+        if array.null_count:
+            item = _first_true(array.is_null().to_numpy(zero_copy_only=False))
+            for level in reversed(levels):
+                if isinstance(level, int):
+                    item //= level
+                else:
+                    item = int(np.searchsorted(level, item, side="right")) - 1
+            raise InvalidInput(f"column '{name}' has a null at row {item}; tensors cannot hold nulls")
+        if not _is_list(array.type):
+            return
+        if pt.is_fixed_size_list(array.type):
+            width = array.type.list_size
+            levels.append(max(width, 1))
+            array = array.values.slice(array.offset * width, len(array) * width)
+        else:
+            offsets = array.offsets.to_numpy()
+            levels.append(offsets - offsets[0])
+            array = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+def _regular_values(name: str, array: pa.Array, width: int | None, rows_per_item: int,
+                    depth: int) -> tuple[pa.Array, int]:
+    """The child values of a variable-size list whose items all have `width` values (or all the same
+    length, when `width` is None), and that width. Raises InvalidInput for nulls or ragged items."""
+    if array.null_count:
+        raise _null_error(name, array, rows_per_item)
+    offsets = array.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if width is None:
+        width = int(lengths[0]) if len(lengths) else 0
+    bad = lengths != width
+    if bad.any():
+        item = _first_true(bad)
+        where = "" if depth == 0 else f" in a nested list at depth {depth + 1}"
+        raise InvalidInput(f"column '{name}' is ragged: row {item // rows_per_item} has {int(lengths[item])} "
+                           f"values{where}, expected {width}")
+    return array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), width
+
+
+def _fixed_to(name: str, array: pa.Array, expected: pa.DataType, rows_per_item: int,
+              depth: int) -> pa.Array | None:
+    """`array` as type `expected`, turning regular variable-size lists into fixed-size ones without
+    copying values; None when the types cannot match."""
+    if array.type.equals(expected):
+        return array
+    if not pt.is_fixed_size_list(expected) or not _is_list(array.type):
+        return None
+    width = expected.list_size
+    if pt.is_fixed_size_list(array.type):
+        if array.type.list_size != width:
+            return None
+        if array.null_count:  # rebuilding the list below would drop its validity bitmap
+            raise _null_error(name, array, rows_per_item)
+        values = array.values.slice(array.offset * width, len(array) * width)
+    else:
+        values, _ = _regular_values(name, array, width, rows_per_item, depth)
+    child = _fixed_to(name, values, expected.value_type, rows_per_item * width, depth + 1)
+    return None if child is None else pa.FixedSizeListArray.from_arrays(child, width)
+
+
+def _fixed_any(name: str, array: pa.Array, rows_per_item: int, depth: int) -> pa.Array:
+    """A list column of an open schema as nested fixed-size lists, whatever its widths, if regular."""
+    if not _is_list(array.type):
+        if _is_mixed(array.type) or pt.is_null(array.type):
+            raise InvalidInput(f"column '{name}' mixes value types ({array.type}); a tensor holds one dtype")
+        return array
+    if pt.is_fixed_size_list(array.type):
+        if array.null_count:  # rebuilding the list below would drop its validity bitmap
+            raise _null_error(name, array, rows_per_item)
+        width = array.type.list_size
+        values = array.values.slice(array.offset * width, len(array) * width)
+    else:
+        values, width = _regular_values(name, array, None, rows_per_item, depth)
+    child = _fixed_any(name, values, rows_per_item * max(width, 1), depth + 1)
+    return pa.FixedSizeListArray.from_arrays(child, width)
+
+
+class BatchRules:
+    """The rules for one model's input schema. Built once per model, so checking a batch that already has
+    the exact schema costs one schema compare plus a null count per tensor column."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._open = is_open(schema)
+        self._tensor_columns = [i for i, f in enumerate(schema) if _is_tensor(f.type)]
+        self._names = set(schema.names)
+
+    def check(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Returns the batch, normalised to the expected schema, or raises InvalidInput."""
+        if self._open:
+            return self._check_open(batch)
+        if batch.schema.equals(self.schema):
+            for i in self._tensor_columns:
+                _check_no_nulls(self.schema.names[i], batch.column(i))
+            return batch
+        return self._normalise(batch)
+
+    def _normalise(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        got = batch.schema.names
+        if len(set(got)) != len(got):
+            duplicates = sorted({n for n in got if got.count(n) > 1})
+            raise InvalidInput(f"column '{duplicates[0]}' appears more than once")
+        missing = [n for n in self.schema.names if n not in got]
+        if missing:
+            raise InvalidInput(f"column '{missing[0]}' is missing; the model expects columns "
+                               f"{self.schema.names}")
+        unexpected = [n for n in got if n not in self._names]
+        if unexpected:
+            raise InvalidInput(f"column '{unexpected[0]}' is unexpected; the model expects columns "
+                               f"{self.schema.names}")
+        columns = []
+        for field in self.schema:
+            column = batch.column(field.name)
+            if pt.is_union(column.type) and not pt.is_union(field.type):
+                raise InvalidInput(f"column '{field.name}' mixes value types ({column.type}); "
+                                   f"expected {field.type}")
+            converted = _fixed_to(field.name, column, field.type, 1, 0)
+            if converted is None:
+                raise InvalidInput(f"column '{field.name}' has type {column.type}, expected {field.type}")
+            if _is_tensor(field.type):
+                _check_no_nulls(field.name, converted)
+            columns.append(converted)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _check_open(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns: list[pa.Array] = []
+        changed = False
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if _is_mixed(column.type) and not pt.is_struct(column.type):
+                raise InvalidInput(f"column '{name}' mixes value types ({column.type}); "
+                                   "a column holds one dtype")
+            if _is_list(column.type):
+                fixed = _fixed_any(name, column, 1, 0)
+                changed = changed or fixed is not column
+                column = fixed
+            if _is_tensor(column.type):
+                _check_no_nulls(name, column)
+            columns.append(column)
+        return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+
+
+def check_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """One-off form of `BatchRules(schema).check(batch)`."""
+    return BatchRules(schema).check(batch)

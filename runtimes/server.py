@@ -1,0 +1,174 @@
+"""One generic Arrow Flight server hosting one model; the supervisor runs one such process per model:
+
+    python -m flightline.runtimes.server --runtime onnx --spec DIR [--host 127.0.0.1] [--port 0]
+
+DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
+`FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
+code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down (streams get a short grace period).
+
+Flight methods (the descriptor path selects the response mode: none -> "envelope", or "outputs"/"raw"):
+- do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
+  fails its stream with INVALID_ARGUMENT, other streams are unaffected.
+- get_schema / get_flight_info: the result schema for that mode; the endpoint is this server.
+- do_action "healthcheck" -> b"ok"; "schemas" -> input then output schema, as Arrow IPC bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flightline.runtimes import load_runtime
+from flightline.runtimes.base import InvalidInput, ModelSpec
+from flightline.runtimes.host import Host, Mode, ModelOutputError, parse_mode
+
+READY: Final = "FLIGHTLINE_READY"
+LOAD_ERROR: Final = "FLIGHTLINE_LOAD_ERROR"
+LOAD_ERROR_EXIT_CODE: Final = 3
+SHUTDOWN_GRACE_SECONDS: Final = 5.0
+
+ACTIONS: Final = {
+    "healthcheck": "Returns b'ok' while the model is loaded and serving.",
+    "schemas": "Returns the model's input schema, then its output schema, as Arrow IPC bytes.",
+}
+
+
+def mode_of(descriptor: flight.FlightDescriptor) -> Mode:
+    """The response mode a descriptor asks for; INVALID_ARGUMENT for anything else."""
+    path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
+    if not path:
+        return parse_mode(None)
+    try:
+        if len(path) > 1:
+            raise ValueError(f"expected at most one descriptor path segment (the mode), got {path}")
+        return parse_mode(path[0])
+    except ValueError as error:
+        raise pa.ArrowInvalid(str(error)) from error
+
+
+class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
+    """Serves one `Host` over Flight. Listens from construction; usable as a context manager in tests."""
+
+    def __init__(self, host: Host, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
+        super().__init__(location, **kwargs)
+        self.host = host
+        bind_host = flight.Location(location).uri.decode().split("://", 1)[1].rsplit(":", 1)[0]
+        self.location = flight.Location.for_grpc_tcp(bind_host, self.port)
+
+    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+        mode = mode_of(descriptor)
+        host = self.host
+        schema: pa.Schema | None = None
+        if not host.has_open_schema:
+            schema = host.result_schema(mode)
+            writer.begin(schema)
+        for chunk in reader:
+            batch = chunk.data
+            if batch is None:  # a metadata-only message carries nothing to infer
+                continue
+            result = self._respond(batch, mode)
+            if schema is None:
+                schema = result.schema
+                writer.begin(schema)
+            elif not result.schema.equals(schema):
+                result = self._conform(result, schema)
+            writer.write_batch(result)
+
+    def _respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+        try:
+            return self.host.respond(batch, mode)
+        except InvalidInput:
+            raise
+        except ModelOutputError as error:
+            raise flight.FlightInternalError(str(error)) from error
+        except Exception as error:
+            raise flight.FlightInternalError(f"the model failed: {type(error).__name__}: {error}") from error
+
+    @staticmethod
+    def _conform(result: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        """A later batch of an open-schema model, cast to the stream's schema (fixed by the first batch)."""
+        try:
+            return result.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
+            raise flight.FlightInternalError(
+                f"the model's result columns changed within one stream: {result.schema} after {schema}"
+            ) from error
+
+    def get_schema(self, context: flight.ServerCallContext,
+                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        return flight.SchemaResult(self.host.result_schema(mode_of(descriptor)))
+
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        schema = self.host.result_schema(mode_of(descriptor))
+        endpoint = flight.FlightEndpoint(b"", [self.location])
+        return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return list(ACTIONS.items())
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        if action.type == "healthcheck":
+            return iter([b"ok"])
+        if action.type == "schemas":
+            return iter([self.host.input_schema.serialize().to_pybytes(),
+                         self.host.output_schema.serialize().to_pybytes()])
+        raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flightline.runtimes.server",
+                                     description="Serve one model over Arrow Flight.")
+    parser.add_argument("--runtime", required=True, help="runtime name, e.g. onnx, python, sklearn")
+    parser.add_argument("--spec", required=True, type=Path, help="folder holding a saved ModelSpec")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    return parser.parse_args(argv)
+
+
+def _load(runtime: str, spec_dir: Path) -> Host:
+    spec = ModelSpec.load(spec_dir)
+    return Host(load_runtime(runtime, spec))
+
+
+def _serve_until_signalled(server: RuntimeServer) -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    # shutdown() waits for open streams, and a long-lived stream may never end by itself.
+    closer = threading.Thread(target=server.shutdown, daemon=True)
+    closer.start()
+    closer.join(SHUTDOWN_GRACE_SECONDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        host = _load(args.runtime, args.spec)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}" if not str(error) else str(error)
+        print(f"{LOAD_ERROR} {' '.join(reason.split())}", flush=True)
+        return LOAD_ERROR_EXIT_CODE
+    server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
+    print(f"{READY} {server.location.uri.decode()}", flush=True)
+    _serve_until_signalled(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

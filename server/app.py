@@ -1,0 +1,121 @@
+"""Composition root: builds the stores, services, supervisor, front door and gRPC server from Settings.
+Everything lives on the App instance; there is no global state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from types import TracebackType
+
+import grpc
+from flightline.server.api.deployments import DeploymentServicer
+from flightline.server.api.models import ModelServicer
+from flightline.server.api.registries import RegistryServicer
+from flightline.server.api.status import ErrorInterceptor
+from flightline.server.api.workspaces import WorkspaceServicer
+from flightline.server.dataplane.frontdoor import FrontDoor
+from flightline.server.dataplane.routes import Router
+from flightline.server.services.deployments import DeploymentService
+from flightline.server.services.models import ModelService
+from flightline.server.services.registries import RegistryService
+from flightline.server.services.workspaces import WorkspaceService
+from flightline.server.settings import Settings
+from flightline.server.store.artifacts import ArtifactStore
+from flightline.server.store.metadata import MetadataStore
+from flightline.server.supervisor import Supervisor
+from flightline.v1 import (
+    deployment_pb2,
+    deployment_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 64 * 1024 * 1024
+SERVICES = [
+    workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"],
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
+    model_pb2.DESCRIPTOR.services_by_name["ModelService"],
+    deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"],
+]
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data = settings.data_dir.resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        self.store = MetadataStore(settings.metadata_url)
+        self.artifacts = ArtifactStore(settings.artifact_url)
+        self.workspaces = WorkspaceService(self.store)
+        self.registries = RegistryService(self.store, timeout=settings.registry_timeout)
+        self.models = ModelService(self.store, self.artifacts, self.registries, data / "work")
+        self.router = Router()
+        self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
+        self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+        self.deployments = DeploymentService(
+            self.store,
+            self.artifacts,
+            Supervisor(data / "runtimes", host=settings.host),
+            self.router,
+            data / "work",
+            in_process_native=settings.in_process_native,
+        )
+        self.grpc_server = self._grpc_server()
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self._flight_thread = threading.Thread(target=self.front_door.serve, name="front-door", daemon=True)
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.settings.host}:{self.grpc_port}"
+
+    def start(self) -> App:
+        self.models.fail_interrupted()
+        self.grpc_server.start()
+        self._flight_thread.start()
+        self.deployments.resume()
+        log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
+        return self
+
+    def stop(self) -> None:
+        self.grpc_server.stop(grace=2).wait()
+        self.deployments.close()
+        self.front_door.shutdown()
+
+    def __enter__(self) -> App:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def _grpc_server(self) -> grpc.Server:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(self.workspaces), server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registries), server)
+        model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
+        deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentServicer(self.deployments, self.flight_location), server
+        )
+        health_servicer = health.HealthServicer()
+        for service in SERVICES:
+            health_servicer.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [s.full_name for s in SERVICES] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        return server

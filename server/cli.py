@@ -1,0 +1,88 @@
+"""The `flightline` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import typer
+from flightline.server.app import App
+from flightline.server.client import Client
+from flightline.server.settings import Settings
+from flightline.v1 import model_pb2
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+app = typer.Typer(
+    help="Flightline: MLflow registries to Arrow Flight inference endpoints.", no_args_is_help=True
+)
+console = Console()
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path | None, typer.Option(help="Folder for SQLite metadata and artifacts.")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="Control plane port (0: pick one).")] = None,
+    flight_port: Annotated[int | None, typer.Option(help="Flight front door port (0: pick one).")] = None,
+    sample: Annotated[bool, typer.Option(help="Upload, deploy and query the sample ccfraud model.")] = False,
+) -> None:
+    """Runs the control plane (gRPC) and the Flight front door until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env(data_dir=data_dir, host=host, grpc_port=grpc_port, flight_port=flight_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with App(settings) as running:
+        print(f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location}", flush=True)
+        if sample:
+            from flightline.server.sample import demo
+
+            with Client(running.grpc_address) as client:
+                result = demo(client)
+            console.print(f"[bold]Sample model 'ccfraud' is served at {running.flight_location}[/bold]")
+            console.print(result.to_pandas().to_string())
+        stop.wait()
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option(help="DNS-compliant model name.")],
+    framework: Annotated[str, typer.Option(help="e.g. onnx, sklearn, xgboost, python.")],
+    workspace_id: Annotated[int, typer.Option()],
+    input_schema: Annotated[
+        Path | None, typer.Option(help="File with an Arrow IPC-serialized schema.")
+    ] = None,
+    output_schema: Annotated[
+        Path | None, typer.Option(help="File with an Arrow IPC-serialized schema.")
+    ] = None,
+    server: Annotated[str, typer.Option(help="Control plane address.")] = "127.0.0.1:50051",
+) -> None:
+    """Uploads a model file with a progress bar; prints the new version."""
+    conversion = model_pb2.Conversion(
+        framework=framework,
+        input_schema=input_schema.read_bytes() if input_schema else b"",
+        output_schema=output_schema.read_bytes() if output_schema else b"",
+    )
+    meta = model_pb2.UploadMetadata(name=name, workspace_id=workspace_id, conversion=conversion)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Client(server) as client, Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
+        response = client.upload_file(file, meta, lambda sent: progress.update(task, completed=sent))
+    version = response.version
+    status = model_pb2.ModelStatus.Name(version.status)
+    console.print(
+        f"model {version.model_name} (id {response.model_id}) version {version.version}: {status} "
+        f"on runtime {version.runtime} {version.status_reason or version.conversion_note}"
+    )
+    if version.input_schema:
+        console.print(pa.ipc.read_schema(pa.py_buffer(version.input_schema)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,60 @@
+"""The sample model the README's first command serves: a credit-card-fraud-style classifier on 29
+float features (like the seed's ccfraud example), trained here, uploaded as sklearn (converted to
+ONNX) and deployed."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from flightline.server.client import Client, infer
+from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
+from sklearn.linear_model import LogisticRegression
+
+FEATURES = 29
+NAME = "ccfraud"
+
+
+def train(seed: int = 0) -> LogisticRegression:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2000, FEATURES))
+    y = (x[:, :3].sum(axis=1) + 0.3 * rng.normal(size=2000) > 0).astype(np.int64)
+    return LogisticRegression(max_iter=500).fit(x, y)
+
+
+def sample_batch(rows: int = 5, seed: int = 1) -> pa.Table:
+    values = np.random.default_rng(seed).normal(size=(rows, FEATURES)).astype(np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), FEATURES)
+    return pa.table({"inputs": column})
+
+
+def serve_sample(client: Client) -> deployment_pb2.Deployment:
+    """Idempotent: reuses the sample workspace and deployment if they exist."""
+    existing = {
+        d.name: d
+        for d in client.deployments.ListDeployments(deployment_pb2.ListDeploymentsRequest()).deployments
+    }
+    running: deployment_pb2.Deployment | None = existing.get(NAME)
+    if running is not None and running.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING:
+        return running
+    workspaces = client.workspaces.ListWorkspaces(workspace_pb2.ListWorkspacesRequest()).workspaces
+    workspace = next(
+        (w for w in workspaces if w.name == "sample"), None
+    ) or client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="sample"))
+    schema = pa.schema([pa.field("inputs", pa.list_(pa.float32(), FEATURES))])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ccfraud.pkl"
+        path.write_bytes(pickle.dumps(train()))
+        conversion = model_pb2.Conversion(framework="sklearn", input_schema=schema.serialize().to_pybytes())
+        uploaded = client.upload_file(
+            path, model_pb2.UploadMetadata(name=NAME, workspace_id=workspace.id, conversion=conversion)
+        )
+    return client.deploy(workspace.id, NAME, uploaded.model_id)
+
+
+def demo(client: Client) -> pa.Table:
+    deployment = serve_sample(client)
+    return infer(deployment.flight_location, deployment.name, sample_batch())

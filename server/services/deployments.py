@@ -1,0 +1,161 @@
+"""Deployments: a runtime process per pipeline step, and a route for the deployment at the front door."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flightline.runtimes import load_runtime
+from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.host import Host
+from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
+from flightline.server.errors import FailedPrecondition, InvalidArgument
+from flightline.server.services.archives import extract_zip, unwrap
+from flightline.server.services.names import check_dns_name, parse_schema
+from flightline.server.store.artifacts import ArtifactStore
+from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.records import (
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    ModelStatus,
+    ModelVersion,
+)
+from flightline.server.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the front door serves for a deployment, for the API to report."""
+
+    route: Route
+    locations: tuple[str, ...]
+    runtimes: tuple[str, ...]
+
+
+class DeploymentService:
+    def __init__(
+        self,
+        store: MetadataStore,
+        artifacts: ArtifactStore,
+        supervisor: Supervisor,
+        router: Router,
+        work_dir: Path,
+        *,
+        in_process_native: bool = True,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.supervisor = supervisor
+        self.router = router
+        self.work_dir = work_dir
+        # Native runtimes also run inside the front door: one hop instead of two (see README benchmark).
+        self.in_process_native = in_process_native
+        self._live: dict[str, Live] = {}
+        self._lock = threading.Lock()
+
+    def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+        check_dns_name("deployment", name)
+        if not steps:
+            raise InvalidArgument("a deployment needs at least one step")
+        self.store.get_workspace(workspace_id)
+        versions = [self._ready_version(s) for s in steps]
+        pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+        deployment = self.store.create_deployment(workspace_id, name, pinned)
+        return self._start(deployment, versions)
+
+    def undeploy(self, name: str) -> Deployment:
+        deployment = self.store.get_deployment(name)
+        self._stop(name, len(deployment.steps))
+        return self.store.update_deployment(name, DeploymentStatus.STOPPED)
+
+    def get(self, name: str) -> Deployment:
+        return self.store.get_deployment(name)
+
+    def in_workspace(self, workspace_id: int) -> list[Deployment]:
+        return self.store.list_deployments(workspace_id)
+
+    def live(self, name: str) -> Live | None:
+        with self._lock:
+            return self._live.get(name)
+
+    def resume(self) -> None:
+        """At start-up: bring back what was running before the server stopped."""
+        for deployment in self.store.list_deployments(0):
+            if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
+                versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
+                self._start(deployment, versions)
+
+    def close(self) -> None:
+        with self._lock:
+            names = list(self._live)
+        for name in names:
+            self.router.remove(name)
+        self.supervisor.close()
+
+    def _ready_version(self, step: DeploymentStep) -> ModelVersion:
+        version = self.store.get_model_version(step.model_id, step.version)
+        if version.status is not ModelStatus.READY:
+            raise FailedPrecondition(
+                f"model {version.model_name} version {version.version} is {version.status.value}, not ready"
+                + (f": {version.status_reason}" if version.status_reason else "")
+            )
+        return version
+
+    def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
+        name = deployment.name
+        try:
+            steps, locations = zip(*(self._step(name, i, v) for i, v in enumerate(versions)), strict=True)
+        except ModelLoadError as exc:
+            self._stop(name, len(versions))
+            return self.store.update_deployment(name, DeploymentStatus.FAILED, str(exc))
+        route = Route(name, list(steps), steps[0].input_schema, steps[-1].output_schema)
+        with self._lock:
+            self._live[name] = Live(route, tuple(locations), tuple(v.runtime for v in versions))
+        self.router.put(route)
+        return self.store.update_deployment(name, DeploymentStatus.RUNNING)
+
+    def _step(self, name: str, index: int, version: ModelVersion) -> tuple[Step, str]:
+        spec = ModelSpec(
+            artifact=self._artifact(version),
+            framework=version.framework,
+            input_schema=parse_schema("input_schema", version.input_schema),
+            output_schema=parse_schema("output_schema", version.output_schema),
+            options=dict(version.conversion.options),
+        )
+        try:
+            process = self.supervisor.start(f"{name}.{index}", version.runtime, spec)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"step {index + 1} ({version.model_name} v{version.version}): {exc}"
+            ) from exc
+        step: Step
+        if version.native and self.in_process_native:
+            step = LocalStep(Host(load_runtime(version.runtime, spec)))
+        else:
+            step = RemoteStep(process.location)
+        return step, process.location
+
+    def _artifact(self, version: ModelVersion) -> Path:
+        local = self.artifacts.local_path(version.sha256, self.work_dir / "cache")
+        if version.framework not in ("tensorflow", "custom", "mlflow"):
+            return local
+        unpacked = self.work_dir / "unpacked" / version.sha256
+        if not unpacked.exists():
+            tmp = unpacked.with_suffix(".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            extract_zip(local, tmp)
+            tmp.rename(unpacked)
+        return unwrap(unpacked)
+
+    def _stop(self, name: str, count: int) -> None:
+        self.router.remove(name)
+        with self._lock:
+            self._live.pop(name, None)
+        for index in range(count):
+            self.supervisor.stop(f"{name}.{index}")

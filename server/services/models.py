@@ -1,0 +1,216 @@
+"""Model uploads (from a registry or streamed directly), versions and the framework catalog."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pyarrow as pa
+from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
+from flightline.server.errors import InvalidArgument
+from flightline.server.services.archives import zip_dir
+from flightline.server.services.names import check_dns_name, parse_schema
+from flightline.server.services.prepare import check_artifact, prepare
+from flightline.server.services.registries import RegistryService
+from flightline.server.store.artifacts import ArtifactStore
+from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.records import Conversion, Model, ModelStatus, ModelVersion
+
+log = logging.getLogger(__name__)
+
+VISIBILITIES = ("private", "public")
+
+
+class ModelService:
+    def __init__(
+        self, store: MetadataStore, artifacts: ArtifactStore, registries: RegistryService, work_dir: Path
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.registries = registries
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    def frameworks(self) -> tuple[FrameworkSpec, ...]:
+        return FRAMEWORKS
+
+    def upload_from_registry(
+        self,
+        *,
+        registry_id: str,
+        path: str,
+        workspace_id: int,
+        name: str,
+        visibility: str,
+        conversion: Conversion,
+        progress: Callable[[int], None] | None = None,
+    ) -> ModelVersion:
+        framework = self._check_request(workspace_id, name, visibility, conversion)
+        if not path:
+            raise InvalidArgument(
+                "path is empty: pass a path from ListModelVersionArtifacts or models:/<name>/<version>"
+            )
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            local = self.registries.download(registry_id, path, Path(tmp) / "download", progress)
+            if local.is_dir():
+                local = zip_dir(local, Path(tmp) / f"{local.name}.zip")
+            check_artifact(framework, local)
+            stored = self.artifacts.put_file(local)
+        return self._record(
+            workspace_id,
+            name,
+            visibility,
+            framework,
+            conversion,
+            f"registry:{registry_id}:{path}",
+            stored.sha256,
+            stored.size,
+        )
+
+    def upload(
+        self,
+        *,
+        workspace_id: int,
+        name: str,
+        visibility: str,
+        conversion: Conversion,
+        filename: str,
+        chunks: Iterable[bytes],
+        size_bytes: int | None,
+        sha256: str | None,
+    ) -> ModelVersion:
+        framework = self._check_request(workspace_id, name, visibility, conversion)
+        existed = self.artifacts.exists(sha256) if sha256 else False
+        stored = self.artifacts.put(chunks, expected_size=size_bytes, expected_sha256=sha256)
+        try:
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                check_artifact(framework, self._local(stored.sha256, Path(tmp), filename))
+        except InvalidArgument:
+            if not existed:
+                self.artifacts.delete(stored.sha256)
+            raise
+        return self._record(
+            workspace_id,
+            name,
+            visibility,
+            framework,
+            conversion,
+            f"upload:{filename}",
+            stored.sha256,
+            stored.size,
+        )
+
+    def get_model(self, model_id: int) -> Model:
+        return self.store.get_model(model_id)
+
+    def list_models(self, workspace_id: int, limit: int, after_id: int) -> list[Model]:
+        self.store.get_workspace(workspace_id)
+        return self.store.list_models(workspace_id, limit, after_id)
+
+    def get_version(self, model_id: int, version: int = 0) -> ModelVersion:
+        return self.store.get_model_version(model_id, version)
+
+    def list_versions(self, model_id: int, limit: int, after_version: int) -> list[ModelVersion]:
+        self.store.get_model(model_id)
+        return self.store.list_model_versions(model_id, limit, after_version)
+
+    def fail_interrupted(self) -> None:
+        """At start-up: uploads a crash interrupted never finish; say so rather than leave them pending."""
+        for v in self.store.versions_in_status(ModelStatus.PENDING_CONVERSION, ModelStatus.CONVERTING):
+            self.store.update_model_version(
+                v.model_id,
+                v.version,
+                status=ModelStatus.ERROR,
+                status_reason="interrupted by a server restart; upload it again",
+            )
+
+    def _check_request(
+        self, workspace_id: int, name: str, visibility: str, conversion: Conversion
+    ) -> FrameworkSpec:
+        check_dns_name("model", name)
+        if visibility not in VISIBILITIES:
+            raise InvalidArgument(f"visibility must be one of {VISIBILITIES}, not {visibility!r}")
+        try:
+            framework = get_framework(conversion.framework)
+        except UnknownFramework as exc:
+            raise InvalidArgument(str(exc)) from exc
+        parse_schema("conversion.input_schema", conversion.input_schema)
+        parse_schema("conversion.output_schema", conversion.output_schema)
+        self.store.get_workspace(workspace_id)
+        return framework
+
+    def _local(self, sha256: str, tmp: Path, filename: str) -> Path:
+        """A local copy named like the upload, since runtimes and converters look at suffixes."""
+        cached = self.artifacts.local_path(sha256, self.work_dir / "cache")
+        named = tmp / (Path(filename).name or "artifact")
+        try:
+            named.symlink_to(cached)
+        except OSError:
+            shutil.copyfile(cached, named)
+        return named
+
+    def _record(
+        self,
+        workspace_id: int,
+        name: str,
+        visibility: str,
+        framework: FrameworkSpec,
+        conversion: Conversion,
+        source: str,
+        sha256: str,
+        size: int,
+    ) -> ModelVersion:
+        version = self.store.add_model_version(
+            workspace_id=workspace_id,
+            name=name,
+            visibility=visibility,
+            framework=framework.name,
+            runtime=framework.runtime,
+            native=framework.native,
+            status=ModelStatus.PENDING_CONVERSION,
+            conversion=conversion,
+            source=source,
+            sha256=sha256,
+            size_bytes=size,
+            original_sha256=sha256,
+        )
+        return self._prepare(version, framework)
+
+    def _prepare(self, version: ModelVersion, framework: FrameworkSpec) -> ModelVersion:
+        key = (version.model_id, version.version)
+        self.store.update_model_version(*key, status=ModelStatus.CONVERTING)
+        conversion = version.conversion
+        filename = version.source.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+        try:
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                prepared = prepare(
+                    framework,
+                    self._local(version.sha256, Path(tmp), filename),
+                    Path(tmp),
+                    input_schema=parse_schema("input_schema", conversion.input_schema),
+                    output_schema=parse_schema("output_schema", conversion.output_schema),
+                    options=dict(conversion.options),
+                )
+                stored = self.artifacts.put_file(prepared.artifact.resolve())
+        except ModelLoadError as exc:
+            log.info("model %s v%d cannot be served: %s", version.model_name, version.version, exc)
+            return self.store.update_model_version(*key, status=ModelStatus.ERROR, status_reason=str(exc))
+        return self.store.update_model_version(
+            *key,
+            status=ModelStatus.READY,
+            runtime=prepared.runtime,
+            native=prepared.native,
+            sha256=stored.sha256,
+            size_bytes=stored.size,
+            conversion_note=prepared.note,
+            input_schema=_ipc(prepared.input_schema),
+            output_schema=_ipc(prepared.output_schema),
+        )
+
+
+def _ipc(schema: pa.Schema | None) -> bytes:
+    return schema.serialize().to_pybytes() if schema is not None else b""

@@ -1,0 +1,123 @@
+"""Turns a stored upload into something a runtime can serve: inspect it, convert it to ONNX where the
+framework allows, and decide which runtime hosts it. Conversion runs in a subprocess so that unpickling
+untrusted files or a crashing converter cannot take the control plane down."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from flightline.runtimes import RUNTIMES
+from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.catalog import FrameworkSpec
+from flightline.server.services.archives import check_zip
+
+ZIPPED_FRAMEWORKS = {"tensorflow", "custom", "mlflow"}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    runtime: str
+    native: bool
+    artifact: Path  # what the runtime loads: the original or the converted file
+    input_schema: pa.Schema | None
+    output_schema: pa.Schema | None
+    note: str = ""  # why a convertible model was not converted
+
+
+def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
+    """Cheap checks done before anything is stored; raises InvalidArgument."""
+    if framework.name in ZIPPED_FRAMEWORKS or artifact.suffix == ".zip":
+        check_zip(artifact)
+
+
+def prepare(
+    framework: FrameworkSpec,
+    artifact: Path,
+    work: Path,
+    *,
+    input_schema: pa.Schema | None,
+    output_schema: pa.Schema | None,
+    options: dict[str, str],
+) -> Prepared:
+    """Raises ModelLoadError when the artifact cannot be served, with the reason."""
+    if framework.converts_to_onnx:
+        converted, note = _convert(framework.name, artifact, work, input_schema, output_schema, options)
+        if converted is not None:
+            return _onnx(converted, input_schema, output_schema, note="")
+        runtime = framework.fallback_runtime
+        if runtime is None or runtime not in RUNTIMES:
+            raise ModelLoadError(f"{note}; no containerized runtime for {framework.name!r} is available yet")
+        return Prepared(runtime, False, artifact, input_schema, output_schema, note)
+    if framework.name == "onnx":
+        return _onnx(artifact, input_schema, output_schema, note="")
+    if framework.name == "python":
+        _check_python_step(artifact)
+        return Prepared("python", True, artifact, input_schema, output_schema)
+    runtime = framework.fallback_runtime or framework.runtime
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(
+            f"framework {framework.name!r} is in the catalog, but its {runtime!r} runtime is not built yet"
+        )
+    return Prepared(runtime, framework.native, artifact, input_schema, output_schema)
+
+
+def _onnx(path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None, note: str) -> Prepared:
+    from flightline.runtimes.onnx import describe
+
+    described_in, described_out = describe(path)
+    return Prepared("onnx", True, path, input_schema or described_in, output_schema or described_out, note)
+
+
+def _check_python_step(path: Path) -> None:
+    try:
+        tree = ast.parse(path.read_bytes(), filename=path.name)
+    except (SyntaxError, ValueError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid Python script: {exc}") from exc
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "wallaroo_json" for n in tree.body):
+        raise ModelLoadError(f"{path.name} defines no top-level `wallaroo_json(data)` function")
+
+
+def _convert(
+    framework: str,
+    artifact: Path,
+    work: Path,
+    input_schema: pa.Schema | None,
+    output_schema: pa.Schema | None,
+    options: dict[str, str],
+) -> tuple[Path | None, str]:
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        args = [
+            sys.executable,
+            "-m",
+            "flightline.runtimes.convert",
+            "--framework",
+            framework,
+            "--artifact",
+            str(artifact),
+            "--out",
+            str(work),
+            "--options",
+            json.dumps(options),
+        ]
+        for flag, schema in (("--input-schema", input_schema), ("--output-schema", output_schema)):
+            if schema is not None:
+                file = Path(tmp) / f"{flag.strip('-')}.arrow"
+                file.write_bytes(schema.serialize().to_pybytes())
+                args += [flag, str(file)]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise ModelLoadError(f"conversion of {framework} model crashed: {' | '.join(tail)}") from None
+    if "error" in result:
+        raise ModelLoadError(result["error"])
+    return (Path(result["onnx_path"]) if result["onnx_path"] else None), result["note"]

@@ -1,0 +1,82 @@
+"""Registry connections: stored in the metadata store, browsed through the MLflow REST client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flightline.server.errors import InvalidArgument
+from flightline.server.registries.mlflow import (
+    ArtifactInfo,
+    MlflowRegistryClient,
+    RegisteredModel,
+    RegisteredModelVersion,
+)
+from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.records import Registry
+
+
+class RegistryService:
+    def __init__(self, store: MetadataStore, *, timeout: float = 30.0, retries: int = 3) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.retries = retries
+
+    def create(self, workspace_id: int, name: str, url: str, token: str) -> Registry:
+        if not name.strip():
+            raise InvalidArgument("registry name is empty")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InvalidArgument(
+                f"registry url {url!r} is not an http(s) URL, e.g. https://adb-1.2.azuredatabricks.net"
+            )
+        return self.store.create_registry(workspace_id, name, url.rstrip("/"), token)
+
+    def attach(self, registry_id: str, workspace_id: int) -> None:
+        self.store.attach_registry(registry_id, workspace_id)
+
+    def remove(self, registry_id: str, workspace_id: int) -> None:
+        self.store.detach_registry(registry_id, workspace_id)
+
+    def get(self, registry_id: str) -> Registry:
+        return self.store.get_registry(registry_id)
+
+    def in_workspace(self, workspace_id: int) -> list[Registry]:
+        self.store.get_workspace(workspace_id)
+        return self.store.list_registries(workspace_id)
+
+    def list_models(
+        self, registry_id: str, page_size: int, page_token: str
+    ) -> tuple[list[RegisteredModel], str]:
+        with self._client(registry_id) as client:
+            return client.list_models(page_size, page_token)
+
+    def list_versions(
+        self, registry_id: str, name: str, page_size: int, page_token: str
+    ) -> tuple[list[RegisteredModelVersion], str]:
+        with self._client(registry_id) as client:
+            return client.list_versions(name, page_size, page_token)
+
+    def list_artifacts(self, registry_id: str, name: str, version: str) -> list[ArtifactInfo]:
+        with self._client(registry_id) as client:
+            return client.list_artifacts(name, version)
+
+    def download(
+        self, registry_id: str, path: str, dest: Path, progress: Callable[[int], None] | None = None
+    ) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        with self._client(registry_id) as client:
+            return client.download(path, dest, progress)
+
+    @contextmanager
+    def _client(self, registry_id: str) -> Iterator[MlflowRegistryClient]:
+        registry = self.store.get_registry(registry_id)
+        client = MlflowRegistryClient(
+            registry.url, registry.token, timeout=self.timeout, retries=self.retries
+        )
+        try:
+            yield client
+        finally:
+            client.close()

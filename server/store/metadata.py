@@ -1,0 +1,568 @@
+"""Metadata store: workspaces, registries, models and deployments in SQL (SQLite by default, PostgreSQL too).
+
+Every method runs in its own short transaction and returns plain records (`records.py`), never ORM rows.
+Writers serialize per SQLite file (`BEGIN IMMEDIATE`) and on row locks in PostgreSQL; a unique-constraint
+race between concurrent writers is retried, so e.g. two uploads of one name never get the same version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from alembic import command
+from alembic.config import Config
+from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound
+from flightline.server.store.records import (
+    Conversion,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    Model,
+    ModelStatus,
+    ModelVersion,
+    Registry,
+    Workspace,
+)
+from flightline.server.store.tables import (
+    DeploymentRow,
+    DeploymentStepRow,
+    ModelRow,
+    ModelVersionRow,
+    RegistryRow,
+    RegistryWorkspaceRow,
+    WorkspaceRow,
+    utc_now,
+)
+from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30
+WRITE_OPTION = "flightline_write"  # execution option that makes a SQLite transaction BEGIN IMMEDIATE
+CONFLICT_ATTEMPTS = 5
+VISIBILITIES = ("private", "public")
+MAX_WORKSPACE_NAME = 100
+# Any constant: serializes schema upgrades of several servers starting on one PostgreSQL database.
+PG_MIGRATION_LOCK = 0x466C6967
+
+
+class MetadataStore:
+    def __init__(self, url: str) -> None:
+        self._engine = _create_engine(url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._upgrade_schema()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- workspaces
+
+    def create_workspace(self, name: str) -> Workspace:
+        if not 1 <= len(name) <= MAX_WORKSPACE_NAME:
+            raise InvalidArgument(
+                f"workspace name must be 1 to {MAX_WORKSPACE_NAME} characters, got {len(name)}"
+            )
+
+        def create(session: Session) -> Workspace:
+            if session.scalar(select(WorkspaceRow.id).where(WorkspaceRow.name == name)) is not None:
+                raise AlreadyExists(f"workspace {name!r} already exists")
+            row = WorkspaceRow(name=name, created_at=utc_now())
+            session.add(row)
+            session.flush()
+            return _workspace(row)
+
+        return self._write(create)
+
+    def get_workspace(self, workspace_id: int) -> Workspace:
+        with self._read() as session:
+            return _workspace(_workspace_row(session, workspace_id))
+
+    def list_workspaces(self, limit: int, after_id: int = 0) -> list[Workspace]:
+        query = select(WorkspaceRow).where(WorkspaceRow.id > after_id).order_by(WorkspaceRow.id).limit(limit)
+        with self._read() as session:
+            return [_workspace(row) for row in session.scalars(query)]
+
+    # -- registries
+
+    def create_registry(self, workspace_id: int, name: str, url: str, token: str) -> Registry:
+        def create(session: Session) -> Registry:
+            _workspace_row(session, workspace_id)
+            now = utc_now()
+            row = RegistryRow(
+                id=str(uuid4()), name=name, url=url, token=token, created_at=now, updated_at=now
+            )
+            row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
+            session.add(row)
+            session.flush()
+            return _registry(row)
+
+        return self._write(create)
+
+    def attach_registry(self, registry_id: str, workspace_id: int) -> Registry:
+        """Makes a registry available to a workspace; attaching twice changes nothing."""
+
+        def attach(session: Session) -> Registry:
+            row = _registry_row(session, registry_id)
+            _workspace_row(session, workspace_id)
+            if all(link.workspace_id != workspace_id for link in row.links):
+                row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
+                row.updated_at = utc_now()
+                session.flush()
+            return _registry(row)
+
+        return self._write(attach)
+
+    def detach_registry(self, registry_id: str, workspace_id: int) -> Registry:
+        def detach(session: Session) -> Registry:
+            row = _registry_row(session, registry_id)
+            link = next((link for link in row.links if link.workspace_id == workspace_id), None)
+            if link is None:
+                raise NotFound(f"registry {registry_id} is not attached to workspace {workspace_id}")
+            row.links.remove(link)
+            row.updated_at = utc_now()
+            session.flush()
+            return _registry(row)
+
+        return self._write(detach)
+
+    def get_registry(self, registry_id: str) -> Registry:
+        with self._read() as session:
+            return _registry(_registry_row(session, registry_id))
+
+    def list_registries(self, workspace_id: int) -> list[Registry]:
+        query = (
+            select(RegistryRow)
+            .join(RegistryWorkspaceRow)
+            .where(RegistryWorkspaceRow.workspace_id == workspace_id)
+            .order_by(RegistryRow.created_at, RegistryRow.id)
+        )
+        with self._read() as session:
+            _workspace_row(session, workspace_id)
+            return [_registry(row) for row in session.scalars(query)]
+
+    # -- models
+
+    def add_model_version(
+        self,
+        *,
+        workspace_id: int,
+        name: str,
+        visibility: str,
+        framework: str,
+        runtime: str,
+        native: bool,
+        status: ModelStatus,
+        conversion: Conversion,
+        source: str,
+        sha256: str,
+        size_bytes: int,
+        original_sha256: str,
+        input_schema: bytes = b"",
+        output_schema: bytes = b"",
+        conversion_note: str = "",
+        status_reason: str = "",
+    ) -> ModelVersion:
+        """Adds version 1 of a new model, or the next version of an existing one (whose visibility follows
+        the newest upload)."""
+        if visibility not in VISIBILITIES:
+            raise InvalidArgument(f"visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}")
+
+        def add(session: Session) -> ModelVersion:
+            _workspace_row(session, workspace_id)
+            now = utc_now()
+            model = session.scalars(
+                select(ModelRow)
+                .where(ModelRow.workspace_id == workspace_id, ModelRow.name == name)
+                .with_for_update()  # PostgreSQL: concurrent uploads of one name take turns here
+            ).one_or_none()
+            if model is None:
+                model = ModelRow(workspace_id=workspace_id, name=name, visibility=visibility)
+                model.created_at = now
+                model.updated_at = now
+                session.add(model)
+                session.flush()
+            else:
+                model.visibility = visibility
+                model.updated_at = now
+            latest = session.scalar(
+                select(func.max(ModelVersionRow.version)).where(ModelVersionRow.model_id == model.id)
+            )
+            row = ModelVersionRow(
+                model_id=model.id,
+                version=(latest or 0) + 1,
+                framework=framework,
+                runtime=runtime,
+                native=native,
+                status=ModelStatus(status).value,
+                status_reason=status_reason,
+                conversion_note=conversion_note,
+                input_schema=input_schema,
+                output_schema=output_schema,
+                sha256=sha256,
+                size_bytes=size_bytes,
+                original_sha256=original_sha256,
+                source=source,
+                conversion_framework=conversion.framework,
+                conversion_python_version=conversion.python_version,
+                conversion_requirements=list(conversion.requirements),
+                conversion_input_schema=conversion.input_schema,
+                conversion_output_schema=conversion.output_schema,
+                conversion_options=dict(conversion.options),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return _version(row, model.name)
+
+        return self._write(add)
+
+    def update_model_version(
+        self,
+        model_id: int,
+        version: int,
+        *,
+        status: ModelStatus | None = None,
+        status_reason: str | None = None,
+        conversion_note: str | None = None,
+        runtime: str | None = None,
+        native: bool | None = None,
+        sha256: str | None = None,
+        size_bytes: int | None = None,
+        input_schema: bytes | None = None,
+        output_schema: bytes | None = None,
+    ) -> ModelVersion:
+        """Changes the given fields (None leaves a field as it is)."""
+        changes: dict[str, Any] = {
+            "status": None if status is None else ModelStatus(status).value,
+            "status_reason": status_reason,
+            "conversion_note": conversion_note,
+            "runtime": runtime,
+            "native": native,
+            "sha256": sha256,
+            "size_bytes": size_bytes,
+            "input_schema": input_schema,
+            "output_schema": output_schema,
+        }
+
+        def update(session: Session) -> ModelVersion:
+            row, model_name = _version_row(session, model_id, version)
+            for column, value in changes.items():
+                if value is not None:
+                    setattr(row, column, value)
+            row.updated_at = utc_now()
+            session.flush()
+            return _version(row, model_name)
+
+        return self._write(update)
+
+    def get_model(self, model_id: int) -> Model:
+        with self._read() as session:
+            return _model(_model_row(session, model_id))
+
+    def find_model(self, workspace_id: int, name: str) -> Model | None:
+        query = select(ModelRow).where(ModelRow.workspace_id == workspace_id, ModelRow.name == name)
+        with self._read() as session:
+            row = session.scalars(query).one_or_none()
+            return None if row is None else _model(row)
+
+    def list_models(self, workspace_id: int, limit: int, after_id: int = 0) -> list[Model]:
+        """The workspace's own models and every workspace's public ones, by id."""
+        query = (
+            select(ModelRow)
+            .where(
+                (ModelRow.workspace_id == workspace_id) | (ModelRow.visibility == "public"),
+                ModelRow.id > after_id,
+            )
+            .order_by(ModelRow.id)
+            .limit(limit)
+        )
+        with self._read() as session:
+            _workspace_row(session, workspace_id)
+            return [_model(row) for row in session.scalars(query)]
+
+    def get_model_version(self, model_id: int, version: int = 0) -> ModelVersion:
+        """One version of a model; version 0 means the latest."""
+        with self._read() as session:
+            return _version(*_version_row(session, model_id, version))
+
+    def list_model_versions(self, model_id: int, limit: int, after_version: int = 0) -> list[ModelVersion]:
+        query = (
+            select(ModelVersionRow)
+            .where(ModelVersionRow.model_id == model_id, ModelVersionRow.version > after_version)
+            .order_by(ModelVersionRow.version)
+            .limit(limit)
+        )
+        with self._read() as session:
+            model = _model_row(session, model_id)
+            return [_version(row, model.name) for row in session.scalars(query)]
+
+    def versions_in_status(self, *statuses: ModelStatus) -> list[ModelVersion]:
+        query = (
+            select(ModelVersionRow, ModelRow.name)
+            .join(ModelRow)
+            .where(ModelVersionRow.status.in_([ModelStatus(s).value for s in statuses]))
+            .order_by(ModelVersionRow.model_id, ModelVersionRow.version)
+        )
+        with self._read() as session:
+            return [_version(row, name) for row, name in session.execute(query).tuples()]
+
+    # -- deployments
+
+    def create_deployment(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+        """Records a new DEPLOYING deployment. A STOPPED deployment of the same name is replaced."""
+        if not steps:
+            raise InvalidArgument(f"deployment {name!r} needs at least one step")
+        for step in steps:
+            if step.version <= 0:
+                raise InvalidArgument(f"deployment step of model {step.model_id}: give its version number")
+
+        def create(session: Session) -> Deployment:
+            _workspace_row(session, workspace_id)
+            for step in steps:
+                _version_row(session, step.model_id, step.version)
+            existing = session.scalars(
+                select(DeploymentRow).where(DeploymentRow.name == name).with_for_update()
+            ).one_or_none()
+            if existing is not None:
+                if existing.status != DeploymentStatus.STOPPED:
+                    raise AlreadyExists(f"deployment {name!r} already exists ({existing.status})")
+                session.delete(existing)
+                session.flush()
+            row = DeploymentRow(
+                name=name,
+                workspace_id=workspace_id,
+                status=DeploymentStatus.DEPLOYING.value,
+                status_reason="",
+                created_at=utc_now(),
+                steps=[
+                    DeploymentStepRow(position=i, model_id=step.model_id, version=step.version)
+                    for i, step in enumerate(steps)
+                ],
+            )
+            session.add(row)
+            session.flush()
+            return _deployment(row)
+
+        return self._write(create)
+
+    def update_deployment(self, name: str, status: DeploymentStatus, status_reason: str = "") -> Deployment:
+        def update(session: Session) -> Deployment:
+            row = _deployment_row(session, name)
+            row.status = DeploymentStatus(status).value
+            row.status_reason = status_reason
+            session.flush()
+            return _deployment(row)
+
+        return self._write(update)
+
+    def get_deployment(self, name: str) -> Deployment:
+        with self._read() as session:
+            return _deployment(_deployment_row(session, name))
+
+    def list_deployments(self, workspace_id: int = 0) -> list[Deployment]:
+        """Deployments of one workspace, or of all when workspace_id is 0, by id."""
+        query = select(DeploymentRow).order_by(DeploymentRow.id)
+        with self._read() as session:
+            if workspace_id:
+                _workspace_row(session, workspace_id)
+                query = query.where(DeploymentRow.workspace_id == workspace_id)
+            return [_deployment(row) for row in session.scalars(query)]
+
+    def delete_deployment(self, name: str) -> None:
+        def delete(session: Session) -> None:
+            session.delete(_deployment_row(session, name))
+
+        self._write(delete)
+
+    # -- plumbing
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """Runs `work` in one write transaction, again if a concurrent writer won a unique-constraint race."""
+        attempt = 1
+        while True:
+            try:
+                with self._sessions.begin() as session:
+                    session.connection(execution_options={WRITE_OPTION: True})
+                    return work(session)
+            except IntegrityError:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                attempt += 1
+
+    def _upgrade_schema(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if not parsed.database or parsed.database == ":memory:":
+        raise InvalidArgument(f"metadata database {url!r}: in-memory SQLite is not supported, use a file")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, pool_size=8
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself, so writers can take the write lock up front.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",  # readers never block the writer, nor it them
+        "foreign_keys=ON",
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}",
+        "synchronous=NORMAL",  # safe with WAL; fsync at checkpoints only
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _begin_sqlite_transaction(connection: Any) -> None:
+    # A deferred transaction that reads then writes fails (SQLITE_BUSY_SNAPSHOT) if another writer got in
+    # between; IMMEDIATE makes writers queue on the busy timeout instead.
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# -- row lookups that raise NotFound with the missing thing named
+
+
+def _workspace_row(session: Session, workspace_id: int) -> WorkspaceRow:
+    row = session.get(WorkspaceRow, workspace_id)
+    if row is None:
+        raise NotFound(f"workspace {workspace_id} does not exist")
+    return row
+
+
+def _registry_row(session: Session, registry_id: str) -> RegistryRow:
+    row = session.get(RegistryRow, registry_id)
+    if row is None:
+        raise NotFound(f"registry {registry_id!r} does not exist")
+    return row
+
+
+def _model_row(session: Session, model_id: int) -> ModelRow:
+    row = session.get(ModelRow, model_id)
+    if row is None:
+        raise NotFound(f"model {model_id} does not exist")
+    return row
+
+
+def _version_row(session: Session, model_id: int, version: int) -> tuple[ModelVersionRow, str]:
+    model = _model_row(session, model_id)
+    query = select(ModelVersionRow).where(ModelVersionRow.model_id == model_id)
+    if version > 0:
+        query = query.where(ModelVersionRow.version == version)
+    row = session.scalars(query.order_by(ModelVersionRow.version.desc()).limit(1)).one_or_none()
+    if row is None:
+        raise NotFound(
+            f"model {model_id} ({model.name}) has no version {version}"
+            if version > 0
+            else f"model {model_id} ({model.name}) has no versions"
+        )
+    return row, model.name
+
+
+def _deployment_row(session: Session, name: str) -> DeploymentRow:
+    row = session.scalars(select(DeploymentRow).where(DeploymentRow.name == name)).one_or_none()
+    if row is None:
+        raise NotFound(f"deployment {name!r} does not exist")
+    return row
+
+
+# -- rows to records
+
+
+def _workspace(row: WorkspaceRow) -> Workspace:
+    return Workspace(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def _registry(row: RegistryRow) -> Registry:
+    return Registry(
+        id=row.id,
+        name=row.name,
+        url=row.url,
+        token=row.token,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        workspace_ids=tuple(sorted(link.workspace_id for link in row.links)),
+    )
+
+
+def _model(row: ModelRow) -> Model:
+    return Model(
+        id=row.id,
+        name=row.name,
+        workspace_id=row.workspace_id,
+        visibility=row.visibility,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _version(row: ModelVersionRow, model_name: str) -> ModelVersion:
+    return ModelVersion(
+        model_id=row.model_id,
+        model_name=model_name,
+        version=row.version,
+        framework=row.framework,
+        runtime=row.runtime,
+        native=row.native,
+        status=ModelStatus(row.status),
+        status_reason=row.status_reason,
+        conversion_note=row.conversion_note,
+        input_schema=row.input_schema,
+        output_schema=row.output_schema,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        original_sha256=row.original_sha256,
+        source=row.source,
+        conversion=Conversion(
+            framework=row.conversion_framework,
+            python_version=row.conversion_python_version,
+            requirements=tuple(row.conversion_requirements),
+            input_schema=row.conversion_input_schema,
+            output_schema=row.conversion_output_schema,
+            options=dict(row.conversion_options),
+        ),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _deployment(row: DeploymentRow) -> Deployment:
+    return Deployment(
+        id=row.id,
+        name=row.name,
+        workspace_id=row.workspace_id,
+        status=DeploymentStatus(row.status),
+        status_reason=row.status_reason,
+        steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
+        created_at=row.created_at,
+    )

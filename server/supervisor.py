@@ -1,0 +1,396 @@
+"""Starts, watches and restarts runtime server processes: one process per deployed model step.
+
+Each process runs `python -m flightline.runtimes.server`, announces itself with one stdout line
+(`FLIGHTLINE_READY <location>` or `FLIGHTLINE_LOAD_ERROR <reason>`), and keeps its port across
+restarts so the location the front door and clients hold stays valid."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+import pyarrow.flight as flight
+from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.server.errors import AlreadyExists, NotFound, Unavailable
+
+READY = "FLIGHTLINE_READY"
+LOAD_ERROR = "FLIGHTLINE_LOAD_ERROR"
+STDERR_TAIL_LINES = 20
+
+log = logging.getLogger(__name__)
+
+
+class State(Enum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class RuntimeProcess:
+    """One supervised runtime server. Fields change only under the supervisor's lock."""
+
+    key: str
+    runtime: str
+    spec_dir: Path
+    location: str = ""
+    pid: int = 0
+    restarts: int = 0
+    state: State = State.STARTING
+    failure: str | None = None
+    _popen: subprocess.Popen[str] | None = field(default=None, repr=False)
+    _stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), repr=False)
+    _wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _watcher: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        return (urlparse(self.location).port or 0) if self.location else 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is State.HEALTHY
+
+
+class Supervisor:
+    """Owns runtime processes keyed by a caller-chosen key (e.g. `<deployment>/<step>`)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        python: str = sys.executable,
+        check_interval: float = 0.5,
+        health_timeout: float = 5.0,
+        health_failures: int = 3,
+        max_load_failures: int = 3,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.python = python
+        self.check_interval = check_interval
+        self.health_timeout = health_timeout
+        # A busy runtime may miss one health deadline; only a run of misses means it is wedged.
+        self.health_failures = health_failures
+        self.max_load_failures = max_load_failures
+        self.stop_grace = stop_grace
+        self._procs: dict[str, RuntimeProcess] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def start(self, key: str, runtime: str, spec: ModelSpec, *, timeout: float = 120) -> RuntimeProcess:
+        """Starts a runtime process and returns once it serves; raises ModelLoadError otherwise."""
+        spec_dir = self.workdir / key
+        with self._lock:
+            if key in self._procs:
+                raise AlreadyExists(f"a runtime process for {key!r} is already running")
+            proc = RuntimeProcess(key=key, runtime=runtime, spec_dir=spec_dir)
+            self._procs[key] = proc
+        try:
+            spec.save(spec_dir)
+            self._launch(proc, port=0, timeout=timeout)
+        except BaseException:
+            with self._lock:
+                self._procs.pop(key, None)
+            self._kill(proc)
+            raise
+        self._set_state(proc, State.HEALTHY)
+        proc._watcher = threading.Thread(
+            target=self._watch, args=(proc, timeout), daemon=True, name=f"supervise-{key}"
+        )
+        proc._watcher.start()
+        return proc
+
+    def get(self, key: str) -> RuntimeProcess:
+        with self._lock:
+            try:
+                return self._procs[key]
+            except KeyError:
+                raise NotFound(f"no runtime process {key!r}") from None
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._procs)
+
+    def wait_healthy(self, key: str, timeout: float) -> RuntimeProcess:
+        """Blocks until the process serves (e.g. after a restart). Raises ModelLoadError if it
+        failed for good, Unavailable if it is not healthy within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                proc = self._procs.get(key)
+                if proc is None:
+                    raise NotFound(f"no runtime process {key!r}")
+                if proc.state is State.HEALTHY:
+                    return proc
+                if proc.state is State.FAILED:
+                    raise ModelLoadError(proc.failure or "runtime failed")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"runtime {key!r} is not healthy after {timeout:g}s ({proc.state.value})"
+                    )
+                self._changed.wait(remaining)
+
+    def stop(self, key: str) -> None:
+        with self._lock:
+            proc = self._procs.pop(key, None)
+        if proc is None:
+            raise NotFound(f"no runtime process {key!r}")
+        self._shutdown([proc])
+
+    def close(self) -> None:
+        with self._lock:
+            procs = list(self._procs.values())
+            self._procs.clear()
+        self._shutdown(procs)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- process lifecycle ------------------------------------------------------------------------
+
+    def _launch(self, proc: RuntimeProcess, *, port: int, timeout: float) -> None:
+        """Spawns the runtime server and waits for its READY line."""
+        cmd = [
+            self.python,
+            "-m",
+            "flightline.runtimes.server",
+            "--runtime",
+            proc.runtime,
+            "--spec",
+            str(proc.spec_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Own session = own process group, so a stop reaches whatever the runtime spawned.
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ModelLoadError(f"cannot start the runtime process: {exc}") from exc
+        proc._stderr_tail.clear()
+        announcements: queue.Queue[str | None] = queue.Queue()
+        stdout_drain = threading.Thread(
+            target=self._drain_stdout,
+            args=(proc, popen, announcements),
+            daemon=True,
+            name=f"stdout-{proc.key}",
+        )
+        stderr_drain = threading.Thread(
+            target=self._drain_stderr, args=(proc, popen.stderr), daemon=True, name=f"stderr-{proc.key}"
+        )
+        stdout_drain.start()
+        stderr_drain.start()
+        with self._lock:
+            proc._popen = popen
+            proc.pid = popen.pid
+        if proc._stopping.is_set():  # stop() raced with a restart: it may not have seen this process
+            self._kill(proc)
+            raise ModelLoadError(f"runtime {proc.key!r} was stopped while starting")
+        try:
+            line = announcements.get(timeout=timeout)
+        except queue.Empty:
+            self._kill(proc)
+            raise ModelLoadError(
+                self._reason(proc, f"runtime did not become ready within {timeout:g}s")
+            ) from None
+        if line is not None and line.startswith(READY):
+            location = line.removeprefix(READY).strip()
+            with self._lock:
+                proc.location = location
+            return
+        # Load error or exit before READY: wait for the exit so stderr is complete.
+        try:
+            popen.wait(timeout=self.stop_grace)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+        stderr_drain.join(timeout=1.0)
+        if line is not None:
+            reason = line.removeprefix(LOAD_ERROR).strip()
+        else:
+            reason = f"runtime exited with code {popen.returncode} before it was ready"
+        raise ModelLoadError(self._reason(proc, reason))
+
+    def _drain_stdout(
+        self, proc: RuntimeProcess, popen: subprocess.Popen[str], announcements: queue.Queue[str | None]
+    ) -> None:
+        assert popen.stdout is not None
+        announced = False
+        for line in popen.stdout:
+            line = line.rstrip("\n")
+            if not announced and line.startswith((READY, LOAD_ERROR)):
+                announced = True
+                announcements.put(line)
+            else:
+                log.info("[%s] %s", proc.key, line)
+        if not announced:
+            announcements.put(None)
+        # EOF: the process is gone (or closed stdout); let the watcher look now, not at its next tick.
+        proc._wake.set()
+
+    @staticmethod
+    def _drain_stderr(proc: RuntimeProcess, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            line = line.rstrip("\n")
+            proc._stderr_tail.append(line)
+            log.info("[%s] %s", proc.key, line)
+
+    @staticmethod
+    def _reason(proc: RuntimeProcess, reason: str) -> str:
+        tail = "\n".join(proc._stderr_tail)
+        return f"{reason}\n--- runtime stderr (last lines) ---\n{tail}" if tail else reason
+
+    def _kill(self, proc: RuntimeProcess) -> None:
+        self._terminate([proc], grace=0.0)
+
+    def _shutdown(self, procs: Iterable[RuntimeProcess]) -> None:
+        procs = list(procs)
+        for proc in procs:
+            proc._stopping.set()
+            proc._wake.set()
+        self._terminate(procs, grace=self.stop_grace)
+        for proc in procs:
+            if proc._watcher is not None and proc._watcher is not threading.current_thread():
+                proc._watcher.join(timeout=self.stop_grace + 1)
+            self._set_state(proc, State.STOPPED)
+
+    @staticmethod
+    def _terminate(procs: list[RuntimeProcess], *, grace: float) -> None:
+        """SIGTERM every process group, then SIGKILL whatever outlives the grace period."""
+        live = [p._popen for p in procs if p._popen is not None and p._popen.poll() is None]
+        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+        for popen in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, sig)
+        deadline = time.monotonic() + grace
+        for popen in live:
+            try:
+                popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+        for popen in (p._popen for p in procs if p._popen is not None):
+            for stream in (popen.stdout, popen.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+    def _set_state(self, proc: RuntimeProcess, state: State, failure: str | None = None) -> None:
+        with self._changed:
+            if proc.state is State.STOPPED:
+                return
+            proc.state = state
+            if failure is not None:
+                proc.failure = failure
+            self._changed.notify_all()
+
+    # -- watching ---------------------------------------------------------------------------------
+
+    def _watch(self, proc: RuntimeProcess, load_timeout: float) -> None:
+        client: flight.FlightClient | None = None
+        missed = 0
+        started_at = time.monotonic()
+        crash_delay = 0.0
+        while not proc._stopping.is_set():
+            proc._wake.wait(self.check_interval)
+            proc._wake.clear()
+            if proc._stopping.is_set():
+                break
+            popen = proc._popen
+            if popen is None or popen.poll() is not None:
+                code = None if popen is None else popen.returncode
+                log.warning("runtime %s exited with code %s; restarting", proc.key, code)
+            else:
+                if client is None:
+                    client = flight.connect(proc.location)
+                if self._answers_healthcheck(client):
+                    missed = 0
+                    continue
+                missed += 1
+                if missed < self.health_failures:
+                    continue
+                log.warning("runtime %s failed %d healthchecks; restarting", proc.key, missed)
+            missed = 0
+            if client is not None:
+                client.close()
+                client = None
+            # A process that dies soon after each start backs off; one that ran a while restarts at once.
+            crash_delay = min(max(crash_delay * 2, 0.2), 10.0) if time.monotonic() - started_at < 10 else 0.0
+            if proc._stopping.wait(crash_delay) or not self._restart(proc, load_timeout):
+                break
+            started_at = time.monotonic()
+        if client is not None:
+            client.close()
+
+    def _answers_healthcheck(self, client: flight.FlightClient) -> bool:
+        options = flight.FlightCallOptions(timeout=self.health_timeout)
+        try:
+            results = list(client.do_action(flight.Action("healthcheck", b""), options))
+        except (flight.FlightError, OSError):
+            return False
+        return bool(results) and results[0].body.to_pybytes() == b"ok"
+
+    def _restart(self, proc: RuntimeProcess, load_timeout: float) -> bool:
+        """Restarts on the same port with exponential backoff; returns False once the process failed
+        for good or is being stopped."""
+        self._set_state(proc, State.RESTARTING)
+        load_failures = 0
+        delay = 0.1
+        while not proc._stopping.is_set():
+            self._kill(proc)
+            with self._lock:
+                proc.restarts += 1
+            try:
+                self._launch(proc, port=proc.port, timeout=load_timeout)
+            except ModelLoadError as exc:
+                if proc._stopping.is_set():
+                    return False
+                load_failures += 1
+                if load_failures >= self.max_load_failures:
+                    log.error("runtime %s failed for good: %s", proc.key, exc)
+                    self._set_state(proc, State.FAILED, failure=str(exc))
+                    return False
+                proc._stopping.wait(delay)
+                delay = min(delay * 4, 10.0)
+                continue
+            self._set_state(proc, State.HEALTHY)
+            return True
+        return False
