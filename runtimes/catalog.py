@@ -209,7 +209,9 @@ def _converted(name: str, file_types: str, fallback: str | None) -> FrameworkSpe
     return FrameworkSpec(name, True, "onnx", fallback, True, file_types)
 
 
-def _containerized(name: str, file_types: str, schemas: tuple[pa.Schema, pa.Schema] | None = None) -> FrameworkSpec:
+def _containerized(
+    name: str, file_types: str, schemas: tuple[pa.Schema, pa.Schema] | None = None
+) -> FrameworkSpec:
     inputs, outputs = schemas if schemas is not None else (None, None)
     return FrameworkSpec(name, False, "flight", None, False, file_types, inputs, outputs)
 

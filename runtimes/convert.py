@@ -22,11 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pyarrow as pa
-from onnx import helper
-
 from flightline.runtimes import sklearn as pickles
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
+from onnx import helper
 
 DEFAULT_TARGET_OPSET = 17
 ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17
@@ -122,10 +121,9 @@ def _convert_pickle(
 ) -> onnx.ModelProto:
     """Converts with the input's own precision where the converters allow it, else in float32 behind
     a Cast (XGBoost's ONNX trees are float32 only, as is XGBoost itself)."""
-    if layout.value_type == pa.float32():
-        core_types = [np.dtype(np.float32)]
-    else:
-        core_types = [np.dtype(np.float64), np.dtype(np.float32)]
+    core_types: list[np.dtype[Any]] = [np.dtype(np.float32)]
+    if layout.value_type != pa.float32():
+        core_types.insert(0, np.dtype(np.float64))
     first_failure: _NotConverted | None = None
     for core in core_types:
         try:
@@ -147,7 +145,9 @@ def _missing_converter_errors() -> tuple[type[Exception], ...]:
     return MissingConverter, MissingShapeCalculator
 
 
-def _skl2onnx(estimator: Any, layout: pickles.InputLayout, core: np.dtype[Any], opset: int) -> onnx.ModelProto:
+def _skl2onnx(
+    estimator: Any, layout: pickles.InputLayout, core: np.dtype[Any], opset: int
+) -> onnx.ModelProto:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
@@ -228,21 +228,37 @@ def _with_schema_names(
         graph.input.extend([served, *kept_inputs])
     produced = list(graph.output)
     if len(produced) < len(outputs):
-        raise _NotConverted(
-            f"the ONNX graph has {len(produced)} outputs where {len(outputs)} were expected"
-        )
+        raise _NotConverted(f"the ONNX graph has {len(produced)} outputs where {len(outputs)} were expected")
     del graph.output[:]
+    # Free the served names first: converters may already use them for other tensors.
+    for index, value in enumerate(produced):
+        _rename_tensor(graph, value.name, f"{value.name}__out{index}")
+        value.name = f"{value.name}__out{index}"
+    for _, column in outputs:
+        _rename_tensor(graph, column, f"{column}__inner")
     for value, (_, column) in zip(produced, outputs, strict=False):
         declared = output_schema.field(column).type if output_schema is not None else None
         graph.output.append(_renamed_output(graph, value, column, declared))
     return model
 
 
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Renames a tensor of the top-level graph (converters for these estimators build no subgraphs)."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for named in (*graph.initializer, *graph.value_info):
+        if named.name == old:
+            named.name = new
+
+
 def _renamed_output(
     graph: onnx.GraphProto, value: onnx.ValueInfoProto, column: str, declared: pa.DataType | None
 ) -> onnx.ValueInfoProto:
     tensor = value.type.tensor_type
-    dims: list[int | str | None] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    dims: list[int | str | None] = [
+        d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+    ]
     elem_type = tensor.elem_type
     current = value.name
     declared_list = declared is not None and (
@@ -272,7 +288,9 @@ def _verify(
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime rejects graphs the converter got wrong
-        raise _NotConverted(f"onnxruntime cannot load the converted {_class_name(estimator)}: {_first_line(exc)}") from exc
+        raise _NotConverted(
+            f"onnxruntime cannot load the converted {_class_name(estimator)}: {_first_line(exc)}"
+        ) from exc
     columns = [column for _, column in outputs]
 
     def original(batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
@@ -285,7 +303,9 @@ def _verify(
         batch, expected = pickles.run_on_synthetic(layout, original)
         got: list[npt.NDArray[Any]] = session.run(columns, {"inputs": batch})
     except Exception as exc:  # either side failing means the conversion cannot be trusted
-        raise _NotConverted(f"could not check the conversion on a synthetic batch: {_first_line(exc)}") from exc
+        raise _NotConverted(
+            f"could not check the conversion on a synthetic batch: {_first_line(exc)}"
+        ) from exc
     for column, want, have in zip(columns, expected, got, strict=True):
         problem = _difference(want, np.asarray(have))
         if problem:
@@ -299,9 +319,12 @@ def _difference(want: npt.NDArray[Any], have: npt.NDArray[Any]) -> str:
     """'' when the converted output matches: labels exactly, numbers within float32 error."""
     if want.size != have.size:
         return f"has shape {have.shape}, expected {want.shape}"
-    want, have = want.reshape(have.shape), have
-    if want.dtype.kind in "OUSb" or have.dtype.kind in "OUSb" or want.dtype.kind in "iu":
+    want = want.reshape(have.shape)
+    if want.dtype.kind not in "biuf" or have.dtype.kind not in "biuf":
         mismatched = int(np.count_nonzero(want.astype(str) != have.astype(str)))
+        return f"differs in {mismatched} of {len(want)} rows" if mismatched else ""
+    if want.dtype.kind in "biu":
+        mismatched = int(np.count_nonzero(want != have))
         return f"differs in {mismatched} of {len(want)} rows" if mismatched else ""
     scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
     if np.allclose(have, want, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):

@@ -37,7 +37,22 @@ def envelope(inputs: pa.RecordBatch, outputs: pa.RecordBatch, *, echo: bool = Tr
         return pa.RecordBatch.from_arrays(outputs.columns, schema=schema)
     rows = outputs.num_rows
     now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
-    # np.zeros maps untouched zero pages, so large batches pay nothing for the column.
-    zeros = np.zeros(rows, dtype=np.int32)
-    columns = [pa.array(now, type=TIME.type), *inputs.columns, *outputs.columns, pa.array(zeros)]
+    columns = [
+        pa.Array.from_buffers(TIME.type, rows, [None, pa.py_buffer(now)]),
+        *inputs.columns,
+        *outputs.columns,
+        pa.Array.from_buffers(CHECK_FAILURES.type, rows, [None, _zeros(rows * 4)]),
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+_zero_buffer = pa.py_buffer(np.zeros(1 << 16, dtype=np.uint8))
+
+
+def _zeros(size: int) -> pa.Buffer:
+    """A shared read-only buffer of at least `size` zero bytes (grown on demand, never written)."""
+    global _zero_buffer
+    if _zero_buffer.size < size:
+        # np.zeros maps untouched zero pages, so even a huge buffer costs nothing until read.
+        _zero_buffer = pa.py_buffer(np.zeros(max(size, 2 * _zero_buffer.size), dtype=np.uint8))
+    return _zero_buffer

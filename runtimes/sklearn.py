@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-
 from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
+from flightline.runtimes.rules import as_tensor, from_tensor, tensor_shape, tensor_type
 
 INPUT_COLUMN = "inputs"
 _FEATURE_TYPES = (pa.float32(), pa.float64(), pa.int32(), pa.int64())
@@ -42,7 +42,8 @@ class InputLayout:
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
-        return np.dtype(self.value_type.to_pandas_dtype())
+        dtype: np.dtype[Any] = np.dtype(self.value_type.to_pandas_dtype())
+        return dtype
 
 
 def load_estimator(artifact: Path) -> Any:
@@ -145,37 +146,28 @@ def run_on_synthetic(
 
 
 def arrow_type_of(result: npt.NDArray[Any]) -> pa.DataType:
-    value_type = pa.string() if result.dtype.kind in "OUS" else pa.from_numpy_dtype(result.dtype)
-    if result.ndim == 1:
-        return value_type
-    return pa.list_(value_type, int(np.prod(result.shape[1:])))
+    """The column type of a model result: scalars for 1-D, nested fixed-size lists per extra dimension."""
+    leaf = pa.string() if result.dtype.kind in "OUS" else pa.from_numpy_dtype(result.dtype)
+    return tensor_type(leaf, result.shape[1:])
 
 
 def to_arrow(result: npt.NDArray[Any], arrow_type: pa.DataType) -> pa.Array:
-    """A model's numpy result as an Arrow column of `arrow_type` (scalars, or a fixed-size list per row)."""
-    nested = pa.types.is_fixed_size_list(arrow_type)
-    value_type = arrow_type.value_type if nested else arrow_type
-    flat = result.reshape(-1)
-    if pa.types.is_string(value_type):
-        values = pa.array(flat.astype(str), pa.string())
-    else:
-        values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False))
-    if not nested:
-        if result.ndim != 1:
-            raise ValueError(f"the model returned shape {result.shape} for scalar column type {arrow_type}")
-        return values
-    if flat.size != len(result) * arrow_type.list_size:
-        raise ValueError(f"the model returned shape {result.shape} for column type {arrow_type}")
-    return pa.FixedSizeListArray.from_arrays(values, arrow_type.list_size)
+    """A model's numpy result as an Arrow column of `arrow_type`; ValueError when it cannot be one."""
+    leaf, shape = tensor_shape(arrow_type)
+    if result.shape[1:] != shape:
+        raise ValueError(f"the model returned shape {result.shape}, the column holds {list(shape)} per row")
+    if pa.types.is_string(leaf):
+        return from_tensor(result.astype(str))
+    return from_tensor(result.astype(leaf.to_pandas_dtype(), copy=False))
 
 
 class SklearnRuntime(Runtime):
     name = "sklearn"
 
-    def __init__(self, estimator: Any, layout: InputLayout, methods: list[tuple[str, str]],
-                 output_schema: pa.Schema) -> None:
+    def __init__(
+        self, estimator: Any, layout: InputLayout, methods: list[tuple[str, str]], output_schema: pa.Schema
+    ) -> None:
         self._estimator = estimator
-        self._width = layout.width
         self._methods = [getattr(estimator, method) for method, _ in methods]
         self.input_schema = layout.schema
         self.output_schema = output_schema
@@ -207,9 +199,7 @@ class SklearnRuntime(Runtime):
         return cls(estimator, layout, methods, pa.schema(fields))
 
     def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        column = batch.column(INPUT_COLUMN)
-        features = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), self._width)
-        inputs = model_inputs(self._estimator, features)
+        inputs = model_inputs(self._estimator, as_tensor(batch.column(INPUT_COLUMN)))
         arrays = [
             to_arrow(np.asarray(method(inputs)), field.type)
             for method, field in zip(self._methods, self.output_schema, strict=True)

@@ -86,8 +86,9 @@ class Client:
 
 
 def infer(location: str, name: str, table: pa.Table, *, mode: str = "") -> pa.Table:
-    """Streams a table through a deployment with do_exchange and returns the results."""
-    path = [name, mode] if mode else [name]
+    """Streams a table through a deployment with do_exchange and returns the results. At a runtime
+    server's own location, pass name="" (it serves one model)."""
+    path = [segment for segment in (name, mode) if segment]
     with flight.connect(location) as conn:
         writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path))
         with writer:

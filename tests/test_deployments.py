@@ -1,0 +1,178 @@
+"""Deployments end to end: upload through gRPC, deploy, stream through the Flight front door."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from conftest import settings_for
+from flightline.server.app import App
+from flightline.server.client import Client, infer
+from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
+from support.mlp import build_mlp
+from support.wait import wait_until
+
+POSTPROCESS = """
+import pandas as pd
+
+def wallaroo_json(data: pd.DataFrame):
+    # Probability-like score from the first logit, as a post-processing step would.
+    return pd.DataFrame({"score": [float(row[0]) * 2.0 for row in data["output"]]})
+"""
+
+
+def upload(client: Client, workspace_id: int, path: Path, name: str, framework: str) -> int:
+    meta = model_pb2.UploadMetadata(
+        name=name, workspace_id=workspace_id, conversion=model_pb2.Conversion(framework=framework)
+    )
+    response = client.upload_file(path, meta)
+    assert response.version.status == model_pb2.MODEL_STATUS_READY, response.version.status_reason
+    return int(response.model_id)
+
+
+def features(rows: int, seed: int = 0) -> tuple[np.ndarray, pa.Table]:
+    values = np.random.default_rng(seed).normal(size=(rows, 29)).astype(np.float32)
+    return values, pa.table({"input": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 29)})
+
+
+@pytest.fixture
+def workspace_id(client: Client) -> int:
+    return int(client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="serving")).id)
+
+
+def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_path: Path) -> None:
+    path = build_mlp(tmp_path / "mlp.onnx")
+    deployment = client.deploy(workspace_id, "fraud", upload(client, workspace_id, path, "fraud", "onnx"))
+    assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
+    assert deployment.steps[0].runtime == "onnx" and deployment.steps[0].location.startswith("grpc+tcp://")
+    output_schema = pa.ipc.read_schema(pa.py_buffer(deployment.output_schema))
+    assert output_schema.names == ["time", "in.input", "out.output", "check_failures"]
+
+    values, table = features(1000)
+    expected = ort.InferenceSession(str(path)).run(None, {"input": values})[0]
+    result = infer(deployment.flight_location, "fraud", table)
+    assert result.schema.names == output_schema.names and result.num_rows == 1000
+    got = result.column("out.output").combine_chunks().values.to_numpy().reshape(1000, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Clients may skip the front door: the runtime server's location serves the same model.
+    direct = infer(deployment.steps[0].location, "", table, mode="outputs")
+    np.testing.assert_allclose(
+        direct.column("out.output").combine_chunks().values.to_numpy().reshape(1000, 2), got
+    )
+
+    with flight.connect(deployment.flight_location) as conn:
+        info = conn.get_flight_info(flight.FlightDescriptor.for_path("fraud"))
+    assert info.schema.names == output_schema.names
+    assert deployment.steps[0].location in [
+        str(loc.uri.decode()) for e in info.endpoints for loc in e.locations
+    ]
+
+    listed = client.deployments.ListDeployments(
+        deployment_pb2.ListDeploymentsRequest(workspace_id=workspace_id)
+    )
+    assert [d.name for d in listed.deployments] == ["fraud"]
+    stopped = client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="fraud"))
+    assert stopped.status == deployment_pb2.DEPLOYMENT_STATUS_STOPPED
+    with pytest.raises(flight.FlightError, match="fraud"):
+        infer(deployment.flight_location, "fraud", table)
+
+
+def test_pipeline_onnx_then_python_step(client: Client, workspace_id: int, tmp_path: Path) -> None:
+    path = build_mlp(tmp_path / "mlp.onnx")
+    script = tmp_path / "post.py"
+    script.write_text(POSTPROCESS)
+    model = upload(client, workspace_id, path, "logits", "onnx")
+    post = upload(client, workspace_id, script, "post", "python")
+    deployment = client.deploy(workspace_id, "scored", model, post)
+    assert [s.runtime for s in deployment.steps] == ["onnx", "python"]
+    values, table = features(64, seed=4)
+    expected = ort.InferenceSession(str(path)).run(None, {"input": values})[0][:, 0] * 2.0
+    result = infer(deployment.flight_location, "scored", table, mode="outputs")
+    assert result.schema.names == ["out.score"]
+    np.testing.assert_allclose(result.column("out.score").to_numpy(), expected, rtol=1e-5)
+
+
+def test_deploy_refusals(client: Client, workspace_id: int, tmp_path: Path) -> None:
+    model = upload(client, workspace_id, build_mlp(tmp_path / "m.onnx"), "m", "onnx")
+    client.deploy(workspace_id, "taken", model)
+    cases = [
+        (("taken", model), grpc.StatusCode.ALREADY_EXISTS),
+        (("Bad.Name", model), grpc.StatusCode.INVALID_ARGUMENT),
+        (("ghost", 9999), grpc.StatusCode.NOT_FOUND),
+    ]
+    for (name, model_id), code in cases:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.deploy(workspace_id, name, model_id)
+        assert refused.value.code() == code, name
+    broken = tmp_path / "broken.py"
+    broken.write_text("def predict(x):\n    return x\n")
+    meta = model_pb2.UploadMetadata(
+        name="broken", workspace_id=workspace_id, conversion=model_pb2.Conversion(framework="python")
+    )
+    errored = client.upload_file(broken, meta)
+    with pytest.raises(grpc.RpcError) as refused:
+        client.deploy(workspace_id, "broken", errored.model_id)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "wallaroo_json" in (refused.value.details() or "")
+
+
+def test_model_that_cannot_load_fails_the_deployment_with_reason(
+    client: Client, workspace_id: int, tmp_path: Path
+) -> None:
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "raise RuntimeError('missing weights file')\n\ndef wallaroo_json(data):\n    return data\n"
+    )
+    model = upload(client, workspace_id, script, "fails", "python")
+    deployment = client.deploy(workspace_id, "fails", model)
+    assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_FAILED
+    assert "missing weights file" in deployment.status_reason
+
+
+@pytest.fixture
+def remote_app(tmp_path: Path) -> Iterator[App]:
+    """Native runtimes only in their own processes, so every step crosses to a runtime server."""
+    with App(replace(settings_for(tmp_path / "data"), in_process_native=False)) as running:
+        yield running
+
+
+def test_runtime_killed_mid_stream_is_restarted(remote_app: App, tmp_path: Path) -> None:
+    with Client(remote_app.grpc_address) as client:
+        ws = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="k")).id
+        model = upload(client, ws, build_mlp(tmp_path / "m.onnx"), "m", "onnx")
+        deployment = client.deploy(ws, "killme", model)
+    process = remote_app.deployments.supervisor.get("killme.0")
+    _, table = features(100)
+    with flight.connect(deployment.flight_location) as conn:
+        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("killme"))
+        writer.begin(table.schema)
+        writer.write_table(table)
+        assert reader.read_chunk().data.num_rows == 100
+        os.kill(process.pid, signal.SIGKILL)
+        with pytest.raises(flight.FlightError, match="restart"):
+            writer.write_table(table)
+            reader.read_chunk()
+    assert wait_until(lambda: remote_app.deployments.supervisor.get("killme.0").restarts >= 1, timeout=30)
+    remote_app.deployments.supervisor.wait_healthy("killme.0", timeout=60)
+    assert infer(deployment.flight_location, "killme", table).num_rows == 100
+
+
+def test_deployments_come_back_after_a_restart(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "data")
+    with App(settings) as first, Client(first.grpc_address) as client:
+        ws = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="r")).id
+        model = upload(client, ws, build_mlp(tmp_path / "m.onnx"), "m", "onnx")
+        client.deploy(ws, "durable", model)
+    with App(settings) as second, Client(second.grpc_address) as client:
+        again = client.deployments.GetDeployment(deployment_pb2.GetDeploymentRequest(name="durable"))
+        assert again.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
+        assert infer(again.flight_location, "durable", features(10)[1]).num_rows == 10
