@@ -30,6 +30,10 @@ class Budget:
         return 200 if rows <= 1_000 else 3
 
 
+class SkipCell(Exception):
+    """Raised by a path's `prepare` when it cannot serve a batch size; the message says why."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """One measured (or skipped) row of the table."""
@@ -60,6 +64,8 @@ def skip_reason(previous: Cell | None, rows: int, budget: Budget) -> str | None:
     would take too long for the cell's time budget."""
     if previous is None or previous.rows_per_s is None:
         return None if previous is None else "skipped: smaller batch already skipped"
+    if previous.rows < 1_000:  # per-request overhead dominates small batches: no basis to extrapolate
+        return None
     projected = rows / previous.rows_per_s
     if projected * (budget.min_requests + 1) > budget.max_cell_seconds:
         return f"skipped: ~{projected:.1f} s per request"
@@ -118,8 +124,12 @@ def measure_sizes(
         if reason is not None:
             cell = Cell.skipped(model, path, rows, reason)
         else:
-            call, check = prepare(rows)
-            cell = measure(model, path, rows, call, budget, check)
+            try:
+                call, check = prepare(rows)
+            except SkipCell as skip:
+                cell = Cell.skipped(model, path, rows, f"skipped: {skip}")
+            else:
+                cell = measure(model, path, rows, call, budget, check)
         print(f"  {model} {path:<24} {rows:>7} rows: {describe(cell)}", flush=True)
         cells.append(cell)
         previous = cell

@@ -66,11 +66,6 @@ def convert(
     if not spec.converts_to_onnx:
         return ConversionResult(None, "")
     opset = _target_opset(options or {})
-    fallback = (
-        f"runs the original in the {spec.fallback_runtime} container runtime"
-        if spec.fallback_runtime
-        else "this server has no containerized runtime for it yet"
-    )
     if framework == "pytorch":
         return ConversionResult(
             None,
@@ -92,7 +87,9 @@ def convert(
     try:
         model = _convert_pickle(estimator, layout, outputs, output_schema, opset)
     except _NotConverted as exc:
-        return ConversionResult(None, f"{exc}: {fallback}")
+        return ConversionResult(
+            None, f"{exc}: runs the original in the {spec.fallback_runtime} container runtime"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / CONVERTED_FILE
     onnx.save_model(model, onnx_path)
@@ -226,6 +223,12 @@ def _with_schema_names(
         kept_inputs = [value for value in graph.input if value.name != _CORE_INPUT]
         del graph.input[:]
         graph.input.extend([served, *kept_inputs])
+    # skl2onnx may import the default domain twice; keep one import per domain, at its highest version.
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        versions[entry.domain] = max(entry.version, versions.get(entry.domain, 0))
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in versions.items())
     produced = list(graph.output)
     if len(produced) < len(outputs):
         raise _NotConverted(f"the ONNX graph has {len(produced)} outputs where {len(outputs)} were expected")
@@ -247,9 +250,12 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
-    for named in (*graph.initializer, *graph.value_info):
-        if named.name == old:
-            named.name = new
+    for initializer in graph.initializer:
+        if initializer.name == old:
+            initializer.name = new
+    for value_info in graph.value_info:
+        if value_info.name == old:
+            value_info.name = new
 
 
 def _renamed_output(

@@ -16,6 +16,7 @@ Flight methods (the descriptor path selects the response mode: none -> "envelope
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -154,6 +155,12 @@ def _serve_until_signalled(server: RuntimeServer) -> None:
     closer = threading.Thread(target=server.shutdown, daemon=True)
     closer.start()
     closer.join(SHUTDOWN_GRACE_SECONDS)
+    if closer.is_alive():
+        # Streams still open after the grace period: end them with the process (the interpreter's own
+        # exit would call shutdown() again and wait forever).
+        print(f"streams still open after {SHUTDOWN_GRACE_SECONDS:g}s; exiting", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,10 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
     if model.sklearn_pickle is None:
         return [Cell.skipped(model.key, NAME, rows, "no sklearn model") for rows in ctx.sizes]
     model_dir = ctx.work_dir / f"mlflow-model-{model.key}"
-    mlflow.sklearn.save_model(pickle.loads(model.sklearn_pickle.read_bytes()), str(model_dir))
+    # MLflow's default (skops) format asks to name the estimator's non-default types as trusted.
+    trusted = ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
+    mlflow.sklearn.save_model(pickle.loads(model.sklearn_pickle.read_bytes()), str(model_dir),
+                              skops_trusted_types=trusted)
     port = free_port()
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
     server = ctx.processes.start(

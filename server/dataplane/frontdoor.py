@@ -1,0 +1,162 @@
+"""The Flight front door: one address for every deployment. A client opens
+
+    do_exchange(FlightDescriptor.for_path(name))             -> envelopes: time, in.*, out.*, check_failures
+    do_exchange(FlightDescriptor.for_path(name, "outputs"))  -> out.* columns only
+
+and gets one result batch per request batch on the same stream. The front door runs the route's steps
+in order and builds the envelope itself from the request batch as received (no copy), so runtimes send
+back only their outputs.
+
+Each client stream is handled batch by batch on its handler thread: memory stays bounded by the batch
+size whatever the request size, and an error surfaces on the batch that caused it. (Reading the client
+stream from a helper thread would let a failing batch leave that thread blocked on a call the server
+has already finished.)
+
+Errors clients see: NOT_FOUND (ArrowKeyError) for an unknown deployment, INVALID_ARGUMENT for data that
+breaks the first step's rules (the message names the column), UNAVAILABLE when a runtime process died
+(retry once the supervisor restarted it), INTERNAL when a model failed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flightline.runtimes.envelope import envelope, envelope_schema
+from flightline.runtimes.rules import is_open
+from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
+from flightline.server.errors import NotFound, Unavailable
+
+MODES = ("envelope", "outputs")
+ACTIONS = {"healthcheck": "Returns b'ok' while the front door serves."}
+
+
+class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
+    """Listens from construction; `serve()` blocks, or use it as a context manager in tests."""
+
+    def __init__(self, router: Router, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
+        super().__init__(location, **kwargs)
+        self.router = router
+        uri = flight.Location(location).uri.decode()
+        if uri.startswith("grpc+tcp://"):  # advertise the port actually bound when asked for port 0
+            uri = f"{uri.rsplit(':', 1)[0]}:{self.port}"
+        self.location = uri
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+        name, echo = _target(descriptor)
+        route = self._route(name)
+        streams = [step.open() for step in route.steps]
+        try:
+            result_schema: pa.Schema | None = None
+            output_schema: pa.Schema | None = None
+            if not is_open(route.output_schema):
+                output_schema = route.output_schema
+                result_schema = envelope_schema(reader.schema, output_schema, echo)
+                writer.begin(result_schema)
+            for chunk in reader:
+                batch = chunk.data
+                if batch is None:  # a metadata-only message carries nothing to infer
+                    continue
+                outputs = _run_steps(route, streams, batch)
+                if output_schema is None:  # open schema: the first batch fixes the stream's columns
+                    output_schema = outputs.schema
+                    result_schema = envelope_schema(batch.schema, output_schema, echo)
+                    writer.begin(result_schema)
+                elif not outputs.schema.equals(output_schema):
+                    outputs = _conform(route, outputs, output_schema)
+                writer.write_batch(envelope(batch, outputs, echo=echo, schema=result_schema))
+            if result_schema is None:
+                writer.begin(envelope_schema(reader.schema, route.output_schema, echo))
+        finally:
+            for stream in streams:
+                stream.close()
+
+    # -- metadata -----------------------------------------------------------------------------------
+
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        name, echo = _target(descriptor)
+        return self._info(self._route(name), descriptor, echo)
+
+    def get_schema(self, context: flight.ServerCallContext,
+                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        name, echo = _target(descriptor)
+        route = self._route(name)
+        return flight.SchemaResult(envelope_schema(route.input_schema, route.output_schema, echo))
+
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        for name in self.router.names():
+            try:
+                route = self.router.get(name)
+            except NotFound:  # undeployed since names() was read
+                continue
+            yield self._info(route, flight.FlightDescriptor.for_path(name), echo=True)
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return list(ACTIONS.items())
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        if action.type == "healthcheck":
+            return iter([b"ok"])
+        raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
+
+    def _info(self, route: Route, descriptor: flight.FlightDescriptor, echo: bool) -> flight.FlightInfo:
+        schema = envelope_schema(route.input_schema, route.output_schema, echo)
+        ticket = route.name.encode()
+        # The front door first; then each remote step's runtime, which clients may also call directly.
+        endpoints = [flight.FlightEndpoint(ticket, [location])
+                     for location in [self.location, *route.locations]]
+        return flight.FlightInfo(schema, descriptor, endpoints, -1, -1)
+
+    def _route(self, name: str) -> Route:
+        try:
+            return self.router.get(name)
+        except NotFound as error:
+            raise pa.ArrowKeyError(str(error)) from None  # Flight sends KeyError as NOT_FOUND
+
+
+def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:
+    """(deployment name, echo inputs?) named by a descriptor path: [name] or [name, mode]."""
+    path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
+    if not path or len(path) > 2:
+        raise pa.ArrowInvalid("expected FlightDescriptor.for_path(deployment) or "
+                              f"for_path(deployment, mode) with mode one of {list(MODES)}")
+    name = path[0].decode()
+    mode = path[1].decode() if len(path) == 2 else "envelope"
+    if mode not in MODES:
+        raise pa.ArrowInvalid(f"unknown response mode {mode!r}; expected one of {list(MODES)}")
+    return name, mode == "envelope"
+
+
+def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The last step's raw outputs; each step's error told in terms of the deployment."""
+    data = batch
+    for index, stream in enumerate(streams):
+        step = f"step {index + 1} of {route.name!r}"
+        try:
+            data = stream.run(data)
+        except pa.ArrowInvalid as error:
+            if index == 0:  # the request itself breaks the rules; the message names the column
+                raise
+            raise flight.FlightInternalError(f"{step} rejected the outputs of step {index}: {error}") from None
+        except Unavailable as error:
+            raise flight.FlightUnavailableError(
+                f"runtime for {step} died; it is being restarted, retry ({error})") from None
+        except StepFailed as error:
+            raise flight.FlightInternalError(f"{step} failed: {error}") from None
+    return data
+
+
+def _conform(route: Route, outputs: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A later batch of an open-schema step, cast to the columns the stream's first batch fixed."""
+    try:
+        return outputs.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
+        raise flight.FlightInternalError(
+            f"the outputs of {route.name!r} changed columns within one stream: {outputs.schema} after {schema}"
+        ) from None

@@ -1,0 +1,126 @@
+"""The framework catalog against the vendor guide's list, runtimes and Hugging Face schemas."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from flightline.runtimes import RUNTIMES
+from flightline.runtimes.catalog import FRAMEWORKS, UnknownFramework, get_framework
+
+HUGGING_FACE_TASKS = [
+    "feature-extraction",
+    "image-classification",
+    "image-segmentation",
+    "image-to-text",
+    "object-detection",
+    "question-answering",
+    "stable-diffusion-text-2-img",
+    "summarization",
+    "text-classification",
+    "translation",
+    "zero-shot-classification",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+    "sentiment-analysis",
+    "text-generation",
+    "automatic-speech-recognition",
+]
+SEED_ORDER = [
+    "onnx",
+    "tensorflow",
+    "python",
+    "keras",
+    "sklearn",
+    "pytorch",
+    "xgboost",
+    *(f"hugging-face-{task}" for task in HUGGING_FACE_TASKS),
+    "custom",
+    "mlflow",
+]
+
+
+def test_catalog_lists_every_seed_framework_in_order() -> None:
+    assert [spec.name for spec in FRAMEWORKS] == SEED_ORDER
+
+
+@pytest.mark.parametrize("name", ["onnx", "tensorflow", "python"])
+def test_native_frameworks_run_in_their_own_runtime_unconverted(name: str) -> None:
+    spec = get_framework(name)
+    assert (spec.native, spec.runtime, spec.converts_to_onnx, spec.fallback_runtime) == (
+        True,
+        name,
+        False,
+        None,
+    )
+
+
+@pytest.mark.parametrize("name", ["sklearn", "xgboost"])
+def test_pickle_frameworks_convert_to_onnx_with_the_sklearn_fallback(name: str) -> None:
+    spec = get_framework(name)
+    assert (spec.runtime, spec.converts_to_onnx, spec.fallback_runtime) == ("onnx", True, "sklearn")
+    assert "pickle" in spec.file_types
+
+
+@pytest.mark.parametrize("name", ["keras", "pytorch"])
+def test_deep_learning_frameworks_target_onnx_without_a_fallback_yet(name: str) -> None:
+    spec = get_framework(name)
+    assert (spec.runtime, spec.converts_to_onnx, spec.fallback_runtime) == ("onnx", True, None)
+
+
+@pytest.mark.parametrize(
+    "name", [f"hugging-face-{task}" for task in HUGGING_FACE_TASKS] + ["custom", "mlflow"]
+)
+def test_containerized_frameworks_run_in_flight(name: str) -> None:
+    spec = get_framework(name)
+    assert (spec.native, spec.runtime, spec.converts_to_onnx) == (False, "flight", False)
+
+
+def test_every_fallback_runtime_is_in_the_runtime_registry() -> None:
+    fallbacks = {spec.fallback_runtime for spec in FRAMEWORKS} - {None}
+    assert fallbacks == {"sklearn"}
+    assert fallbacks <= set(RUNTIMES)
+
+
+@pytest.mark.parametrize("task", HUGGING_FACE_TASKS)
+def test_hugging_face_default_schemas_round_trip_through_ipc(task: str) -> None:
+    spec = get_framework(f"hugging-face-{task}")
+    for schema in (spec.default_input_schema, spec.default_output_schema):
+        assert schema is not None and len(schema) > 0
+        assert pa.ipc.read_schema(pa.py_buffer(schema.serialize().to_pybytes())).equals(schema)
+
+
+def test_hugging_face_schemas_follow_the_guide() -> None:
+    image = get_framework("hugging-face-image-classification").default_input_schema
+    assert image is not None
+    assert image.field("inputs").type == pa.list_(pa.list_(pa.list_(pa.int64(), 3), 100), 100)
+    detection = get_framework("hugging-face-zero-shot-object-detection").default_input_schema
+    assert detection is not None
+    assert detection.field("images").type == pa.list_(pa.list_(pa.list_(pa.int64(), 3), 640), 480)
+    speech = get_framework("hugging-face-automatic-speech-recognition").default_output_schema
+    assert speech is not None and speech.names == ["text", "chunks"]
+    qa = get_framework("hugging-face-question-answering").default_output_schema
+    assert qa == pa.schema(
+        [("score", pa.float64()), ("start", pa.int64()), ("end", pa.int64()), ("answer", pa.string())]
+    )
+
+
+def test_sentiment_analysis_uses_the_text_classification_schemas() -> None:
+    sentiment = get_framework("hugging-face-sentiment-analysis")
+    classification = get_framework("hugging-face-text-classification")
+    assert sentiment.default_input_schema == classification.default_input_schema
+    assert sentiment.default_output_schema == classification.default_output_schema
+
+
+def test_pickle_and_native_frameworks_have_no_default_schema() -> None:
+    for name in ("onnx", "sklearn", "xgboost", "custom", "mlflow"):
+        spec = get_framework(name)
+        assert spec.default_input_schema is None and spec.default_output_schema is None
+
+
+def test_unknown_framework_is_a_value_error_listing_the_valid_names() -> None:
+    with pytest.raises(UnknownFramework) as caught:
+        get_framework("scikit")
+    assert isinstance(caught.value, ValueError)
+    message = str(caught.value)
+    assert "'scikit'" in message
+    assert all(name in message for name in SEED_ORDER)
