@@ -1,4 +1,4 @@
-"""What every path gets: the servers manager, the budget, the sizes, and reference outputs to check against."""
+"""What every path gets: the servers, the budget, the sizes, and reference outputs to check against."""
 
 from __future__ import annotations
 
@@ -46,4 +46,3 @@ class RunContext:
         agreement = float(np.mean(actual.reshape(-1) == expected))
         if agreement < 0.99:
             raise AssertionError(f"only {agreement:.1%} of labels agree with the ONNX model's")
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,7 +113,11 @@ def measure(model: str, path: str, rows: int, call: Call, budget: Budget, check:
 
 
 def measure_sizes(
-    model: str, path: str, sizes: list[int], budget: Budget, prepare: Callable[[int], tuple[Call, Check | None]]
+    model: str,
+    path: str,
+    sizes: list[int],
+    budget: Budget,
+    prepare: Callable[[int], tuple[Call, Check | None]],
 ) -> list[Cell]:
     """Measures each batch size in increasing order; `prepare(rows)` builds the request (untimed)
     and returns the call and its result check. Sizes too slow for the budget are skipped."""
@@ -136,7 +140,24 @@ def measure_sizes(
     return cells
 
 
+def best_of(path: str, variants: dict[str, list[Cell]]) -> list[Cell]:
+    """Per batch size, the fastest of a reference path's variants (e.g. thread settings), named `path`
+    with the winning variant in its note: a reference is only useful at its best."""
+    best: list[Cell] = []
+    for cells in zip(*variants.values(), strict=True):
+        labelled = [
+            (cell, label) for cell, label in zip(cells, variants, strict=True) if cell.rows_per_s is not None
+        ]
+        if not labelled:
+            best.append(replace(cells[0], path=path))
+            continue
+        cell, label = max(labelled, key=lambda pair: pair[0].rows_per_s or 0.0)
+        best.append(replace(cell, path=path, note=f"best of {', '.join(variants)}: {label}"))
+    return best
+
+
 def describe(cell: Cell) -> str:
     if cell.rows_per_s is None:
         return cell.note
-    return f"{cell.rows_per_s:>13,.0f} rows/s  p50 {cell.p50_ms:8.3f} ms  p99 {cell.p99_ms:8.3f} ms  ({cell.requests} req)"
+    latency = f"p50 {cell.p50_ms:8.3f} ms  p99 {cell.p99_ms:8.3f} ms"
+    return f"{cell.rows_per_s:>13,.0f} rows/s  {latency}  ({cell.requests} req)"

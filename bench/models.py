@@ -7,6 +7,7 @@ onnx.helper, random weights."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,9 @@ def build_model_a(folder: Path) -> BenchModel:
     onnx_path.write_bytes(onnx_model.SerializeToString())
     pickle_path = folder / "model-a.pkl"
     pickle_path.write_bytes(pickle.dumps(classifier))
-    return BenchModel("A", "MLP 29-32-16-2 (sklearn -> skl2onnx)", onnx_path, "tensor", 29, "probabilities",
-                      pickle_path)
+    return BenchModel(
+        "A", "MLP 29-32-16-2 (sklearn -> skl2onnx)", onnx_path, "tensor", 29, "probabilities", pickle_path
+    )
 
 
 def build_model_b(folder: Path) -> BenchModel:
@@ -78,10 +80,13 @@ def build_model_b(folder: Path) -> BenchModel:
     widths = [256, 512, 512, 512, 1]
     nodes, initializers = [], []
     current = "input"
-    for layer, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False)):
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         weight = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         bias = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
-        initializers += [numpy_helper.from_array(weight, f"w{layer}"), numpy_helper.from_array(bias, f"b{layer}")]
+        initializers += [
+            numpy_helper.from_array(weight, f"w{layer}"),
+            numpy_helper.from_array(bias, f"b{layer}"),
+        ]
         last = layer == len(widths) - 2
         gemm_out = "output" if last else f"gemm{layer}"
         nodes.append(helper.make_node("Gemm", [current, f"w{layer}", f"b{layer}"], [gemm_out]))

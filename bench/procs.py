@@ -53,7 +53,9 @@ class ServerProcess:
             except queue.Empty:
                 break
             if line is None:
-                raise RuntimeError(f"{self.name} exited ({self.popen.wait()}) before ready; {self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.wait()}) before ready; {self.log_tail()}"
+                )
             if line.startswith(prefix):
                 return line
         raise TimeoutError(f"{self.name} printed no {prefix!r} line in {timeout:.0f} s; {self.log_tail()}")
@@ -63,11 +65,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}) before ready; {self.log_tail()}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.returncode}) before ready; {self.log_tail()}"
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)  # polling interval of the readiness probe, not a wait for readiness
         raise TimeoutError(f"{self.name} not ready at {url} after {timeout:.0f} s; {self.log_tail()}")
 
@@ -81,10 +87,8 @@ class ServerProcess:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # The group id is the server's pid (start_new_session): this reaches its workers only.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
@@ -142,4 +146,8 @@ def sigterm_as_interrupt() -> Callable[[], None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore

@@ -19,7 +19,18 @@ DIRECT = "flightline-direct"
 JSON = "json-http"
 MLSERVER = "mlserver-grpc"
 
-COLUMNS = ["model", "path", "rows/request", "requests", "rows/s", "p50 ms", "p99 ms", "x in-process", "x bare", "note"]
+COLUMNS = [
+    "model",
+    "path",
+    "rows/request",
+    "requests",
+    "rows/s",
+    "p50 ms",
+    "p99 ms",
+    "x in-process",
+    "x bare",
+    "note",
+]
 
 
 def machine() -> str:
@@ -31,7 +42,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}"
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,13 @@ class Table:
     machine: str
 
     @classmethod
-    def of(cls, cells: list[Cell]) -> Table:
-        return cls(cells, dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), machine())
+    def of(cls, cells: list[Cell], load_at_start: float) -> Table:
+        # Other work on the machine skews the ratios, so the table says how busy it was.
+        return cls(
+            cells,
+            dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            f"{machine()}, load average {load_at_start:.2f} at start",
+        )
 
     def find(self, model: str, path: str, rows: int) -> Cell | None:
         for cell in self.cells:
@@ -60,18 +77,20 @@ class Table:
         out = []
         for cell in self.cells:
             measured = cell.rows_per_s is not None
-            out.append([
-                cell.model,
-                cell.path,
-                f"{cell.rows:,}",
-                str(cell.requests) if measured else "-",
-                _rate(cell.rows_per_s),
-                _num(cell.p50_ms),
-                _num(cell.p99_ms),
-                _ratio(self.ratio(cell, IN_PROCESS)),
-                _ratio(self.ratio(cell, BARE)),
-                cell.note,
-            ])
+            out.append(
+                [
+                    cell.model,
+                    cell.path,
+                    f"{cell.rows:,}",
+                    str(cell.requests) if measured else "-",
+                    _rate(cell.rows_per_s),
+                    _num(cell.p50_ms),
+                    _num(cell.p99_ms),
+                    _ratio(self.ratio(cell, IN_PROCESS)),
+                    _ratio(self.ratio(cell, BARE)),
+                    cell.note,
+                ]
+            )
         return out
 
     def markdown(self, models: dict[str, str], checks: list[Check]) -> str:
@@ -97,19 +116,44 @@ class Table:
         with path.open("w", newline="") as file:
             file.write(f"# date: {self.date}\n# machine: {self.machine}\n")
             writer = csv.writer(file)
-            writer.writerow(["model", "path", "rows", "requests", "rows_per_s", "p50_ms", "p99_ms",
-                             "x_in_process", "x_bare", "note"])
+            writer.writerow(
+                [
+                    "model",
+                    "path",
+                    "rows",
+                    "requests",
+                    "rows_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "x_in_process",
+                    "x_bare",
+                    "note",
+                ]
+            )
             for cell in self.cells:
-                writer.writerow([cell.model, cell.path, cell.rows, cell.requests, _raw(cell.rows_per_s),
-                                 _raw(cell.p50_ms), _raw(cell.p99_ms), _raw(self.ratio(cell, IN_PROCESS)),
-                                 _raw(self.ratio(cell, BARE)), cell.note])
+                writer.writerow(
+                    [
+                        cell.model,
+                        cell.path,
+                        cell.rows,
+                        cell.requests,
+                        _raw(cell.rows_per_s),
+                        _raw(cell.p50_ms),
+                        _raw(cell.p99_ms),
+                        _raw(self.ratio(cell, IN_PROCESS)),
+                        _raw(self.ratio(cell, BARE)),
+                        cell.note,
+                    ]
+                )
 
     def console(self) -> str:
-        rows = [COLUMNS[:-1], *(row[:-1] for row in self.rows())]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+        rows = [COLUMNS, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         return "\n".join(
-            "  ".join(value.ljust(width) if i < 2 else value.rjust(width) for i, (value, width) in
-                      enumerate(zip(row, widths, strict=True)))
+            "  ".join(
+                value.ljust(width) if i < 2 or i == len(row) - 1 else value.rjust(width)
+                for i, (value, width) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
             for row in rows
         )
 
@@ -125,8 +169,13 @@ class Check:
         return f"{verdict} {self.name}: {self.detail}"
 
 
-def _compare(table: Table, name: str, pairs: list[tuple[Cell | None, Cell | None]], minimum: float,
-             label: Callable[[Cell], str]) -> Check:
+def _compare(
+    table: Table,
+    name: str,
+    pairs: list[tuple[Cell | None, Cell | None]],
+    minimum: float,
+    label: Callable[[Cell], str],
+) -> Check:
     """PASS when every pair's throughput ratio (first / second) is at least `minimum`."""
     parts, verdicts = [], []
     for cell, reference in pairs:
@@ -144,29 +193,62 @@ def target_checks(table: Table, sizes: list[int]) -> list[Check]:
     def by_rows(cell: Cell) -> str:
         return f"{cell.rows:,} rows"
 
-    def pairs(model: str, path: str, reference: str, rows: list[int]) -> list[tuple[Cell | None, Cell | None]]:
+    def pairs(
+        model: str, path: str, reference: str, rows: list[int]
+    ) -> list[tuple[Cell | None, Cell | None]]:
         return [(table.find(model, path, n), table.find(model, reference, n)) for n in rows if n in sizes]
 
     large = [n for n in sizes if n >= 1_000]
     checks = [
-        _compare(table, "model B front door >= 0.9x in-process at 1k-100k rows",
-                 pairs("B", FRONT_DOOR, IN_PROCESS, large), 0.9, by_rows),
-        _compare(table, "model A direct to runtime >= 0.9x bare reference at every size",
-                 pairs("A", DIRECT, BARE, sizes), 0.9, by_rows),
-        _compare(table, "model A front door >= 0.7x bare reference at every size",
-                 pairs("A", FRONT_DOOR, BARE, sizes), 0.7, by_rows),
+        _compare(
+            table,
+            "model B front door >= 0.9x in-process at 1k-100k rows",
+            pairs("B", FRONT_DOOR, IN_PROCESS, large),
+            0.9,
+            by_rows,
+        ),
+        _compare(
+            table,
+            "model A direct to runtime >= 0.9x bare reference at every size",
+            pairs("A", DIRECT, BARE, sizes),
+            0.9,
+            by_rows,
+        ),
+        _compare(
+            table,
+            "model A front door >= 0.7x bare reference at every size",
+            pairs("A", FRONT_DOOR, BARE, sizes),
+            0.7,
+            by_rows,
+        ),
     ]
     latency = [table.find(model, FRONT_DOOR, 1) for model in ("A", "B")]
     measured = [cell for cell in latency if cell is not None and cell.p50_ms is not None]
-    checks.append(Check(
-        "p50 at 1 row < 0.7 ms through the front door",
-        all(cell.p50_ms is not None and cell.p50_ms < 0.7 for cell in measured) if measured else None,
-        ", ".join(f"model {cell.model} {cell.p50_ms:.3f} ms" for cell in measured) or "not measured",
-    ))
-    checks.append(_compare(table, "model A front door >= 10x MLServer at 10k rows",
-                           pairs("A", FRONT_DOOR, MLSERVER, [10_000]), 10.0, by_rows))
-    checks.append(_compare(table, "model A front door >= 100x JSON path at 100k rows",
-                           pairs("A", FRONT_DOOR, JSON, [100_000]), 100.0, by_rows))
+    checks.append(
+        Check(
+            "p50 at 1 row < 0.7 ms through the front door",
+            all(cell.p50_ms is not None and cell.p50_ms < 0.7 for cell in measured) if measured else None,
+            ", ".join(f"model {cell.model} {cell.p50_ms:.3f} ms" for cell in measured) or "not measured",
+        )
+    )
+    checks.append(
+        _compare(
+            table,
+            "model A front door >= 10x MLServer at 10k rows",
+            pairs("A", FRONT_DOOR, MLSERVER, [10_000]),
+            10.0,
+            by_rows,
+        )
+    )
+    checks.append(
+        _compare(
+            table,
+            "model A front door >= 100x JSON path at 100k rows",
+            pairs("A", FRONT_DOOR, JSON, [100_000]),
+            100.0,
+            by_rows,
+        )
+    )
     return checks
 
 

@@ -6,6 +6,7 @@ connection. Prints one table and the issue's target checks, and writes bench/res
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import traceback
@@ -31,6 +32,7 @@ PATHS: dict[str, tuple[str, Runner | None]] = {
     "inproc": (inprocess.NAME, inprocess.run),
     "bare": (bare_flight.NAME, bare_flight.run),
     "front": (flightline.FRONT_DOOR, None),
+    "envelope": (flightline.FRONT_DOOR_ENVELOPE, None),
     "direct": (flightline.DIRECT, None),
     "json": (json_http.NAME, json_http.run),
     "mlserver": (mlserver.NAME, mlserver.run),
@@ -44,8 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short cells (about 0.5 s each) for a smoke run")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from: {','.join(PATHS)}")
     parser.add_argument("--models", default="A,B", help="comma-separated, from: A,B")
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="rows per request, comma-separated")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for bench.md, bench.csv, logs")
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="rows per request, comma-separated"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_DIR, help="folder for bench.md, bench.csv, logs"
+    )
     args = parser.parse_args(argv)
     args.paths = [key.strip() for key in args.paths.split(",") if key.strip()]
     unknown = [key for key in args.paths if key not in PATHS]
@@ -86,24 +92,33 @@ def run_paths(models: list[BenchModel], keys: list[str], ctx: RunContext) -> lis
 
 
 def run_flightline(models: list[BenchModel], keys: list[str], ctx: RunContext) -> list[Cell]:
-    selected = {PATHS[key][0] for key in keys if key in ("front", "direct")}
+    selected = {PATHS[key][0] for key in keys if PATHS[key][1] is None}
     if not selected:
         return []
     print(f"== Flightline: {', '.join(sorted(selected))}", flush=True)
     try:
         return flightline.run_models(models, ctx, selected)
     except Exception as error:
-        return [cell for model in models for path in sorted(selected)
-                for cell in failed(model, path, ctx.sizes, error)]
+        return [
+            cell
+            for model in models
+            for path in sorted(selected)
+            for cell in failed(model, path, ctx.sizes, error)
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     budget = Budget(cell_seconds=0.5, warmup_seconds=0.1, max_cell_seconds=8.0) if args.quick else Budget()
+    load_at_start = os.getloadavg()[0]
+    if load_at_start > 0.5:
+        print(f"note: load average {load_at_start:.2f}; other work on this machine will skew the results")
     restore_sigterm = sigterm_as_interrupt()
     try:
-        with tempfile.TemporaryDirectory(prefix="flightline-bench-") as work, \
-                Processes(args.results / "logs") as processes:
+        with (
+            tempfile.TemporaryDirectory(prefix="flightline-bench-") as work,
+            Processes(args.results / "logs") as processes,
+        ):
             work_dir = Path(work)
             print("building models", flush=True)
             models = build_models(work_dir / "models", "".join(args.models))
@@ -117,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     order = {name: index for index, (name, _) in enumerate(PATHS.values())}
     cells.sort(key=lambda cell: (cell.model, order[cell.path], cell.rows))
-    table = Table.of(cells)
+    table = Table.of(cells, load_at_start)
     checks = target_checks(table, args.sizes)
     print(f"\n{table.date} | {table.machine}\n")
     print(table.console())

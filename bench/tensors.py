@@ -17,7 +17,8 @@ def to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         column = column.combine_chunks()
     width = column.type.list_size
     # flatten() honours a sliced array's offset, where .values would not.
-    return column.flatten().to_numpy(zero_copy_only=True).reshape(len(column), width)
+    matrix: np.ndarray = column.flatten().to_numpy(zero_copy_only=True).reshape(len(column), width)
+    return matrix
 
 
 def from_matrix(matrix: np.ndarray, list_type: pa.DataType | None = None) -> pa.Array:
@@ -54,5 +55,6 @@ def output_matrix(batches: list[pa.RecordBatch], output: str) -> np.ndarray:
             column = table.column(name).combine_chunks()
             if pa.types.is_fixed_size_list(column.type):
                 return to_matrix(column)
-            return column.to_numpy()
+            values: np.ndarray = column.to_numpy()
+            return values
     raise KeyError(f"no column {output!r} or 'out.{output}' in results: {table.column_names}")

@@ -4,7 +4,8 @@
 
 DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
 `FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
-code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down (streams get a short grace period).
+code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down with exit code 0; streams still
+open after `--shutdown-grace` seconds (default 5) are cut.
 
 Flight methods (the descriptor path selects the response mode: none -> "envelope", or "outputs"/"raw"):
 - do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.runtimes import load_runtime
-from flightline.runtimes.base import InvalidInput, ModelSpec
+from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host, Mode, ModelOutputError, parse_mode
 
 READY: Final = "FLIGHTLINE_READY"
@@ -54,6 +55,17 @@ def mode_of(descriptor: flight.FlightDescriptor) -> Mode:
         return parse_mode(path[0])
     except ValueError as error:
         raise pa.ArrowInvalid(str(error)) from error
+
+
+def remote_error_message(error: BaseException) -> str:
+    """The server's own message from a Flight client error, without the traceback and gRPC context that
+    pyarrow appends (for callers that pass the message on, e.g. the front door)."""
+    text = str(error)
+    _, found, after = text.partition("with message: ")
+    text = after if found else text
+    for marker in (". Detail: ", ". gRPC client debug context: "):
+        text = text.split(marker, 1)[0]
+    return text.strip()
 
 
 class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
@@ -134,6 +146,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spec", required=True, type=Path, help="folder holding a saved ModelSpec")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE_SECONDS, metavar="SECONDS",
+                        help="how long open streams may keep the process alive after SIGTERM")
     return parser.parse_args(argv)
 
 
@@ -142,7 +156,7 @@ def _load(runtime: str, spec_dir: Path) -> Host:
     return Host(load_runtime(runtime, spec))
 
 
-def _serve_until_signalled(server: RuntimeServer) -> None:
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -150,30 +164,35 @@ def _serve_until_signalled(server: RuntimeServer) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    return stop
+
+
+def _shutdown(server: RuntimeServer, grace: float) -> None:
     # shutdown() waits for open streams, and a long-lived stream may never end by itself.
     closer = threading.Thread(target=server.shutdown, daemon=True)
     closer.start()
-    closer.join(SHUTDOWN_GRACE_SECONDS)
+    closer.join(grace)
     if closer.is_alive():
-        # Streams still open after the grace period: end them with the process (the interpreter's own
-        # exit would call shutdown() again and wait forever).
-        print(f"streams still open after {SHUTDOWN_GRACE_SECONDS:g}s; exiting", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        # The interpreter's own exit would call shutdown() again and wait forever: end the streams with it.
+        print(f"streams still open after {grace:g}s; exiting", file=sys.stderr, flush=True)
         os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    # stdout carries only the protocol line; what model code prints (a Python step's print(data)) goes to stderr.
+    protocol, sys.stdout = sys.stdout, sys.stderr
     try:
         host = _load(args.runtime, args.spec)
     except Exception as error:
-        reason = f"{type(error).__name__}: {error}" if not str(error) else str(error)
-        print(f"{LOAD_ERROR} {' '.join(reason.split())}", flush=True)
+        reason = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        print(f"{LOAD_ERROR} {' '.join(reason.split())}", file=protocol, flush=True)
         return LOAD_ERROR_EXIT_CODE
     server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
-    print(f"{READY} {server.location.uri.decode()}", flush=True)
-    _serve_until_signalled(server)
+    stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
+    print(f"{READY} {server.location.uri.decode()}", file=protocol, flush=True)
+    stop.wait()
+    _shutdown(server, args.shutdown_grace)
     return 0
 
 

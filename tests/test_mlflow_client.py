@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from flightline.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from flightline.server.registries.mlflow import ArtifactInfo, MlflowRegistryClient
 from support.dbfs_server import DbfsRegistry, DbfsServer, dbfs_server
-from support.mlflow_server import HELPER_FILE, HELPER_SOURCE, MlflowServer, Populated, mlflow_server, populate
+from support.mlflow_server import (
+    HELPER_FILE,
+    HELPER_SOURCE,
+    RUN_NOTE,
+    RUN_NOTE_TEXT,
+    MlflowServer,
+    Populated,
+    mlflow_server,
+    populate,
+)
 
 
 @pytest.fixture(scope="session")
@@ -193,6 +211,12 @@ def test_download_version_source(client: MlflowRegistryClient, populated: Popula
     )
 
 
+def test_download_run_artifact(client: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
+    (version,) = client.list_versions(populated["code_model"])[0]
+    local = client.download(f"runs:/{version.run_id}/{RUN_NOTE}", tmp_path)
+    assert local == tmp_path / "readme.txt" and local.read_text() == RUN_NOTE_TEXT
+
+
 def test_download_missing_file_is_not_found(
     client: MlflowRegistryClient, populated: Populated, tmp_path: Path
 ) -> None:
@@ -239,6 +263,73 @@ def test_download_refuses_urls_of_other_hosts(client: MlflowRegistryClient, tmp_
 
 
 # --- failures --------------------------------------------------------------------------------------
+
+
+class CuttingRelay:
+    """A TCP relay to the registry that breaks the first transfer of `target` after `keep` body bytes."""
+
+    def __init__(self, upstream_port: int, target: bytes, keep: int) -> None:
+        self._upstream, self._target, self._keep = upstream_port, target, keep
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._upstream))
+                armed = threading.Event()
+                threading.Thread(target=self._requests, args=(client, upstream, armed), daemon=True).start()
+                threading.Thread(target=self._responses, args=(upstream, client, armed), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, armed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.cuts == 0 and self._target in data and b"range:" not in data.lower():
+                    armed.set()
+                upstream.sendall(data)
+
+    def _responses(self, upstream: socket.socket, client: socket.socket, armed: threading.Event) -> None:
+        with contextlib.suppress(OSError), client, upstream:
+            remaining = (
+                -1
+            )  # body bytes to pass before the cut, counted once the armed response's head is seen
+            while data := upstream.recv(65536):
+                if armed.is_set() and remaining < 0 and b"\r\n\r\n" in data:
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    client.sendall(head + b"\r\n\r\n")
+                    remaining = self._keep
+                if remaining >= 0:
+                    client.sendall(data[:remaining])
+                    remaining -= len(data[:remaining])
+                    if remaining == 0:
+                        self.cuts += 1
+                        client.shutdown(socket.SHUT_RDWR)  # wakes the other pump, unlike close()
+                        return
+                    continue
+                client.sendall(data)
+
+
+def test_broken_transfer_resumes_where_it_stopped(
+    populated: Populated, mlflow_registry: tuple[MlflowServer, Populated], tmp_path: Path
+) -> None:
+    server = mlflow_registry[0]
+    relay = CuttingRelay(server.port, target=b"model.pkl", keep=100)
+    try:
+        with MlflowRegistryClient(f"http://127.0.0.1:{relay.port}") as client:
+            pkl = by_name(client.list_artifacts(populated["multi_version_model"], "3"))["model.pkl"]
+            seen: list[int] = []
+            local = client.download(pkl.path, tmp_path, seen.append)
+    finally:
+        relay.close()
+    assert relay.cuts == 1
+    assert seen[0] == 100 and seen[-1] == pkl.file_size and seen == sorted(seen)  # resumed, not restarted
+    assert local.read_bytes() == server_copy(server, pkl)
 
 
 def closed_port() -> int:
@@ -343,3 +434,12 @@ def test_databricks_partial_failure_leaves_nothing(databricks: DbfsServer, tmp_p
     with MlflowRegistryClient(databricks.url, TOKEN, retries=0) as client, pytest.raises(Unavailable):
         client.download("models:/wine_quality/1", tmp_path, fail_from_now_on)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_databricks_files_off_dbfs_are_a_failed_precondition(databricks: DbfsServer, tmp_path: Path) -> None:
+    databricks.registry.download_uri = "abfss://models@account.dfs.core.windows.net/wine_quality/1"
+    with MlflowRegistryClient(databricks.url, TOKEN) as client:
+        with pytest.raises(FailedPrecondition, match=r"abfss://.*does not serve over HTTP"):
+            client.list_artifacts("wine_quality", "1")
+        with pytest.raises(FailedPrecondition):
+            client.download("models:/wine_quality/1", tmp_path)

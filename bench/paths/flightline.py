@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
-
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -29,11 +28,13 @@ from bench.paths.exchange import measure_exchange
 from bench.procs import ServerProcess, free_port
 
 FRONT_DOOR = "flightline-front-door"
+FRONT_DOOR_ENVELOPE = "flightline-front-envelope"
 DIRECT = "flightline-direct"
 CHUNK_BYTES = 1 << 20
 READY_LINE = "FLIGHTLINE_SERVING "
-# Response mode asked of the runtime server when called directly: model outputs only, like the bare reference.
-DIRECT_MODE = "outputs"
+# Results with the out. columns only (no echo of the inputs), like the bare reference's answers; the
+# envelope path shows what echoing the inputs (the default) costs.
+OUTPUTS_MODE = "outputs"
 
 
 def start_flightline(ctx: RunContext) -> tuple[ServerProcess, str]:
@@ -42,8 +43,18 @@ def start_flightline(ctx: RunContext) -> tuple[ServerProcess, str]:
     cli = str(Path(sys.executable).with_name("flightline"))
     server = ctx.processes.start(
         "flightline",
-        [cli, "serve", "--data-dir", str(ctx.work_dir / "flightline"), "--host", "127.0.0.1",
-         "--grpc-port", str(grpc_port), "--flight-port", str(flight_port)],
+        [
+            cli,
+            "serve",
+            "--data-dir",
+            str(ctx.work_dir / "flightline"),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--flight-port",
+            str(flight_port),
+        ],
     )
     line = server.wait_for_line(READY_LINE, timeout=120)
     fields = dict(part.split("=", 1) for part in line.removeprefix(READY_LINE).split())
@@ -54,9 +65,15 @@ def upload_requests(model: BenchModel, workspace_id: int) -> Iterator[model_pb2.
     name = f"bench-{model.key.lower()}"
     size = model.onnx_path.stat().st_size
     conversion = model_pb2.Conversion(framework="onnx")
-    yield model_pb2.UploadModelRequest(metadata=model_pb2.UploadMetadata(
-        name=name, workspace_id=workspace_id, conversion=conversion, filename=model.onnx_path.name,
-        size_bytes=size))
+    yield model_pb2.UploadModelRequest(
+        metadata=model_pb2.UploadMetadata(
+            name=name,
+            workspace_id=workspace_id,
+            conversion=conversion,
+            filename=model.onnx_path.name,
+            size_bytes=size,
+        )
+    )
     with model.onnx_path.open("rb") as file:
         while chunk := file.read(CHUNK_BYTES):
             yield model_pb2.UploadModelRequest(chunk=chunk)
@@ -71,7 +88,9 @@ class Deployer:
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
         self._deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
         workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self._channel)
-        workspace = workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name=f"bench-{os.getpid()}"))
+        workspace = workspaces.CreateWorkspace(
+            workspace_pb2.CreateWorkspaceRequest(name=f"bench-{os.getpid()}")
+        )
         self.workspace_id: int = workspace.id
 
     def deploy(self, model: BenchModel) -> deployment_pb2.Deployment:
@@ -79,8 +98,10 @@ class Deployer:
         if uploaded.version.status != model_pb2.MODEL_STATUS_READY:
             raise RuntimeError(f"model {model.key} upload not ready: {uploaded.version.status_reason}")
         request = deployment_pb2.DeployRequest(
-            workspace_id=self.workspace_id, name=f"bench-{model.key.lower()}",
-            steps=[deployment_pb2.StepSpec(model_id=uploaded.model_id)])
+            workspace_id=self.workspace_id,
+            name=f"bench-{model.key.lower()}",
+            steps=[deployment_pb2.StepSpec(model_id=uploaded.model_id)],
+        )
         deployment = self._deployments.Deploy(request, timeout=300)
         if deployment.status != deployment_pb2.DEPLOYMENT_STATUS_RUNNING:
             raise RuntimeError(f"deployment of model {model.key} failed: {deployment.status_reason}")
@@ -100,14 +121,21 @@ def run_models(models: list[BenchModel], ctx: RunContext, paths: set[str]) -> li
         for model in models:
             deployment = deployer.deploy(model)
             schema = pa.ipc.read_schema(pa.py_buffer(deployment.input_schema))
-            if FRONT_DOOR in paths:
-                descriptor = flight.FlightDescriptor.for_path(deployment.name)
-                cells += measure_exchange(model, FRONT_DOOR, ctx, deployment.flight_location,
-                                          descriptor, schema)
-            if DIRECT in paths:
-                location = deployment.steps[0].location
-                cells += measure_exchange(model, DIRECT, ctx, location, flight.FlightDescriptor.for_path(DIRECT_MODE),
-                                          schema)
+            targets = {
+                FRONT_DOOR: (
+                    deployment.flight_location,
+                    flight.FlightDescriptor.for_path(deployment.name, OUTPUTS_MODE),
+                ),
+                FRONT_DOOR_ENVELOPE: (
+                    deployment.flight_location,
+                    flight.FlightDescriptor.for_path(deployment.name),
+                ),
+                DIRECT: (deployment.steps[0].location, flight.FlightDescriptor.for_path(OUTPUTS_MODE)),
+            }
+            for path, (location, descriptor) in targets.items():
+                if path in paths:
+                    print(f"== model {model.key}, {path}", flush=True)
+                    cells += measure_exchange(model, path, ctx, location, descriptor, schema)
         return cells
     finally:
         if deployer is not None:

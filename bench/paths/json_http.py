@@ -26,7 +26,9 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
     )
     try:
         port = int(server.wait_for_line("READY ", timeout=60).split()[1])
-        schema = base64.b64encode(input_schema(model.input_name, model.width).serialize().to_pybytes()).decode()
+        schema = base64.b64encode(
+            input_schema(model.input_name, model.width).serialize().to_pybytes()
+        ).decode()
         with KeepAliveClient(port) as client:
 
             def prepare(rows: int) -> tuple[Call, Check]:
@@ -37,7 +39,9 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
                 def check(result: object) -> None:
                     assert isinstance(result, list)
                     key = f"out.{model.primary_output}"
-                    ctx.check_close(model, rows, np.array([record[key] for record in result], dtype=np.float32))
+                    ctx.check_close(
+                        model, rows, np.array([record[key] for record in result], dtype=np.float32)
+                    )
 
                 return lambda: json.loads(client.post_json("/", body)), check
 

@@ -12,15 +12,15 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 
+from bench.ort_options import session
 from bench.tensors import to_matrix
 
 
 class Model:
     def __init__(self, model_path: str) -> None:
-        self.session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        self.session = session(model_path)
         self.input = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
 
@@ -29,7 +29,10 @@ class Model:
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(request["schema"])))
         table = pa.Table.from_pylist(request["records"], schema=schema)
         values = self.session.run(self.outputs, {self.input: to_matrix(table.column(0))})
-        columns = {f"out.{name}": np.asarray(value).tolist() for name, value in zip(self.outputs, values, strict=True)}
+        columns = {
+            f"out.{name}": np.asarray(value).tolist()
+            for name, value in zip(self.outputs, values, strict=True)
+        }
         records = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
         return json.dumps(records).encode()
 
@@ -39,7 +42,7 @@ def handler_for(model: Model) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             try:
                 payload, status = model.infer_json(body), 200
@@ -51,7 +54,7 @@ def handler_for(model: Model) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     return Handler

@@ -28,14 +28,26 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
     model_dir = ctx.work_dir / f"mlflow-model-{model.key}"
     # MLflow's default (skops) format asks to name the estimator's non-default types as trusted.
     trusted = ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
-    mlflow.sklearn.save_model(pickle.loads(model.sklearn_pickle.read_bytes()), str(model_dir),
-                              skops_trusted_types=trusted)
+    mlflow.sklearn.save_model(
+        pickle.loads(model.sklearn_pickle.read_bytes()), str(model_dir), skops_trusted_types=trusted
+    )
     port = free_port()
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
     server = ctx.processes.start(
         f"mlflow-serve-{model.key}",
-        [mlflow_cli, "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)],
+        [
+            mlflow_cli,
+            "models",
+            "serve",
+            "-m",
+            str(model_dir),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
     )
     try:
         server.wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=120)

@@ -46,13 +46,32 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
     largest = max(ctx.sizes)
     np.save(inputs_path, model.inputs(largest))
     np.save(labels_path, ctx.expected(model, largest)["label"])
-    server = ctx.processes.start("mlserver", [str(python.with_name("mlserver")), "start", str(repo)], cwd=repo)
+    server = ctx.processes.start(
+        "mlserver", [str(python.with_name("mlserver")), "start", str(repo)], cwd=repo
+    )
     try:
-        server.wait_for_http(f"http://127.0.0.1:{ports['http_port']}/v2/models/{MODEL_NAME}/ready", timeout=180)
-        argv = [str(python), "-m", "bench.paths.mlserver_client", "--port", str(ports["grpc_port"]),
-                "--model", MODEL_NAME, "--key", model.key, "--inputs", str(inputs_path),
-                "--labels", str(labels_path), "--sizes", json.dumps(ctx.sizes),
-                "--budget", json.dumps(dataclasses.asdict(ctx.budget))]
+        server.wait_for_http(
+            f"http://127.0.0.1:{ports['http_port']}/v2/models/{MODEL_NAME}/ready", timeout=180
+        )
+        argv = [
+            str(python),
+            "-m",
+            "bench.paths.mlserver_client",
+            "--port",
+            str(ports["grpc_port"]),
+            "--model",
+            MODEL_NAME,
+            "--key",
+            model.key,
+            "--inputs",
+            str(inputs_path),
+            "--labels",
+            str(labels_path),
+            "--sizes",
+            json.dumps(ctx.sizes),
+            "--budget",
+            json.dumps(dataclasses.asdict(ctx.budget)),
+        ]
         cells: list[Cell] = []
         with subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as client:
             assert client.stdout is not None

@@ -56,11 +56,17 @@ def main() -> None:
         matrix = np.ascontiguousarray(inputs[:rows])
         request = pb.ModelInferRequest(
             model_name=args.model,
-            inputs=[pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP32", shape=list(matrix.shape))],
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="input-0", datatype="FP32", shape=list(matrix.shape)
+                )
+            ],
             raw_input_contents=[matrix.tobytes()],
         )
         if request.ByteSize() > DEFAULT_MAX_MESSAGE_BYTES:
-            raise SkipCell(f"{request.ByteSize() / 2**20:.1f} MiB request > MLServer's default 4 MiB gRPC limit")
+            raise SkipCell(
+                f"{request.ByteSize() / 2**20:.1f} MiB request > MLServer's default 4 MiB gRPC limit"
+            )
 
         def check(result: object) -> None:
             assert isinstance(result, pb.ModelInferResponse)

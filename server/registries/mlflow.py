@@ -38,8 +38,8 @@ from flightline.server.errors import (
 
 _PROXY_API = "/api/2.0/mlflow-artifacts/artifacts"
 _DBFS_READ_API = "/api/2.0/dbfs/read"
-# Largest read DBFS allows; also the chunk written to disk at a time for the proxy.
-_CHUNK = 1024 * 1024
+# DBFS refuses reads over 1 MiB (MAX_READ_SIZE_EXCEEDED).
+_DBFS_MAX_READ = 1024 * 1024
 _BACKOFF_SECONDS = 0.25
 _BACKOFF_CAP_SECONDS = 4.0
 _PATH_FORMS = (
@@ -185,8 +185,14 @@ class _Http:
                 f"registry at {self.url} refused the token (HTTP {status}: {message}); "
                 "set a valid personal access token on the registry"
             )
-        if status == 404 or _error_code(response) == "RESOURCE_DOES_NOT_EXIST":
+        code = _error_code(response)
+        if code == "RESOURCE_DOES_NOT_EXIST":
             return NotFound(f"{what} not found in registry at {self.url}: {message}")
+        if status == 404:
+            return NotFound(
+                f"{what} not found: {self.url} answered HTTP 404 ({message}); check that it is the base URL "
+                "of an MLflow server or Databricks workspace"
+            )
         return InvalidArgument(
             f"registry at {self.url} rejected the request for {what} (HTTP {status}): {message}"
         )
@@ -264,7 +270,10 @@ class _ProxyStore:
             if attempt:
                 time.sleep(self._http.backoff(attempt))
             # After a broken transfer, resume where it stopped rather than fetch the file again.
-            headers = {"Range": f"bytes={written}-"} if written else None
+            # Identity encoding, so Range offsets count the bytes written.
+            headers = {"Accept-Encoding": "identity"}
+            if written:
+                headers["Range"] = f"bytes={written}-"
             response = self._http.send(
                 f"{_PROXY_API}/{quote(entry.path)}", None, what, headers=headers, stream=True
             )
@@ -273,7 +282,7 @@ class _ProxyStore:
                     out.seek(0)
                     out.truncate()
                     written = 0
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
                     written += len(chunk)
                     progress.written(written)
@@ -330,7 +339,7 @@ class _DbfsStore:
         what, offset = f"DBFS file '{entry.path}'", 0
         # Reads up to the listed size: DBFS answers past the end with an empty chunk, not an error.
         while offset < entry.size:
-            params = {"path": entry.path, "offset": offset, "length": _CHUNK}
+            params = {"path": entry.path, "offset": offset, "length": _DBFS_MAX_READ}
             body = self._http.get_json(_DBFS_READ_API, params, what)
             try:
                 data = base64.b64decode(body.get("data", ""), validate=True)
@@ -516,7 +525,8 @@ class MlflowRegistryClient:
             return self._dbfs, "/" + parts.path.strip("/")
         raise FailedPrecondition(
             f"{what} keeps its files at {uri!r}, which registry at {self.url} does not serve over HTTP; "
-            "run `mlflow server` with --serve-artifacts so artifacts are under mlflow-artifacts:/"
+            "Flightline reads mlflow-artifacts:/ (an `mlflow server` with --serve-artifacts) and dbfs:/ "
+            "(a Databricks workspace model registry) locations"
         )
 
     def _resolve(self, path: str) -> tuple[_Store, str]:
@@ -556,14 +566,15 @@ class MlflowRegistryClient:
 
     def _resolve_url(self, url: str) -> tuple[_Store, str]:
         # The token goes with every request, so only URLs of this very registry are followed.
-        parts, prefix = urlsplit(url), urlsplit(self.url)
-        if (parts.scheme, parts.netloc) != (prefix.scheme, prefix.netloc) or not parts.path.startswith(
-            prefix.path
+        parts, base = urlsplit(url), urlsplit(self.url)
+        base_path = base.path.rstrip("/")
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or not parts.path.startswith(
+            base_path + "/"
         ):
             raise InvalidArgument(
                 f"{url!r} is not a URL of registry at {self.url}; refusing to send it the token"
             )
-        api_path = unquote(parts.path[len(prefix.path) :])
+        api_path = unquote(parts.path[len(base_path) :])
         if api_path.startswith(_PROXY_API + "/"):
             return self._proxy, api_path[len(_PROXY_API) + 1 :].strip("/")
         if api_path == _DBFS_READ_API:

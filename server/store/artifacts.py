@@ -52,7 +52,7 @@ class ArtifactStore:
     ) -> StoredArtifact:
         """Stores the concatenated chunks; the same bytes stored twice are kept once."""
         if expected_sha256 is not None:
-            expected_sha256 = _checked_sha256(expected_sha256.lower())
+            expected_sha256 = _checked_sha256(expected_sha256)
         temp = f"{self._temp_dir}/{uuid4().hex}"
         try:
             digest = hashlib.sha256()
@@ -101,6 +101,7 @@ class ArtifactStore:
     def local_path(self, sha256: str, cache_dir: Path) -> Path:
         """A local file with the artifact: the stored file itself for local stores, else a verified
         copy downloaded once into `cache_dir`."""
+        sha256 = _checked_sha256(sha256)
         if self._is_local:
             if not self.exists(sha256):
                 raise NotFound(f"artifact {sha256} does not exist")
@@ -135,7 +136,7 @@ class ArtifactStore:
         return f"{self._root}/tmp"
 
     def _path(self, sha256: str) -> str:
-        _checked_sha256(sha256)
+        sha256 = _checked_sha256(sha256)
         return f"{self._root}/sha256/{sha256[:2]}/{sha256}"
 
     def _delete_if_present(self, path: str) -> None:
@@ -150,6 +151,7 @@ class ArtifactStore:
 
 
 def _checked_sha256(sha256: str) -> str:
-    if not SHA256_HEX.fullmatch(sha256):
-        raise InvalidArgument(f"not a sha256: {sha256!r} (expected 64 lower-case hex digits)")
-    return sha256
+    """The digest in lower case, as artifacts are named."""
+    if not SHA256_HEX.fullmatch(sha256.lower()):
+        raise InvalidArgument(f"not a sha256: {sha256!r} (expected 64 hex digits)")
+    return sha256.lower()

@@ -312,7 +312,7 @@ class MetadataStore:
             .order_by(ModelVersionRow.model_id, ModelVersionRow.version)
         )
         with self._read() as session:
-            return [_version(row, name) for row, name in session.execute(query).tuples()]
+            return [_version(row, name) for row, name in session.execute(query)]
 
     # -- deployments
 

@@ -37,6 +37,8 @@ class DbfsRegistry:
     user_id: str = "sample.user@example.com"
     registry_id: str = "9f38797c1dbf4e7eb229c4011f0f1f18"
     run_id: str = "abcdefg"
+    # Set to answer get-download-uri with another location, e.g. a Unity Catalog abfss:// one.
+    download_uri: str = ""
     # Counters and knobs the tests read and set; guarded by `lock`.
     reads: int = 0
     failures_to_inject: int = 0
@@ -144,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _download_uri(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         if (query.get("name"), query.get("version")) != (self.registry.model, "1"):
             return self._missing(f"ModelVersion {query.get('name')} {query.get('version')}")
-        return 200, {"artifact_uri": f"dbfs:{self.registry.version_dir}"}
+        return 200, {"artifact_uri": self.registry.download_uri or f"dbfs:{self.registry.version_dir}"}
 
     def _list(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         path = query.get("path", "").rstrip("/")
@@ -193,7 +195,7 @@ def dbfs_server(registry: DbfsRegistry) -> Iterator[DbfsServer]:
     """Serves `registry` on a free port of 127.0.0.1 until the block exits."""
     handler = type("DbfsHandler", (_Handler,), {"registry": registry})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="dbfs-stand-in", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="dbfs-stand-in", daemon=True)
     thread.start()
     try:
         port = int(server.server_address[1])

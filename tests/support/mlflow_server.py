@@ -44,6 +44,9 @@ EMPTY_MODEL = "no-versions-yet"
 SINGLE_MODELS = tuple(f"iris-single-{i}" for i in range(1, 6))
 HELPER_FILE = "flightline_helper.py"
 HELPER_SOURCE = b'"""Shipped with the model through code_paths."""\n\n\ndef scale(x):\n    return x * 2\n'
+# A plain run artifact (not part of the model) logged in the code model's run: reachable as runs:/<run_id>/...
+RUN_NOTE = "notes/readme.txt"
+RUN_NOTE_TEXT = "trained on iris-like blobs\n"
 MODEL_FILES = frozenset({"MLmodel", "model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt"})
 
 
@@ -60,7 +63,7 @@ class Populated(TypedDict):
     names: list[str]  # every registered model, sorted
     multi_version_model: str  # has versions "1", "2", "3"
     versions: list[str]
-    code_model: str  # one version whose files include a code/ directory holding HELPER_FILE
+    code_model: str  # its version 1 has a code/ directory holding HELPER_FILE; its run has RUN_NOTE
     empty_model: str  # registered, no versions
     description: str  # the multi-version model's description
     model_files: frozenset[str]  # top-level files of every version
@@ -196,6 +199,8 @@ def populate(url: str) -> Populated:
                         code_paths=code_paths,
                         pip_requirements=["scikit-learn"],  # skips slow requirement inference
                     )
+                    if code_paths:
+                        mlflow.log_text(RUN_NOTE_TEXT, RUN_NOTE)
                 predictions[(name, str(info.registered_model_version))] = model.predict(probe)
     finally:
         mlflow.set_tracking_uri(previous_uri)
