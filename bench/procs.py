@@ -83,17 +83,57 @@ class ServerProcess:
         return f"last lines of {self.log_path}:\n" + "\n".join(text)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the server, then SIGKILL to whatever is left of its process group."""
+        """SIGTERM to the server, then SIGKILL to whatever is left of its process group and of the
+        processes it started (they may have sessions of their own)."""
+        children = descendants(self.popen.pid)
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"warning: {self.name} still running {grace:.0f} s after SIGTERM; killing it", flush=True
+                )
         # The group id is the server's pid (start_new_session): this reaches its workers only.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
+        leftovers = [pid for pid in children if _alive(pid)]
+        if leftovers:
+            print(
+                f"warning: {self.name} left processes {leftovers} running after it stopped; killing them",
+                flush=True,
+            )
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         self._log.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, read from /proc (empty where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found += children
+        frontier += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 class Processes:
@@ -139,15 +179,17 @@ class Processes:
         self.stop_all()
 
 
-def sigterm_as_interrupt() -> Callable[[], None]:
-    """Makes SIGTERM unwind like Ctrl-C so `finally` blocks stop the servers; returns the undo."""
+def signals_as_interrupt() -> Callable[[], None]:
+    """Makes SIGTERM and SIGINT (even if inherited as ignored) unwind like Ctrl-C, so `finally`
+    blocks stop the servers; returns the undo."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, action in previous.items():
+            signal.signal(sig, action)
 
     return restore

@@ -20,7 +20,7 @@ from bench.context import RunContext
 from bench.measure import Budget, Cell
 from bench.models import BenchModel, build_models
 from bench.paths import bare_flight, flightline, inprocess, json_http, mlflow_serve, mlserver
-from bench.procs import Processes, sigterm_as_interrupt
+from bench.procs import Processes, signals_as_interrupt
 from bench.report import Table, target_checks
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5:
         print(f"note: load average {load_at_start:.2f}; other work on this machine will skew the results")
-    restore_sigterm = sigterm_as_interrupt()
+    restore_signals = signals_as_interrupt()
     try:
         with (
             tempfile.TemporaryDirectory(prefix="flightline-bench-") as work,
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: servers stopped, no results written", file=sys.stderr)
         return 130
     finally:
-        restore_sigterm()
+        restore_signals()
 
     order = {name: index for index, (name, _) in enumerate(PATHS.values())}
     cells.sort(key=lambda cell: (cell.model, order[cell.path], cell.rows))

@@ -16,18 +16,17 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from support.mlp import build_mlp
-from support.wait import wait_until
-
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router
 from flightline.server.supervisor import Supervisor
+from support.mlp import build_mlp
+from support.wait import wait_until
 
 FEATURES = 29
-POSTPROCESS = '''
+POSTPROCESS = """
 import numpy as np
 import pandas as pd
 
@@ -35,7 +34,7 @@ import pandas as pd
 def wallaroo_json(data: pd.DataFrame) -> pd.DataFrame:
     scores = np.stack(data["output"].to_numpy())
     return pd.DataFrame({"score": scores.sum(axis=1) * 2.0 + 1.0})
-'''
+"""
 
 
 def features(rows: int, seed: int = 0) -> np.ndarray:
@@ -82,13 +81,15 @@ def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]
 
 
 @pytest.fixture(scope="module")
-def front_door(model: Path, supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
+def front_door(
+    model: Path, supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FrontDoor]:
     script = tmp_path_factory.mktemp("steps") / "postprocess.py"
     script.write_text(POSTPROCESS)
     spec = ModelSpec(model, "onnx")
     mlp = supervisor.start("mlp.0", "onnx", spec, timeout=60)
     post = supervisor.start("post.0", "python", ModelSpec(script, "python"), timeout=60)
-    local = LocalStep(Host(load_runtime("onnx", spec)))
+    local = LocalStep(Host(load_runtime("onnx", spec)), location=mlp.location)
     router = Router()
     router.put(Route.of("local", [local]))
     router.put(Route.of("remote", [RemoteStep(mlp.location)]))
@@ -105,36 +106,53 @@ def client(front_door: FrontDoor) -> Iterator[flight.FlightClient]:
 
 
 @pytest.mark.parametrize("route", ["local", "remote"])
-def test_outputs_equal_onnxruntime(client: flight.FlightClient, reference: ort.InferenceSession,
-                                   route: str) -> None:
+def test_outputs_equal_onnxruntime(
+    client: flight.FlightClient, reference: ort.InferenceSession, route: str
+) -> None:
     xs = [features(rows, seed) for seed, rows in enumerate([1, 7, 1000])]
     results = exchange(client, route, "outputs", batches=[request(x) for x in xs])
     for x, result in zip(xs, results, strict=True):
         assert result.schema.names == ["out.output"]
-        np.testing.assert_allclose(tensor(result.column(0), 2), reference.run(None, {"input": x})[0], rtol=1e-5)
+        np.testing.assert_allclose(
+            tensor(result.column(0), 2), reference.run(None, {"input": x})[0], rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("route", ["local", "remote"])
-def test_envelope_echoes_inputs_next_to_outputs(client: flight.FlightClient, reference: ort.InferenceSession,
-                                                route: str) -> None:
+def test_envelope_echoes_inputs_next_to_outputs(
+    client: flight.FlightClient, reference: ort.InferenceSession, route: str
+) -> None:
     x = features(50)
     (result,) = exchange(client, route, batches=[request(x)])
     assert result.schema.names == ["time", "in.input", "out.output", "check_failures"]
     assert result.schema.field("time").type == pa.timestamp("ms", tz="UTC")
     np.testing.assert_array_equal(tensor(result.column("in.input"), FEATURES), x)
-    np.testing.assert_allclose(tensor(result.column("out.output"), 2), reference.run(None, {"input": x})[0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tensor(result.column("out.output"), 2), reference.run(None, {"input": x})[0], rtol=1e-5
+    )
     assert result.column("check_failures").to_numpy().tolist() == [0] * 50
     info = client.get_flight_info(flight.FlightDescriptor.for_path(route))
     assert info.schema.equals(result.schema)
 
 
-def test_flight_info_lists_front_door_then_runtimes(client: flight.FlightClient, front_door: FrontDoor,
-                                                    supervisor: Supervisor) -> None:
+def test_flight_info_lists_front_door_then_runtimes(
+    client: flight.FlightClient, front_door: FrontDoor, supervisor: Supervisor
+) -> None:
     info = client.get_flight_info(flight.FlightDescriptor.for_path("remote-pipeline", "outputs"))
     locations = [endpoint.locations[0].uri.decode() for endpoint in info.endpoints]
-    assert locations == [front_door.location, supervisor.get("mlp.0").location, supervisor.get("post.0").location]
-    assert client.get_schema(flight.FlightDescriptor.for_path("local", "outputs")).schema.names == ["out.output"]
+    assert locations == [
+        front_door.location,
+        supervisor.get("mlp.0").location,
+        supervisor.get("post.0").location,
+    ]
+    assert client.get_schema(flight.FlightDescriptor.for_path("local", "outputs")).schema.names == [
+        "out.output"
+    ]
+    local = client.get_flight_info(flight.FlightDescriptor.for_path("local"))
+    assert [e.locations[0].uri.decode() for e in local.endpoints] == [
+        front_door.location,
+        supervisor.get("mlp.0").location,
+    ]
     listed = {tuple(i.descriptor.path) for i in client.list_flights()}
     assert listed == {(b"local",), (b"remote",), (b"pipeline",), (b"remote-pipeline",)}
     (ok,) = client.do_action(flight.Action("healthcheck", b""))
@@ -142,8 +160,9 @@ def test_flight_info_lists_front_door_then_runtimes(client: flight.FlightClient,
 
 
 @pytest.mark.parametrize("route", ["pipeline", "remote-pipeline"])
-def test_pipeline_feeds_model_outputs_to_python_step(client: flight.FlightClient,
-                                                     reference: ort.InferenceSession, route: str) -> None:
+def test_pipeline_feeds_model_outputs_to_python_step(
+    client: flight.FlightClient, reference: ort.InferenceSession, route: str
+) -> None:
     xs = [features(100, seed=1), features(3, seed=2)]
     results = exchange(client, route, batches=[request(x) for x in xs])
     for x, result in zip(xs, results, strict=True):
@@ -161,21 +180,28 @@ def test_unknown_deployment_is_not_found(client: flight.FlightClient) -> None:
         exchange(client, "local", "json", batches=[request(features(1))])
 
 
-RAGGED = pa.record_batch([pa.array([[0.5] * FEATURES, [0.5] * (FEATURES - 1)], pa.list_(pa.float32()))],
-                         names=["input"])
-WRONG_DTYPE = pa.record_batch([pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(FEATURES)), FEATURES)],
-                              names=["input"])
+RAGGED = pa.record_batch(
+    [pa.array([[0.5] * FEATURES, [0.5] * (FEATURES - 1)], pa.list_(pa.float32()))], names=["input"]
+)
+WRONG_DTYPE = pa.record_batch(
+    [pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(FEATURES)), FEATURES)], names=["input"]
+)
 WRONG_COLUMN = pa.record_batch([request(features(2)).column(0)], names=["inputs"])
 
 
 @pytest.mark.parametrize("route", ["local", "remote"])
-@pytest.mark.parametrize(("batch", "message"), [
-    (RAGGED, "column 'input' is ragged: row 1 has 28 values, expected 29"),
-    (WRONG_DTYPE, "column 'input' has type fixed_size_list<item: double>"),
-    (WRONG_COLUMN, "column 'input' is missing"),
-], ids=["ragged", "dtype", "column"])
-def test_bad_batches_fail_naming_the_column(client: flight.FlightClient, route: str, batch: pa.RecordBatch,
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (RAGGED, "column 'input' is ragged: row 1 has 28 values, expected 29"),
+        (WRONG_DTYPE, "column 'input' has type fixed_size_list<item: double>"),
+        (WRONG_COLUMN, "column 'input' is missing"),
+    ],
+    ids=["ragged", "dtype", "column"],
+)
+def test_bad_batches_fail_naming_the_column(
+    client: flight.FlightClient, route: str, batch: pa.RecordBatch, message: str
+) -> None:
     with pytest.raises(pa.ArrowInvalid, match=message):
         exchange(client, route, batches=[batch])
     (good,) = exchange(client, route, "outputs", batches=[request(features(4))])
@@ -183,17 +209,20 @@ def test_bad_batches_fail_naming_the_column(client: flight.FlightClient, route: 
 
 
 @pytest.mark.parametrize("route", ["local", "remote"])
-def test_batches_over_16_mb_pass(client: flight.FlightClient, reference: ort.InferenceSession,
-                                 route: str) -> None:
+def test_batches_over_16_mb_pass(
+    client: flight.FlightClient, reference: ort.InferenceSession, route: str
+) -> None:
     x = features(160_000, seed=3)  # 18.6 MB of features, echoed back in the envelope
     (result,) = exchange(client, route, batches=[request(x)])
     assert result.num_rows == 160_000
-    np.testing.assert_allclose(tensor(result.column("out.output"), 2), reference.run(None, {"input": x})[0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tensor(result.column("out.output"), 2), reference.run(None, {"input": x})[0], rtol=1e-5
+    )
 
 
 def test_runtime_killed_mid_stream_fails_clearly_then_recovers(
-        client: flight.FlightClient, front_door: FrontDoor, supervisor: Supervisor, model: Path) -> None:
+    client: flight.FlightClient, front_door: FrontDoor, supervisor: Supervisor, model: Path
+) -> None:
     victim = supervisor.start("victim.0", "onnx", ModelSpec(model, "onnx"), timeout=60)
     front_door.router.put(Route.of("victim", [RemoteStep(victim.location)]))
     try:
@@ -202,8 +231,10 @@ def test_runtime_killed_mid_stream_fails_clearly_then_recovers(
         writer.write_batch(request(features(5)))
         assert reader.read_chunk().data.num_rows == 5
         os.kill(victim.pid, signal.SIGKILL)
-        with pytest.raises(flight.FlightUnavailableError,
-                           match="runtime for step 1 of 'victim' died; it is being restarted, retry"):
+        with pytest.raises(
+            flight.FlightUnavailableError,
+            match="runtime for step 1 of 'victim' died; it is being restarted, retry",
+        ):
             writer.write_batch(request(features(5)))
             reader.read_chunk()
         with pytest.raises(flight.FlightUnavailableError):
@@ -242,8 +273,9 @@ def peak_rss_mb(pid: int) -> float:
 def test_million_row_request_streams_in_bounded_memory(model: Path) -> None:
     support = Path(__file__).parent / "support" / "frontdoor_process.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    with subprocess.Popen([sys.executable, str(support), str(model)], stdout=subprocess.PIPE, text=True,
-                          env=env) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(support), str(model)], stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
         try:
             assert proc.stdout is not None
             port = int(proc.stdout.readline().split()[1])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import pickle
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
+import mlflow.artifacts
 import numpy as np
 import pytest
 from flightline.server.errors import (
@@ -28,33 +31,43 @@ from support.mlflow_server import (
     HELPER_SOURCE,
     RUN_NOTE,
     RUN_NOTE_TEXT,
-    MlflowServer,
     Populated,
-    mlflow_server,
-    populate,
 )
 
-
-@pytest.fixture(scope="session")
-def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, Populated]]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
-        yield server, populate(server.url)
+# `mlflow_registry` (conftest.py): a session-wide real `mlflow server` and what populate() logged in it.
 
 
 @pytest.fixture
-def client(mlflow_registry: tuple[MlflowServer, Populated]) -> Iterator[MlflowRegistryClient]:
-    with MlflowRegistryClient(mlflow_registry[0].url) as registry_client:
+def registry(mlflow_registry: tuple[str, dict[str, object]]) -> Iterator[MlflowRegistryClient]:
+    with MlflowRegistryClient(mlflow_registry[0]) as registry_client:
         yield registry_client
 
 
 @pytest.fixture
-def populated(mlflow_registry: tuple[MlflowServer, Populated]) -> Populated:
-    return mlflow_registry[1]
+def populated(mlflow_registry: tuple[str, dict[str, object]]) -> Populated:
+    return cast(Populated, mlflow_registry[1])
 
 
-def server_copy(server: MlflowServer, artifact: ArtifactInfo) -> bytes:
-    """The bytes the server stored for an artifact, read from its artifacts destination."""
-    return server.artifacts_dir.joinpath(artifact.path.removeprefix("mlflow-artifacts:/")).read_bytes()
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def offline_registry() -> Iterator[MlflowRegistryClient]:
+    """A client of a registry that is down: whatever it refuses, it refuses without the network."""
+    with MlflowRegistryClient(f"http://127.0.0.1:{closed_port()}", retries=0) as registry_client:
+        yield registry_client
+
+
+def logged_bytes(url: str, artifact: ArtifactInfo) -> bytes:
+    """The artifact's bytes as MLflow's own client downloads them: the oracle for ours."""
+    with tempfile.TemporaryDirectory() as scratch:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact.path, dst_path=scratch, tracking_uri=url
+        )
+        return Path(local).read_bytes()
 
 
 def by_name(artifacts: list[ArtifactInfo]) -> dict[str, ArtifactInfo]:
@@ -71,19 +84,19 @@ def predictions_of(model_file: Path, probe: np.ndarray[Any, Any]) -> np.ndarray[
 
 
 def test_list_models_pages_through_every_model_once(
-    client: MlflowRegistryClient, populated: Populated
+    registry: MlflowRegistryClient, populated: Populated
 ) -> None:
-    first, token = client.list_models(page_size=5)
+    first, token = registry.list_models(page_size=5)
     assert len(first) == 5 and token
-    second, last_token = client.list_models(page_size=5, page_token=token)
+    second, last_token = registry.list_models(page_size=5, page_token=token)
     assert last_token == ""
     names = [model.name for model in first + second]
     assert sorted(names) == populated["names"]
     assert len(set(names)) == len(names)
 
 
-def test_latest_versions_are_filled(client: MlflowRegistryClient, populated: Populated) -> None:
-    models = {model.name: model for model in client.list_models(page_size=100)[0]}
+def test_latest_versions_are_filled(registry: MlflowRegistryClient, populated: Populated) -> None:
+    models = {model.name: model for model in registry.list_models(page_size=100)[0]}
     multi = models[populated["multi_version_model"]]
     assert multi.description == populated["description"]
     assert multi.creation_timestamp > 0 and multi.last_updated_timestamp >= multi.creation_timestamp
@@ -95,11 +108,11 @@ def test_latest_versions_are_filled(client: MlflowRegistryClient, populated: Pop
     assert models[populated["empty_model"]].latest_versions == ()
 
 
-def test_list_versions_of_three_version_model(client: MlflowRegistryClient, populated: Populated) -> None:
+def test_list_versions_of_three_version_model(registry: MlflowRegistryClient, populated: Populated) -> None:
     name = populated["multi_version_model"]
-    page, token = client.list_versions(name, page_size=2)
+    page, token = registry.list_versions(name, page_size=2)
     assert len(page) == 2 and token
-    rest, last_token = client.list_versions(name, page_size=2, page_token=token)
+    rest, last_token = registry.list_versions(name, page_size=2, page_token=token)
     assert last_token == ""
     versions = page + rest
     assert sorted(v.version for v in versions) == populated["versions"]
@@ -109,40 +122,42 @@ def test_list_versions_of_three_version_model(client: MlflowRegistryClient, popu
 
 
 def test_list_versions_of_model_without_versions_is_empty(
-    client: MlflowRegistryClient, populated: Populated
+    registry: MlflowRegistryClient, populated: Populated
 ) -> None:
-    assert client.list_versions(populated["empty_model"]) == ([], "")
+    assert registry.list_versions(populated["empty_model"]) == ([], "")
 
 
-def test_unknown_model_is_not_found(client: MlflowRegistryClient) -> None:
+def test_unknown_model_is_not_found(registry: MlflowRegistryClient) -> None:
     with pytest.raises(NotFound, match="no-such-model"):
-        client.list_versions("no-such-model")
+        registry.list_versions("no-such-model")
     with pytest.raises(NotFound, match="no-such-model"):
-        client.list_artifacts("no-such-model", "1")
+        registry.list_artifacts("no-such-model", "1")
 
 
-def test_unknown_version_is_not_found(client: MlflowRegistryClient, populated: Populated) -> None:
+def test_unknown_version_is_not_found(registry: MlflowRegistryClient, populated: Populated) -> None:
     with pytest.raises(NotFound, match="version 9"):
-        client.list_artifacts(populated["multi_version_model"], "9")
+        registry.list_artifacts(populated["multi_version_model"], "9")
 
 
 # --- listing and downloading files -----------------------------------------------------------------
 
 
 def test_list_artifacts_has_model_pkl_with_its_size(
-    client: MlflowRegistryClient, populated: Populated, mlflow_registry: tuple[MlflowServer, Populated]
+    registry: MlflowRegistryClient, populated: Populated
 ) -> None:
-    artifacts = client.list_artifacts(populated["multi_version_model"], "2")
+    artifacts = registry.list_artifacts(populated["multi_version_model"], "2")
     files = by_name(artifacts)
     assert set(files) == populated["model_files"]
     pkl = files["model.pkl"]
-    assert not pkl.is_dir and pkl.file_size == len(server_copy(mlflow_registry[0], pkl)) > 0
+    assert not pkl.is_dir and pkl.file_size == len(logged_bytes(registry.url, pkl)) > 0
     assert pkl.path.startswith("mlflow-artifacts:/") and pkl.path.endswith("/artifacts/model.pkl")
-    assert pkl.full_path.startswith(client.url + "/api/2.0/mlflow-artifacts/artifacts/")
+    assert pkl.full_path.startswith(registry.url + "/api/2.0/mlflow-artifacts/artifacts/")
 
 
-def test_list_artifacts_recurses_into_directories(client: MlflowRegistryClient, populated: Populated) -> None:
-    files = by_name(client.list_artifacts(populated["code_model"], "1"))
+def test_list_artifacts_recurses_into_directories(
+    registry: MlflowRegistryClient, populated: Populated
+) -> None:
+    files = by_name(registry.list_artifacts(populated["code_model"], "1"))
     assert files["code"].is_dir and files["code"].file_size == 0
     helper = files[HELPER_FILE]
     assert helper.path == files["code"].path + "/" + HELPER_FILE
@@ -150,17 +165,16 @@ def test_list_artifacts_recurses_into_directories(client: MlflowRegistryClient, 
 
 
 def test_download_file_streams_bytes_as_logged(
-    client: MlflowRegistryClient,
+    registry: MlflowRegistryClient,
     populated: Populated,
-    mlflow_registry: tuple[MlflowServer, Populated],
     tmp_path: Path,
 ) -> None:
     name = populated["multi_version_model"]
-    pkl = by_name(client.list_artifacts(name, "2"))["model.pkl"]
+    pkl = by_name(registry.list_artifacts(name, "2"))["model.pkl"]
     seen: list[int] = []
-    local = client.download(pkl.path, tmp_path, seen.append)
+    local = registry.download(pkl.path, tmp_path, seen.append)
     assert local == tmp_path / "model.pkl"
-    assert local.read_bytes() == server_copy(mlflow_registry[0], pkl)
+    assert local.read_bytes() == logged_bytes(registry.url, pkl)
     assert seen and seen[-1] == pkl.file_size and seen == sorted(seen)
     expected = populated["predictions"][(name, "2")]
     np.testing.assert_array_equal(predictions_of(local, populated["probe"]), expected)
@@ -168,73 +182,80 @@ def test_download_file_streams_bytes_as_logged(
 
 
 def test_download_by_full_path(
-    client: MlflowRegistryClient,
+    registry: MlflowRegistryClient,
     populated: Populated,
-    mlflow_registry: tuple[MlflowServer, Populated],
     tmp_path: Path,
 ) -> None:
-    requirements = by_name(client.list_artifacts(populated["multi_version_model"], "1"))["requirements.txt"]
-    local = client.download(requirements.full_path, tmp_path)
+    requirements = by_name(registry.list_artifacts(populated["multi_version_model"], "1"))["requirements.txt"]
+    local = registry.download(requirements.full_path, tmp_path)
     assert local == tmp_path / "requirements.txt"
-    assert local.read_bytes() == server_copy(mlflow_registry[0], requirements)
+    assert local.read_bytes() == logged_bytes(registry.url, requirements)
     assert "scikit-learn" in local.read_text().splitlines()
 
 
-def test_download_directory(client: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
-    code_dir = by_name(client.list_artifacts(populated["code_model"], "1"))["code"]
-    local = client.download(code_dir.path, tmp_path)
+def test_download_directory(registry: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
+    code_dir = by_name(registry.list_artifacts(populated["code_model"], "1"))["code"]
+    local = registry.download(code_dir.path, tmp_path)
     assert local == tmp_path / "code"
     assert [p.name for p in local.iterdir()] == [HELPER_FILE]
     assert (local / HELPER_FILE).read_bytes() == HELPER_SOURCE
 
 
 def test_download_models_uri_gets_the_whole_version(
-    client: MlflowRegistryClient, populated: Populated, tmp_path: Path
+    registry: MlflowRegistryClient,
+    populated: Populated,
+    tmp_path: Path,
 ) -> None:
     name = populated["code_model"]
     seen: list[int] = []
-    local = client.download(f"models:/{name}/1", tmp_path, seen.append)
+    local = registry.download(f"models:/{name}/1", tmp_path, seen.append)
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert files == set(populated["model_files"]) | {f"code/{HELPER_FILE}"}
     assert seen[-1] == sum((local / f).stat().st_size for f in files)
+    for artifact in registry.list_artifacts(name, "1"):
+        if not artifact.is_dir:
+            relative = artifact.path.split("/artifacts/", 1)[1]
+            assert (local / relative).read_bytes() == logged_bytes(registry.url, artifact), relative
     np.testing.assert_array_equal(
         predictions_of(local / "model.pkl", populated["probe"]), populated["predictions"][(name, "1")]
     )
 
 
-def test_download_version_source(client: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
+def test_download_version_source(
+    registry: MlflowRegistryClient, populated: Populated, tmp_path: Path
+) -> None:
     name = populated["multi_version_model"]
-    (version,) = [v for v in client.list_versions(name)[0] if v.version == "1"]
-    local = client.download(version.source, tmp_path)  # models:/m-<id>
+    (version,) = [v for v in registry.list_versions(name)[0] if v.version == "1"]
+    local = registry.download(version.source, tmp_path)  # models:/m-<id>
     np.testing.assert_array_equal(
         predictions_of(local / "model.pkl", populated["probe"]), populated["predictions"][(name, "1")]
     )
 
 
-def test_download_run_artifact(client: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
-    (version,) = client.list_versions(populated["code_model"])[0]
-    local = client.download(f"runs:/{version.run_id}/{RUN_NOTE}", tmp_path)
+def test_download_run_artifact(registry: MlflowRegistryClient, populated: Populated, tmp_path: Path) -> None:
+    (version,) = registry.list_versions(populated["code_model"])[0]
+    local = registry.download(f"runs:/{version.run_id}/{RUN_NOTE}", tmp_path)
     assert local == tmp_path / "readme.txt" and local.read_text() == RUN_NOTE_TEXT
 
 
 def test_download_missing_file_is_not_found(
-    client: MlflowRegistryClient, populated: Populated, tmp_path: Path
+    registry: MlflowRegistryClient, populated: Populated, tmp_path: Path
 ) -> None:
-    pkl = by_name(client.list_artifacts(populated["multi_version_model"], "1"))["model.pkl"]
+    pkl = by_name(registry.list_artifacts(populated["multi_version_model"], "1"))["model.pkl"]
     with pytest.raises(NotFound, match="no-such-file"):
-        client.download(pkl.path.replace("model.pkl", "no-such-file"), tmp_path)
+        registry.download(pkl.path.replace("model.pkl", "no-such-file"), tmp_path)
     with pytest.raises(NotFound, match="no-such-model"):
-        client.download("models:/no-such-model/1", tmp_path)
+        registry.download("models:/no-such-model/1", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_download_refuses_to_overwrite(
-    client: MlflowRegistryClient, populated: Populated, tmp_path: Path
+    registry: MlflowRegistryClient, populated: Populated, tmp_path: Path
 ) -> None:
-    pkl = by_name(client.list_artifacts(populated["multi_version_model"], "1"))["model.pkl"]
+    pkl = by_name(registry.list_artifacts(populated["multi_version_model"], "1"))["model.pkl"]
     (tmp_path / "model.pkl").write_bytes(b"keep me")
     with pytest.raises(AlreadyExists, match=r"model\.pkl"):
-        client.download(pkl.path, tmp_path)
+        registry.download(pkl.path, tmp_path)
     assert (tmp_path / "model.pkl").read_bytes() == b"keep me"
 
 
@@ -250,16 +271,18 @@ def test_download_refuses_to_overwrite(
     ],
 )
 def test_download_refuses_paths_outside_the_registry(
-    client: MlflowRegistryClient, path: str, tmp_path: Path
+    offline_registry: MlflowRegistryClient, path: str, tmp_path: Path
 ) -> None:
     with pytest.raises(InvalidArgument):
-        client.download(path, tmp_path)
+        offline_registry.download(path, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_refuses_urls_of_other_hosts(client: MlflowRegistryClient, tmp_path: Path) -> None:
+def test_download_refuses_urls_of_other_hosts(offline_registry: MlflowRegistryClient, tmp_path: Path) -> None:
+    # The token goes with every request, so a URL of another host is refused before any connection.
+    other_host = offline_registry.url.replace("127.0.0.1", "127.0.0.2")
     with pytest.raises(InvalidArgument, match="not a URL of registry"):
-        client.download("http://198.51.100.7/api/2.0/mlflow-artifacts/artifacts/1/model.pkl", tmp_path)
+        offline_registry.download(f"{other_host}/api/2.0/mlflow-artifacts/artifacts/1/model.pkl", tmp_path)
 
 
 # --- failures --------------------------------------------------------------------------------------
@@ -316,29 +339,22 @@ class CuttingRelay:
 
 
 def test_broken_transfer_resumes_where_it_stopped(
-    populated: Populated, mlflow_registry: tuple[MlflowServer, Populated], tmp_path: Path
+    registry: MlflowRegistryClient, populated: Populated, tmp_path: Path
 ) -> None:
-    server = mlflow_registry[0]
-    relay = CuttingRelay(server.port, target=b"model.pkl", keep=100)
+    relay = CuttingRelay(int(urlsplit(registry.url).port or 0), target=b"model.pkl", keep=100)
     try:
-        with MlflowRegistryClient(f"http://127.0.0.1:{relay.port}") as client:
-            pkl = by_name(client.list_artifacts(populated["multi_version_model"], "3"))["model.pkl"]
+        with MlflowRegistryClient(f"http://127.0.0.1:{relay.port}") as through_relay:
+            pkl = by_name(through_relay.list_artifacts(populated["multi_version_model"], "3"))["model.pkl"]
             seen: list[int] = []
-            local = client.download(pkl.path, tmp_path, seen.append)
+            local = through_relay.download(pkl.path, tmp_path, seen.append)
     finally:
         relay.close()
     assert relay.cuts == 1
     assert seen[0] == 100 and seen[-1] == pkl.file_size and seen == sorted(seen)  # resumed, not restarted
-    assert local.read_bytes() == server_copy(server, pkl)
+    assert local.read_bytes() == logged_bytes(registry.url, pkl)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_registry_down_is_unavailable_quickly(tmp_path: Path) -> None:
+def test_registry_down_is_unavailable_quickly() -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     started = time.monotonic()
     down = MlflowRegistryClient(url, retries=3)
@@ -371,16 +387,16 @@ def databricks() -> Iterator[DbfsServer]:
 
 
 def test_databricks_lists_models_with_token(databricks: DbfsServer) -> None:
-    with MlflowRegistryClient(databricks.url, TOKEN) as client:
-        (model,), token = client.list_models()
+    with MlflowRegistryClient(databricks.url, TOKEN) as registry:
+        (model,), token = registry.list_models()
     assert token == "" and model.name == "wine_quality" and model.user_id == databricks.registry.user_id
     (latest,) = model.latest_versions
     assert latest.source.startswith("dbfs:/") and latest.current_stage == "Production"
 
 
 def test_databricks_lists_dbfs_artifacts(databricks: DbfsServer) -> None:
-    with MlflowRegistryClient(databricks.url, TOKEN) as client:
-        files = by_name(client.list_artifacts("wine_quality", "1"))
+    with MlflowRegistryClient(databricks.url, TOKEN) as registry:
+        files = by_name(registry.list_artifacts("wine_quality", "1"))
     version_dir = databricks.registry.version_dir
     pkl = files["model.pkl"]
     assert pkl.path == f"{version_dir}/model.pkl" and pkl.file_size == len(BIG)
@@ -391,39 +407,39 @@ def test_databricks_lists_dbfs_artifacts(databricks: DbfsServer) -> None:
 
 def test_databricks_downloads_in_chunks(databricks: DbfsServer, tmp_path: Path) -> None:
     seen: list[int] = []
-    with MlflowRegistryClient(databricks.url, TOKEN) as client:
-        pkl = by_name(client.list_artifacts("wine_quality", "1"))["model.pkl"]
-        local = client.download(pkl.path, tmp_path / "by-path", seen.append)
-        by_url = client.download(pkl.full_path, tmp_path / "by-url")
+    with MlflowRegistryClient(databricks.url, TOKEN) as registry:
+        pkl = by_name(registry.list_artifacts("wine_quality", "1"))["model.pkl"]
+        local = registry.download(pkl.path, tmp_path / "by-path", seen.append)
+        by_url = registry.download(pkl.full_path, tmp_path / "by-url")
     assert local.read_bytes() == BIG and by_url.read_bytes() == BIG
     assert databricks.registry.reads == 6  # 3 reads of at most 1 MiB per download
     assert seen == [1024 * 1024, 2 * 1024 * 1024, len(BIG)]
 
 
 def test_databricks_downloads_version_tree(databricks: DbfsServer, tmp_path: Path) -> None:
-    with MlflowRegistryClient(databricks.url, TOKEN) as client:
-        local = client.download("models:/wine_quality/1", tmp_path)
+    with MlflowRegistryClient(databricks.url, TOKEN) as registry:
+        local = registry.download("models:/wine_quality/1", tmp_path)
     assert local == tmp_path / "wine_quality"
     assert (local / "model.pkl").read_bytes() == BIG
     assert (local / "code" / "helper.py").read_bytes() == b"x = 1\n"
 
 
 def test_databricks_wrong_token_is_unauthenticated(databricks: DbfsServer, tmp_path: Path) -> None:
-    with MlflowRegistryClient(databricks.url, "wrong-token") as client:
+    with MlflowRegistryClient(databricks.url, "wrong-token") as registry:
         with pytest.raises(Unauthenticated, match="refused the token"):
-            client.list_models()
+            registry.list_models()
         with pytest.raises(Unauthenticated):
-            client.download(f"{databricks.registry.version_dir}/model.pkl", tmp_path)
+            registry.download(f"{databricks.registry.version_dir}/model.pkl", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_databricks_5xx_is_retried_then_unavailable(databricks: DbfsServer, tmp_path: Path) -> None:
-    with MlflowRegistryClient(databricks.url, TOKEN, retries=2) as client:
+    with MlflowRegistryClient(databricks.url, TOKEN, retries=2) as registry:
         databricks.registry.failures_to_inject = 2
-        assert client.list_models()[0]
+        assert registry.list_models()[0]
         databricks.registry.failures_to_inject = 1000
         with pytest.raises(Unavailable, match="HTTP 503"):
-            client.download("models:/wine_quality/1", tmp_path)
+            registry.download("models:/wine_quality/1", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -431,15 +447,15 @@ def test_databricks_partial_failure_leaves_nothing(databricks: DbfsServer, tmp_p
     def fail_from_now_on(done: int) -> None:
         databricks.registry.failures_to_inject = 1000
 
-    with MlflowRegistryClient(databricks.url, TOKEN, retries=0) as client, pytest.raises(Unavailable):
-        client.download("models:/wine_quality/1", tmp_path, fail_from_now_on)
+    with MlflowRegistryClient(databricks.url, TOKEN, retries=0) as registry, pytest.raises(Unavailable):
+        registry.download("models:/wine_quality/1", tmp_path, fail_from_now_on)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_databricks_files_off_dbfs_are_a_failed_precondition(databricks: DbfsServer, tmp_path: Path) -> None:
     databricks.registry.download_uri = "abfss://models@account.dfs.core.windows.net/wine_quality/1"
-    with MlflowRegistryClient(databricks.url, TOKEN) as client:
+    with MlflowRegistryClient(databricks.url, TOKEN) as registry:
         with pytest.raises(FailedPrecondition, match=r"abfss://.*does not serve over HTTP"):
-            client.list_artifacts("wine_quality", "1")
+            registry.list_artifacts("wine_quality", "1")
         with pytest.raises(FailedPrecondition):
-            client.download("models:/wine_quality/1", tmp_path)
+            registry.download("models:/wine_quality/1", tmp_path)

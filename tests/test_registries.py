@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import pytest
 from flightline.server.app import App
 from flightline.server.client import Client, infer
 from flightline.v1 import common_pb2, model_pb2, registry_pb2, workspace_pb2
+from sklearn.linear_model import LogisticRegression
+from support.dbfs_server import DbfsRegistry, dbfs_server
 
 Registry = tuple[str, dict[str, Any]]
 
@@ -181,3 +185,34 @@ def test_unknown_registry_model_is_not_found(client: Client, mlflow_registry: Re
             )
         )
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_databricks_token_over_grpc(app: App, client: Client, tmp_path: Path) -> None:
+    """Against a stand-in for Azure Databricks (its REST + DBFS calls), which cannot run here."""
+    x = np.random.default_rng(0).normal(size=(100, 4))
+    model = LogisticRegression().fit(x, (x[:, 1] > 0).astype(int))
+    files = {"MLmodel": b"flavors: {}\n", "model.pkl": pickle.dumps(model)}
+    with dbfs_server(DbfsRegistry(token="dapi-right", model="wine", files=files)) as databricks:
+        workspace_id = new_workspace(client, "dbx")
+        good = connect(client, workspace_id, databricks.url, token="dapi-right")
+        bad = connect(client, workspace_id, databricks.url, token="dapi-wrong")
+        artifacts = client.registries.ListModelVersionArtifacts(
+            registry_pb2.ListModelVersionArtifactsRequest(registry_id=good.id, name="wine", version="1")
+        ).artifacts
+        pkl = next(a for a in artifacts if a.path.endswith("model.pkl"))
+        assert pkl.full_path.startswith(f"{databricks.url}/api/2.0/dbfs/read?path=")
+        request = model_pb2.UploadFromRegistryRequest(
+            registry_id=bad.id,
+            name="wine",
+            path=pkl.path,
+            workspace_id=workspace_id,
+            conversion=model_pb2.Conversion(framework="sklearn"),
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.models.UploadFromRegistry(request)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not client.models.ListModels(model_pb2.ListModelsRequest(workspace_id=workspace_id)).models
+        request.registry_id = good.id
+        version = client.models.UploadFromRegistry(request).version
+    assert version.status == model_pb2.MODEL_STATUS_READY and version.runtime == "onnx"
+    assert version.original_sha256 == hashlib.sha256(files["model.pkl"]).hexdigest()

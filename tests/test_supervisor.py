@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from support.mlp import build_mlp
-from support.wait import wait_until
-
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.server.supervisor import State, Supervisor
+from support.mlp import build_mlp
+from support.wait import wait_until
 
 
 def healthcheck(location: str) -> bytes:
@@ -55,7 +54,7 @@ def test_started_runtime_answers_healthcheck(supervisor: Supervisor, model: Path
 def test_load_error_raises_with_the_reason(supervisor: Supervisor, tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not a protobuf")
-    with pytest.raises(ModelLoadError, match="broken.onnx is not a valid ONNX model"):
+    with pytest.raises(ModelLoadError, match=r"broken\.onnx is not a valid ONNX model"):
         supervisor.start("broken.0", "onnx", ModelSpec(broken, "onnx"), timeout=60)
     assert supervisor.keys() == []
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
-
 from flightline.runtimes.envelope import envelope, envelope_schema
 from flightline.runtimes.rules import is_open
 from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
@@ -46,8 +45,13 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
 
     # -- data ---------------------------------------------------------------------------------------
 
-    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
         name, echo = _target(descriptor)
         route = self._route(name)
         streams = [step.open() for step in route.steps]
@@ -78,13 +82,15 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
 
     # -- metadata -----------------------------------------------------------------------------------
 
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         name, echo = _target(descriptor)
         return self._info(self._route(name), descriptor, echo)
 
-    def get_schema(self, context: flight.ServerCallContext,
-                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
         name, echo = _target(descriptor)
         route = self._route(name)
         return flight.SchemaResult(envelope_schema(route.input_schema, route.output_schema, echo))
@@ -108,9 +114,10 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
     def _info(self, route: Route, descriptor: flight.FlightDescriptor, echo: bool) -> flight.FlightInfo:
         schema = envelope_schema(route.input_schema, route.output_schema, echo)
         ticket = route.name.encode()
-        # The front door first; then each remote step's runtime, which clients may also call directly.
-        endpoints = [flight.FlightEndpoint(ticket, [location])
-                     for location in [self.location, *route.locations]]
+        # The front door first; then each step's runtime server, which clients may also call directly.
+        endpoints = [
+            flight.FlightEndpoint(ticket, [location]) for location in [self.location, *route.locations]
+        ]
         return flight.FlightInfo(schema, descriptor, endpoints, -1, -1)
 
     def _route(self, name: str) -> Route:
@@ -124,8 +131,10 @@ def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:
     """(deployment name, echo inputs?) named by a descriptor path: [name] or [name, mode]."""
     path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
     if not path or len(path) > 2:
-        raise pa.ArrowInvalid("expected FlightDescriptor.for_path(deployment) or "
-                              f"for_path(deployment, mode) with mode one of {list(MODES)}")
+        raise pa.ArrowInvalid(
+            "expected FlightDescriptor.for_path(deployment) or "
+            f"for_path(deployment, mode) with mode one of {list(MODES)}"
+        )
     name = path[0].decode()
     mode = path[1].decode() if len(path) == 2 else "envelope"
     if mode not in MODES:
@@ -143,10 +152,13 @@ def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -
         except pa.ArrowInvalid as error:
             if index == 0:  # the request itself breaks the rules; the message names the column
                 raise
-            raise flight.FlightInternalError(f"{step} rejected the outputs of step {index}: {error}") from None
+            raise flight.FlightInternalError(
+                f"{step} rejected the outputs of step {index}: {error}"
+            ) from None
         except Unavailable as error:
             raise flight.FlightUnavailableError(
-                f"runtime for {step} died; it is being restarted, retry ({error})") from None
+                f"runtime for {step} died; it is being restarted, retry ({error})"
+            ) from None
         except StepFailed as error:
             raise flight.FlightInternalError(f"{step} failed: {error}") from None
     return data
@@ -156,7 +168,8 @@ def _conform(route: Route, outputs: pa.RecordBatch, schema: pa.Schema) -> pa.Rec
     """A later batch of an open-schema step, cast to the columns the stream's first batch fixed."""
     try:
         return outputs.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
         raise flight.FlightInternalError(
-            f"the outputs of {route.name!r} changed columns within one stream: {outputs.schema} after {schema}"
+            f"the outputs of {route.name!r} changed columns within one stream: "
+            f"{outputs.schema} after {schema}"
         ) from None

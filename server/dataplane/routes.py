@@ -15,7 +15,6 @@ from typing import Final
 
 import pyarrow as pa
 import pyarrow.flight as flight
-
 from flightline.runtimes.host import Host
 from flightline.server.errors import NotFound, Unavailable
 
@@ -61,13 +60,14 @@ class Step(ABC):
 
 
 class LocalStep(Step):
-    """Runs a runtime inside the front door process."""
+    """Runs a runtime inside the front door process. `location` may name a runtime server that serves
+    the same model, for clients that want to skip the front door."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, location: str | None = None) -> None:
         self.host = host
         self.input_schema = host.input_schema
         self.output_schema = host.output_schema
-        self.location = None
+        self.location = location
 
     def open(self) -> StepStream:
         return _LocalStream(self.host)
@@ -93,8 +93,9 @@ class RemoteStep(Step):
     """Forwards batches to a runtime server in "raw" mode. One FlightClient serves every stream; schemas
     are asked from the runtime unless given."""
 
-    def __init__(self, location: str, *, input_schema: pa.Schema | None = None,
-                 output_schema: pa.Schema | None = None) -> None:
+    def __init__(
+        self, location: str, *, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+    ) -> None:
         self.location = location
         self._lock = threading.Lock()
         self._client: flight.FlightClient | None = None
@@ -133,8 +134,9 @@ class RemoteStep(Step):
             results = list(client.do_action(flight.Action("schemas", b"")))
         except (flight.FlightError, OSError) as error:
             self.reset(client)
-            raise Unavailable(f"runtime at {self.location} did not report its schemas: "
-                              f"{flight_message(error)}") from error
+            raise Unavailable(
+                f"runtime at {self.location} did not report its schemas: {flight_message(error)}"
+            ) from error
         input_ipc, output_ipc = (r.body for r in results)
         return pa.ipc.read_schema(input_ipc), pa.ipc.read_schema(output_ipc)
 
@@ -169,8 +171,10 @@ class _RemoteStream(StepStream):
             self._abandon()
             if client is not None:
                 self._step.reset(client)
-            raise Unavailable(f"runtime at {self._step.location} is unavailable: "
-                              f"{flight_message(error) if str(error) else type(error).__name__}") from None
+            raise Unavailable(
+                f"runtime at {self._step.location} is unavailable: "
+                f"{flight_message(error) if str(error) else type(error).__name__}"
+            ) from None
         if result is None:
             raise StepFailed("the runtime answered with a metadata-only message instead of a batch")
         return result
@@ -221,8 +225,8 @@ class Route:
 
     @property
     def locations(self) -> list[str]:
-        """The runtime servers of the remote steps, in step order."""
-        return [s.location for s in self.steps if isinstance(s, RemoteStep) and s.location]
+        """The runtime servers of the steps that have one, in step order."""
+        return [s.location for s in self.steps if s.location]
 
 
 class Router:

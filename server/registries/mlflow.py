@@ -119,7 +119,9 @@ class _Http:
         self.url = url
         self._retries = retries
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        # A host that never answers should fail fast on connect, while a slow large read may take `timeout`.
+        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=limits)
 
     def close(self) -> None:
         self._client.close()

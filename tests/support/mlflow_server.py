@@ -1,11 +1,9 @@
 """A real `mlflow server` subprocess for tests, and `populate` to register small sklearn models in it.
 
-Start-up takes several seconds, so use it once per session:
+Start-up takes several seconds, so use it once per session (tests/conftest.py `mlflow_registry`):
 
-    @pytest.fixture(scope="session")
-    def mlflow_registry(tmp_path_factory):
-        with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
-            yield server, populate(server.url)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server.url, populate(server.url)
 
 Importing this module is cheap: mlflow is imported only inside `populate`.
 """
