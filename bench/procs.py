@@ -99,7 +99,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
-        leftovers = [pid for pid in children if _alive(pid)]
+        leftovers = _still_alive(children, within=2.0)
         if leftovers:
             print(
                 f"warning: {self.name} left processes {leftovers} running after it stopped; killing them",
@@ -126,6 +126,14 @@ def descendants(pid: int) -> list[int]:
         found += children
         frontier += children
     return found
+
+
+def _still_alive(pids: list[int], within: float) -> list[int]:
+    """The processes of `pids` still alive after `within` seconds (a killed group takes a moment to go)."""
+    deadline = time.monotonic() + within
+    while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling /proc for exits; there is no handle to wait on for non-children
+    return alive
 
 
 def _alive(pid: int) -> bool:

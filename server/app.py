@@ -4,7 +4,6 @@ Everything lives on the App instance; there is no global state."""
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent import futures
 from types import TracebackType
 
@@ -59,6 +58,7 @@ class App:
         self.registries = RegistryService(self.store, timeout=settings.registry_timeout)
         self.models = ModelService(self.store, self.artifacts, self.registries, data / "work")
         self.router = Router()
+        # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
         self.deployments = DeploymentService(
@@ -71,7 +71,6 @@ class App:
         )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        self._flight_thread = threading.Thread(target=self.front_door.serve, name="front-door", daemon=True)
 
     @property
     def grpc_address(self) -> str:
@@ -80,7 +79,6 @@ class App:
     def start(self) -> App:
         self.models.fail_interrupted()
         self.grpc_server.start()
-        self._flight_thread.start()
         self.deployments.resume()
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
         return self

@@ -142,7 +142,8 @@ class Supervisor:
                 proc = self._procs.get(key)
                 if proc is None:
                     raise NotFound(f"no runtime process {key!r}")
-                if proc.state is State.HEALTHY:
+                # A process that just died still reads HEALTHY until its watcher wakes; wait for that.
+                if proc.state is State.HEALTHY and proc._popen is not None and proc._popen.poll() is None:
                     return proc
                 if proc.state is State.FAILED:
                     raise ModelLoadError(proc.failure or "runtime failed")
@@ -151,7 +152,7 @@ class Supervisor:
                     raise Unavailable(
                         f"runtime {key!r} is not healthy after {timeout:g}s ({proc.state.value})"
                     )
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, self.check_interval))
 
     def stop(self, key: str) -> None:
         """Stops a runtime process; a key that is not running is a no-op, so cleanup can be blind."""

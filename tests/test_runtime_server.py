@@ -105,7 +105,7 @@ def test_actions(client: flight.FlightClient) -> None:
     assert inputs == pa.schema([("tensor", pa.list_(pa.float32(), FEATURES))])
     assert outputs.names == ["dense_1"]
     assert {a.type for a in client.list_actions()} == {"healthcheck", "schemas"}
-    with pytest.raises(pa.ArrowNotImplementedError, match="unknown action 'reboot'"):  # UNIMPLEMENTED:
+    with pytest.raises(pa.ArrowNotImplementedError, match="unknown action 'reboot'"):  # UNIMPLEMENTED
         list(client.do_action("reboot"))
 
 

@@ -80,7 +80,7 @@ def test_runtime_that_cannot_load_again_is_marked_failed(supervisor: Supervisor,
     proc = supervisor.start("mlp.0", "onnx", ModelSpec(model, "onnx"), timeout=60)
     model.write_bytes(b"corrupted after the first start")
     os.kill(proc.pid, signal.SIGKILL)
-    assert wait_until(lambda: proc.state is not State.HEALTHY, timeout=10)
+    assert wait_until(lambda: proc.state is not State.HEALTHY, timeout=10)  # the watcher noticed
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         supervisor.wait_healthy("mlp.0", timeout=30)
     assert proc.state is State.FAILED

@@ -19,6 +19,7 @@ from flightline.runtimes.host import Host
 from flightline.server.errors import NotFound, Unavailable
 
 RAW: Final = flight.FlightDescriptor.for_path("raw")
+SCHEMAS_TIMEOUT: Final = 30.0  # seconds; a runtime that is up answers at once
 # A restarted runtime comes back on the same port within a second or two; gRPC's default reconnect
 # backoff (up to 2 minutes) would keep failing fast long after that.
 CLIENT_OPTIONS: Final = [
@@ -113,25 +114,20 @@ class RemoteStep(Step):
             return self._client
 
     def reset(self, client: flight.FlightClient) -> None:
-        """Drops a client that saw the runtime go away, so the next stream dials afresh."""
+        """Drops a client that saw the runtime go away, so the next stream dials afresh. Not closed
+        here: other streams may still hold it; it closes when the last one lets go."""
         with self._lock:
             if self._client is client:
                 self._client = None
-        client.close()
 
     def open(self) -> StepStream:
         return _RemoteStream(self)
 
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
     def _ask_schemas(self) -> tuple[pa.Schema, pa.Schema]:
         client = self.client()
         try:
-            results = list(client.do_action(flight.Action("schemas", b"")))
+            options = flight.FlightCallOptions(timeout=SCHEMAS_TIMEOUT)
+            results = list(client.do_action(flight.Action("schemas", b""), options))
         except (flight.FlightError, OSError) as error:
             self.reset(client)
             raise Unavailable(

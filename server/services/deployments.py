@@ -136,7 +136,7 @@ class DeploymentService:
             ) from exc
         step: Step
         if version.native and self.in_process_native:
-            step = LocalStep(Host(load_runtime(version.runtime, spec)))
+            step = LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
         else:
             step = RemoteStep(process.location)
         return step, process.location
