@@ -7,6 +7,7 @@ import importlib
 
 from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
 
+# name -> "module:Class"; a framework plug-in (e.g. "tensorflow") registers itself here with one line.
 RUNTIMES: dict[str, str] = {
     "onnx": "flightline.runtimes.onnx:OnnxRuntime",
     "python": "flightline.runtimes.python_step:PythonStepRuntime",

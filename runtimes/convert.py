@@ -22,10 +22,11 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pyarrow as pa
+from onnx import helper
+
 from flightline.runtimes import sklearn as pickles
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
-from onnx import helper
 
 DEFAULT_TARGET_OPSET = 17
 ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17

@@ -26,8 +26,9 @@ def envelope_schema(input_schema: pa.Schema, output_schema: pa.Schema, echo: boo
     return pa.schema([TIME, *inputs, *outputs, CHECK_FAILURES])
 
 
-def envelope(inputs: pa.RecordBatch, outputs: pa.RecordBatch, *, echo: bool = True,
-             schema: pa.Schema | None = None) -> pa.RecordBatch:
+def envelope(
+    inputs: pa.RecordBatch, outputs: pa.RecordBatch, *, echo: bool = True, schema: pa.Schema | None = None
+) -> pa.RecordBatch:
     """Wraps model outputs (and, with `echo`, the inputs) in the result format.
 
     `schema` may pass a precomputed `envelope_schema(...)` to skip rebuilding it per batch."""
@@ -36,7 +37,7 @@ def envelope(inputs: pa.RecordBatch, outputs: pa.RecordBatch, *, echo: bool = Tr
     if not echo:
         return pa.RecordBatch.from_arrays(outputs.columns, schema=schema)
     rows = outputs.num_rows
-    now = np.full(rows, time.time_ns() // 1_000_000, dtype=np.int64)
+    now = (time.time_ns() // 1_000_000).to_bytes(8, "little", signed=True) * rows
     columns = [
         pa.Array.from_buffers(TIME.type, rows, [None, pa.py_buffer(now)]),
         *inputs.columns,

@@ -18,10 +18,11 @@ from flightline.runtimes.rules import BatchRules, is_open
 Mode = Literal["envelope", "outputs", "raw"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
 DEFAULT_MODE: Final[Mode] = "envelope"
+_MODES_BY_NAME: Final[dict[str, Mode]] = {"envelope": "envelope", "outputs": "outputs", "raw": "raw"}
 
 
 class ModelOutputError(Exception):
-    """The model broke its side of the contract (e.g. rows out != rows in). A server fault, not the client's."""
+    """The model broke its side of the contract (e.g. rows out != rows in): a server fault."""
 
 
 def parse_mode(value: str | bytes | None) -> Mode:
@@ -29,9 +30,9 @@ def parse_mode(value: str | bytes | None) -> Mode:
     text = value.decode() if isinstance(value, bytes) else value
     if not text:
         return DEFAULT_MODE
-    for mode in MODES:
-        if text == mode:
-            return mode  # type: ignore[return-value]  # narrowed by the comparison
+    mode = _MODES_BY_NAME.get(text)
+    if mode is not None:
+        return mode
     raise ValueError(f"unknown response mode {text!r}; expected one of {list(MODES)}")
 
 
@@ -42,7 +43,7 @@ class Host:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._rules = BatchRules(runtime.input_schema)
-        self._open = is_open(runtime.input_schema) or is_open(runtime.output_schema)
+        self._open: bool = is_open(runtime.input_schema) or is_open(runtime.output_schema)
         self._declared_outputs = None if is_open(runtime.output_schema) else runtime.output_schema
         self._envelopes = {
             "envelope": envelope_schema(runtime.input_schema, runtime.output_schema, echo=True),
@@ -91,9 +92,11 @@ class Host:
         if outputs.num_rows != batch.num_rows:
             raise ModelOutputError(
                 f"model returned {outputs.num_rows} rows for {batch.num_rows} input rows; "
-                "a model must return exactly one output row per input row")
+                "a model must return exactly one output row per input row"
+            )
         declared = self._declared_outputs
         if declared is not None and not outputs.schema.equals(declared):
-            raise ModelOutputError(f"model returned columns {outputs.schema} instead of its declared "
-                                   f"output schema {declared}")
+            raise ModelOutputError(
+                f"model returned columns {outputs.schema} instead of its declared output schema {declared}"
+            )
         return outputs

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -49,21 +49,34 @@ class _Port:
     def fixed(self) -> bool:
         return all(d is not None for d in self.dims)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The per-row shape of a `fixed` port."""
+        return tuple(d for d in self.dims if d is not None)
+
 
 def _ports(kind: str, args: list[ort.NodeArg]) -> list[_Port]:
     ports = []
     for arg in args:
         leaf = ONNX_TYPES.get(arg.type)
         if leaf is None:
-            hint = " (for skl2onnx classifiers convert with options={'zipmap': False})" if "map" in arg.type else ""
+            hint = (
+                " (for skl2onnx classifiers convert with options={'zipmap': False})"
+                if "map" in arg.type
+                else ""
+            )
             raise ModelLoadError(f"{kind} '{arg.name}' has type {arg.type}; only tensors are supported{hint}")
         shape = arg.shape or []
         if not shape:
-            raise ModelLoadError(f"{kind} '{arg.name}' has no batch dimension; its first dimension must be "
-                                 "the (dynamic) number of rows")
+            raise ModelLoadError(
+                f"{kind} '{arg.name}' has no batch dimension; its first dimension must be "
+                "the (dynamic) number of rows"
+            )
         if kind == "input" and isinstance(shape[0], int):
-            raise ModelLoadError(f"input '{arg.name}' has a fixed batch dimension of {shape[0]}; export the "
-                                 "model with a dynamic first dimension")
+            raise ModelLoadError(
+                f"input '{arg.name}' has a fixed batch dimension of {shape[0]}; export the "
+                "model with a dynamic first dimension"
+            )
         dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in shape[1:])
         ports.append(_Port(arg.name, leaf, dims))
     return ports
@@ -75,8 +88,10 @@ def _match(kind: str, ports: list[_Port], declared: pa.Schema) -> list[tuple[_Po
         by_name = {p.name: p for p in ports}
         return [(by_name[f.name], f) for f in declared]
     if len(declared) != len(ports):
-        raise ModelLoadError(f"the declared {kind} schema has {len(declared)} columns {declared.names} but "
-                             f"the model has {len(ports)} {kind}s {[p.name for p in ports]}")
+        raise ModelLoadError(
+            f"the declared {kind} schema has {len(declared)} columns {declared.names} but "
+            f"the model has {len(ports)} {kind}s {[p.name for p in ports]}"
+        )
     return list(zip(ports, declared, strict=True))
 
 
@@ -86,8 +101,9 @@ def _resolve(kind: str, port: _Port, field: pa.Field) -> _Port:
     wanted = f"{kind} '{port.name}' (declared as '{field.name}: {field.type}')"
     if not leaf.equals(port.leaf):
         raise ModelLoadError(f"{wanted}: the model's element type is {port.leaf}, not {leaf}")
-    if len(shape) != len(port.dims) or any(d is not None and d != s for d, s in zip(port.dims, shape,
-                                                                                 strict=False)):
+    if len(shape) != len(port.dims) or any(
+        d is not None and d != s for d, s in zip(port.dims, shape, strict=False)
+    ):
         graph_dims = ["?" if d is None else d for d in port.dims]
         raise ModelLoadError(f"{wanted}: the model's per-row shape is {graph_dims}, not {list(shape)}")
     return _Port(port.name, leaf, shape)
@@ -96,14 +112,16 @@ def _resolve(kind: str, port: _Port, field: pa.Field) -> _Port:
 def _field(kind: str, name: str, port: _Port) -> pa.Field:
     if not port.fixed:
         graph_dims = ["?" if d is None else d for d in port.dims]
-        raise ModelLoadError(f"{kind} '{port.name}' has dynamic per-row shape {graph_dims}; declare a fixed "
-                             f"shape in the {kind} schema (e.g. fixed_size_list<{port.leaf}>[n])")
-    return pa.field(name, tensor_type(port.leaf, port.dims))  # type: ignore[arg-type]  # fixed checked
+        raise ModelLoadError(
+            f"{kind} '{port.name}' has dynamic per-row shape {graph_dims}; declare a fixed "
+            f"shape in the {kind} schema (e.g. fixed_size_list<{port.leaf}>[n])"
+        )
+    return pa.field(name, tensor_type(port.leaf, port.shape))
 
 
 def _zero_row(port: _Port) -> np.ndarray:
-    dtype = object if port.leaf.equals(pa.string()) else port.leaf.to_pandas_dtype()
-    return np.zeros((1, *port.dims), dtype=dtype)
+    dtype: Any = object if port.leaf.equals(pa.string()) else port.leaf.to_pandas_dtype()
+    return np.zeros((1, *port.shape), dtype=dtype)
 
 
 def _session_options(spec: ModelSpec) -> ort.SessionOptions:
@@ -113,6 +131,8 @@ def _session_options(spec: ModelSpec) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+    # Spinning workers would burn the core the Flight transport needs between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -130,8 +150,14 @@ def _model_file(artifact: Path) -> Path:
 class OnnxRuntime(Runtime):
     name = "onnx"
 
-    def __init__(self, session: ort.InferenceSession, feeds: list[str], input_schema: pa.Schema,
-                 output_names: list[str], output_schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        feeds: list[str],
+        input_schema: pa.Schema,
+        output_names: list[str],
+        output_schema: pa.Schema,
+    ) -> None:
         self._session = session
         self._feeds = feeds  # graph input name of each input_schema column, in order
         self._output_names = output_names
@@ -142,8 +168,9 @@ class OnnxRuntime(Runtime):
     def load(cls, spec: ModelSpec) -> Self:
         path = _model_file(spec.artifact)
         try:
-            session = ort.InferenceSession(os.fspath(path), _session_options(spec),
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                os.fspath(path), _session_options(spec), providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own pybind types for every kind of bad file
             raise ModelLoadError(f"{path.name} is not a valid ONNX model: {error}") from error
         inputs = _ports("input", session.get_inputs())
@@ -157,8 +184,9 @@ class OnnxRuntime(Runtime):
         feeds = [port.name for _, port in pairs]
 
         if spec.output_schema is not None and not is_open(spec.output_schema):
-            out_pairs = [(f.name, _resolve("output", p, f))
-                         for p, f in _match("output", outputs, spec.output_schema)]
+            out_pairs = [
+                (f.name, _resolve("output", p, f)) for p, f in _match("output", outputs, spec.output_schema)
+            ]
         else:
             out_pairs = [(p.name, p) for p in outputs]
         if not all(port.fixed for _, port in out_pairs):
@@ -167,16 +195,21 @@ class OnnxRuntime(Runtime):
         return cls(session, feeds, input_schema, [port.name for _, port in out_pairs], output_schema)
 
     @staticmethod
-    def _probe_output_shapes(session: ort.InferenceSession, inputs: list[tuple[str, _Port]],
-                             outputs: list[tuple[str, _Port]]) -> list[tuple[str, _Port]]:
+    def _probe_output_shapes(
+        session: ort.InferenceSession, inputs: list[tuple[str, _Port]], outputs: list[tuple[str, _Port]]
+    ) -> list[tuple[str, _Port]]:
         """Output shapes the graph leaves dynamic, found by running one row of zeros."""
         try:
             results = session.run([p.name for _, p in outputs], {p.name: _zero_row(p) for _, p in inputs})
         except Exception as error:
-            raise ModelLoadError(f"the model's output shapes are dynamic and a probe run failed ({error}); "
-                                 "declare the output schema") from error
-        return [(name, _Port(port.name, port.leaf, tuple(result.shape[1:])))
-                for (name, port), result in zip(outputs, results, strict=True)]
+            raise ModelLoadError(
+                f"the model's output shapes are dynamic and a probe run failed ({error}); "
+                "declare the output schema"
+            ) from error
+        return [
+            (name, _Port(port.name, port.leaf, tuple(result.shape[1:])))
+            for (name, port), result in zip(outputs, results, strict=True)
+        ]
 
     def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         feeds = {name: as_tensor(column) for name, column in zip(self._feeds, batch.columns, strict=True)}

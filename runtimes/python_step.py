@@ -7,6 +7,7 @@ columns; without a declared output schema its output columns are whatever the sc
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import itertools
 import sys
@@ -38,13 +39,15 @@ def _script_file(artifact: Path) -> Path:
 def _load_module(path: Path) -> ModuleType:
     """Runs the script as its own module, so two steps in one process never share globals."""
     name = f"flightline_step_{next(_module_ids)}_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
+    # An explicit source loader: stored artifacts are named by their sha256, without a .py suffix.
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    module_spec = importlib.util.spec_from_loader(name, loader)
+    if module_spec is None:
         raise ModelLoadError(f"{path.name} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:
-        module_spec.loader.exec_module(module)
+        loader.exec_module(module)
     except Exception as error:
         sys.modules.pop(name, None)
         raise ModelLoadError(f"{path.name} failed to import: {type(error).__name__}: {error}") from error
@@ -59,17 +62,23 @@ def _to_batch(result: Any) -> pa.RecordBatch:
     if isinstance(result, pa.RecordBatch):
         return result
     if isinstance(result, pa.Table):
-        return result.combine_chunks().to_batches()[0] if result.num_rows else pa.RecordBatch.from_pylist(
-            [], schema=result.schema)
-    raise TypeError(f"{ENTRY_POINT} returned {type(result).__name__}; expected a pandas DataFrame, a list of "
-                    "row dicts or a pyarrow Table")
+        return (
+            result.combine_chunks().to_batches()[0]
+            if result.num_rows
+            else pa.RecordBatch.from_pylist([], schema=result.schema)
+        )
+    raise TypeError(
+        f"{ENTRY_POINT} returned {type(result).__name__}; expected a pandas DataFrame, a list of "
+        "row dicts or a pyarrow Table"
+    )
 
 
 class PythonStepRuntime(Runtime):
     name = "python"
 
-    def __init__(self, function: Callable[[pd.DataFrame], Any], input_schema: pa.Schema,
-                 output_schema: pa.Schema) -> None:
+    def __init__(
+        self, function: Callable[[pd.DataFrame], Any], input_schema: pa.Schema, output_schema: pa.Schema
+    ) -> None:
         self._function = function
         self.input_schema = input_schema
         self.output_schema = output_schema
@@ -79,7 +88,9 @@ class PythonStepRuntime(Runtime):
         path = _script_file(spec.artifact)
         function = getattr(_load_module(path), ENTRY_POINT, None)
         if not callable(function):
-            raise ModelLoadError(f"{path.name} does not define a function {ENTRY_POINT}(data: pandas.DataFrame)")
+            raise ModelLoadError(
+                f"{path.name} does not define a function {ENTRY_POINT}(data: pandas.DataFrame)"
+            )
         return cls(function, spec.input_schema or pa.schema([]), spec.output_schema or pa.schema([]))
 
     def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -88,6 +99,8 @@ class PythonStepRuntime(Runtime):
             return result
         missing = [n for n in self.output_schema.names if n not in result.schema.names]
         if missing:
-            raise ValueError(f"{ENTRY_POINT} returned no column '{missing[0]}' of the declared output schema; "
-                             f"it returned {result.schema.names}")
+            raise ValueError(
+                f"{ENTRY_POINT} returned no column '{missing[0]}' of the declared output schema; "
+                f"it returned {result.schema.names}"
+            )
         return result.select(self.output_schema.names).cast(self.output_schema)

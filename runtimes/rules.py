@@ -22,7 +22,20 @@ import pyarrow.types as pt
 
 from flightline.runtimes.base import InvalidInput
 
-ListLike = pa.ListArray | pa.LargeListArray | pa.FixedSizeListArray
+_NUMERIC = (
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
+_NUMPY_DTYPES: dict[pa.DataType, np.dtype] = {pa.from_numpy_dtype(d): np.dtype(d) for d in _NUMERIC}
 
 
 def is_open(schema: pa.Schema) -> bool:
@@ -48,7 +61,7 @@ def tensor_shape(column_type: pa.DataType) -> tuple[pa.DataType, tuple[int, ...]
 
 
 def as_tensor(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The numpy view (rows, *shape) of a null-free scalar or (nested) fixed-size-list column.
+    """The read-only numpy view (rows, *shape) of a null-free scalar or (nested) fixed-size-list column.
 
     Zero-copy for numeric leaves; booleans (bit-packed in Arrow) and strings are copied."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -59,8 +72,16 @@ def as_tensor(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         shape.append(width)
         # `.values` ignores the slice offset of the list array, so cut the used range out explicitly.
         array = array.values.slice(array.offset * width, len(array) * width)
-    zero_copy = pt.is_integer(array.type) or pt.is_floating(array.type)
-    return array.to_numpy(zero_copy_only=zero_copy).reshape(rows, *shape)
+    dtype = _NUMPY_DTYPES.get(array.type)
+    if dtype is not None:
+        # np.frombuffer rather than to_numpy(): Flight hands over buffers at arbitrary addresses, and
+        # to_numpy() of an unaligned buffer takes ~10 ms (it goes through the pandas machinery).
+        data = array.buffers()[1]
+        flat = np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    else:
+        flat = array.to_numpy(zero_copy_only=False)
+    tensor: np.ndarray = flat.reshape(rows, *shape)
+    return tensor
 
 
 _NUMERIC_KINDS = frozenset("iuf")
@@ -93,8 +114,12 @@ def _is_mixed(data_type: pa.DataType) -> bool:
 
 def _is_tensor(data_type: pa.DataType) -> bool:
     """Columns that must hold no nulls: numbers, booleans and lists of anything."""
-    return bool(pt.is_integer(data_type) or pt.is_floating(data_type) or pt.is_boolean(data_type)
-                or _is_list(data_type))
+    return bool(
+        pt.is_integer(data_type)
+        or pt.is_floating(data_type)
+        or pt.is_boolean(data_type)
+        or _is_list(data_type)
+    )
 
 
 def _first_true(mask: np.ndarray) -> int:
@@ -103,7 +128,9 @@ def _first_true(mask: np.ndarray) -> int:
 
 def _null_error(name: str, array: pa.Array, rows_per_item: int) -> InvalidInput:
     item = _first_true(array.is_null().to_numpy(zero_copy_only=False))
-    return InvalidInput(f"column '{name}' has a null at row {item // rows_per_item}; tensors cannot hold nulls")
+    return InvalidInput(
+        f"column '{name}' has a null at row {item // rows_per_item}; tensors cannot hold nulls"
+    )
 
 
 def _check_no_nulls(name: str, column: pa.Array) -> None:
@@ -132,8 +159,9 @@ def _check_no_nulls(name: str, column: pa.Array) -> None:
             array = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
-def _regular_values(name: str, array: pa.Array, width: int | None, rows_per_item: int,
-                    depth: int) -> tuple[pa.Array, int]:
+def _regular_values(
+    name: str, array: pa.Array, width: int | None, rows_per_item: int, depth: int
+) -> tuple[pa.Array, int]:
     """The child values of a variable-size list whose items all have `width` values (or all the same
     length, when `width` is None), and that width. Raises InvalidInput for nulls or ragged items."""
     if array.null_count:
@@ -146,30 +174,39 @@ def _regular_values(name: str, array: pa.Array, width: int | None, rows_per_item
     if bad.any():
         item = _first_true(bad)
         where = "" if depth == 0 else f" in a nested list at depth {depth + 1}"
-        raise InvalidInput(f"column '{name}' is ragged: row {item // rows_per_item} has {int(lengths[item])} "
-                           f"values{where}, expected {width}")
+        raise InvalidInput(
+            f"column '{name}' is ragged: row {item // rows_per_item} has {int(lengths[item])} "
+            f"values{where}, expected {width}"
+        )
     return array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), width
 
 
-def _fixed_to(name: str, array: pa.Array, expected: pa.DataType, rows_per_item: int,
-              depth: int) -> pa.Array | None:
-    """`array` as type `expected`, turning regular variable-size lists into fixed-size ones without
-    copying values; None when the types cannot match."""
+def _fixable(got: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column of type `got` can become `expected` by viewing regular lists as fixed-size ones
+    (decided on types alone, so a wrong element type is reported as such before any raggedness)."""
+    if got.equals(expected):
+        return True
+    if not pt.is_fixed_size_list(expected) or not _is_list(got):
+        return False
+    if pt.is_fixed_size_list(got) and got.list_size != expected.list_size:
+        return False
+    return _fixable(got.value_type, expected.value_type)
+
+
+def _fixed_to(name: str, array: pa.Array, expected: pa.DataType, rows_per_item: int, depth: int) -> pa.Array:
+    """`array` (of a type `_fixable` to `expected`) as type `expected`, turning regular variable-size lists
+    into fixed-size ones without copying values."""
     if array.type.equals(expected):
         return array
-    if not pt.is_fixed_size_list(expected) or not _is_list(array.type):
-        return None
     width = expected.list_size
     if pt.is_fixed_size_list(array.type):
-        if array.type.list_size != width:
-            return None
         if array.null_count:  # rebuilding the list below would drop its validity bitmap
             raise _null_error(name, array, rows_per_item)
         values = array.values.slice(array.offset * width, len(array) * width)
     else:
         values, _ = _regular_values(name, array, width, rows_per_item, depth)
     child = _fixed_to(name, values, expected.value_type, rows_per_item * width, depth + 1)
-    return None if child is None else pa.FixedSizeListArray.from_arrays(child, width)
+    return pa.FixedSizeListArray.from_arrays(child, width)
 
 
 def _fixed_any(name: str, array: pa.Array, rows_per_item: int, depth: int) -> pa.Array:
@@ -216,21 +253,24 @@ class BatchRules:
             raise InvalidInput(f"column '{duplicates[0]}' appears more than once")
         missing = [n for n in self.schema.names if n not in got]
         if missing:
-            raise InvalidInput(f"column '{missing[0]}' is missing; the model expects columns "
-                               f"{self.schema.names}")
+            raise InvalidInput(
+                f"column '{missing[0]}' is missing; the model expects columns {self.schema.names}"
+            )
         unexpected = [n for n in got if n not in self._names]
         if unexpected:
-            raise InvalidInput(f"column '{unexpected[0]}' is unexpected; the model expects columns "
-                               f"{self.schema.names}")
+            raise InvalidInput(
+                f"column '{unexpected[0]}' is unexpected; the model expects columns {self.schema.names}"
+            )
         columns = []
         for field in self.schema:
             column = batch.column(field.name)
             if pt.is_union(column.type) and not pt.is_union(field.type):
-                raise InvalidInput(f"column '{field.name}' mixes value types ({column.type}); "
-                                   f"expected {field.type}")
-            converted = _fixed_to(field.name, column, field.type, 1, 0)
-            if converted is None:
+                raise InvalidInput(
+                    f"column '{field.name}' mixes value types ({column.type}); expected {field.type}"
+                )
+            if not _fixable(column.type, field.type):
                 raise InvalidInput(f"column '{field.name}' has type {column.type}, expected {field.type}")
+            converted = _fixed_to(field.name, column, field.type, 1, 0)
             if _is_tensor(field.type):
                 _check_no_nulls(field.name, converted)
             columns.append(converted)
@@ -241,8 +281,9 @@ class BatchRules:
         changed = False
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
             if _is_mixed(column.type) and not pt.is_struct(column.type):
-                raise InvalidInput(f"column '{name}' mixes value types ({column.type}); "
-                                   "a column holds one dtype")
+                raise InvalidInput(
+                    f"column '{name}' mixes value types ({column.type}); a column holds one dtype"
+                )
             if _is_list(column.type):
                 fixed = _fixed_any(name, column, 1, 0)
                 changed = changed or fixed is not column

@@ -77,8 +77,13 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
         bind_host = flight.Location(location).uri.decode().split("://", 1)[1].rsplit(":", 1)[0]
         self.location = flight.Location.for_grpc_tcp(bind_host, self.port)
 
-    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
         mode = mode_of(descriptor)
         host = self.host
         schema: pa.Schema | None = None
@@ -117,12 +122,14 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
                 f"the model's result columns changed within one stream: {result.schema} after {schema}"
             ) from error
 
-    def get_schema(self, context: flight.ServerCallContext,
-                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
         return flight.SchemaResult(self.host.result_schema(mode_of(descriptor)))
 
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         schema = self.host.result_schema(mode_of(descriptor))
         endpoint = flight.FlightEndpoint(b"", [self.location])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
@@ -134,20 +141,30 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
         if action.type == "healthcheck":
             return iter([b"ok"])
         if action.type == "schemas":
-            return iter([self.host.input_schema.serialize().to_pybytes(),
-                         self.host.output_schema.serialize().to_pybytes()])
+            return iter(
+                [
+                    self.host.input_schema.serialize().to_pybytes(),
+                    self.host.output_schema.serialize().to_pybytes(),
+                ]
+            )
         raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flightline.runtimes.server",
-                                     description="Serve one model over Arrow Flight.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flightline.runtimes.server", description="Serve one model over Arrow Flight."
+    )
     parser.add_argument("--runtime", required=True, help="runtime name, e.g. onnx, python, sklearn")
     parser.add_argument("--spec", required=True, type=Path, help="folder holding a saved ModelSpec")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE_SECONDS, metavar="SECONDS",
-                        help="how long open streams may keep the process alive after SIGTERM")
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="how long open streams may keep the process alive after SIGTERM",
+    )
     return parser.parse_args(argv)
 
 
@@ -180,7 +197,8 @@ def _shutdown(server: RuntimeServer, grace: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    # stdout carries only the protocol line; what model code prints (a Python step's print(data)) goes to stderr.
+    # stdout carries only the protocol line; whatever model code prints (print(data) in a Python step)
+    # goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
     try:
         host = _load(args.runtime, args.spec)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+
 from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
 from flightline.runtimes.rules import as_tensor, from_tensor, tensor_shape, tensor_type
 

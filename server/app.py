@@ -8,6 +8,9 @@ from concurrent import futures
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
 from flightline.server.api.registries import RegistryServicer
@@ -33,8 +36,6 @@ from flightline.v1 import (
     workspace_pb2,
     workspace_pb2_grpc,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 

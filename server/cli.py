@@ -10,12 +10,13 @@ from typing import Annotated
 
 import pyarrow as pa
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
 from flightline.server.app import App
 from flightline.server.client import Client
 from flightline.server.settings import Settings
 from flightline.v1 import model_pb2
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 app = typer.Typer(
     help="Flightline: MLflow registries to Arrow Flight inference endpoints.", no_args_is_help=True

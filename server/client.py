@@ -11,6 +11,7 @@ from types import TracebackType
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
+
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,

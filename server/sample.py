@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from sklearn.linear_model import LogisticRegression
+
 from flightline.server.client import Client, infer
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
-from sklearn.linear_model import LogisticRegression
 
 FEATURES = 29
 NAME = "ccfraud"

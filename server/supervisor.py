@@ -24,6 +24,7 @@ from typing import IO
 from urllib.parse import urlparse
 
 import pyarrow.flight as flight
+
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+
 from flightline.runtimes import RUNTIMES
 from flightline.runtimes.catalog import FRAMEWORKS, UnknownFramework, get_framework
 

@@ -16,17 +16,18 @@ import onnx
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
-from flightline.runtimes.base import ModelLoadError, ModelSpec
-from flightline.runtimes.catalog import UnknownFramework
-from flightline.runtimes.convert import DEFAULT_TARGET_OPSET, InvalidConversionRequest, convert
-from flightline.runtimes.onnx import OnnxRuntime
-from flightline.runtimes.sklearn import SklearnRuntime
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier, XGBRegressor
+
+from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.catalog import UnknownFramework
+from flightline.runtimes.convert import DEFAULT_TARGET_OPSET, InvalidConversionRequest, convert
+from flightline.runtimes.onnx import OnnxRuntime
+from flightline.runtimes.sklearn import SklearnRuntime
 
 FEATURES = 4
 RNG = np.random.default_rng(42)

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from support.mlp import build_mlp
+from support.wait import wait_until
+
 from flightline.server.app import App
 from flightline.server.client import Client, infer
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
-from support.mlp import build_mlp
-from support.wait import wait_until
 
 POSTPROCESS = """
 import pandas as pd
@@ -82,7 +83,7 @@ def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_p
     assert [d.name for d in listed.deployments] == ["fraud"]
     stopped = client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="fraud"))
     assert stopped.status == deployment_pb2.DEPLOYMENT_STATUS_STOPPED
-    with pytest.raises(flight.FlightError, match="fraud"):
+    with pytest.raises(pa.ArrowKeyError, match="deployment .fraud. not found"):
         infer(deployment.flight_location, "fraud", table)
 
 

@@ -16,14 +16,15 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from support.mlp import build_mlp
+from support.wait import wait_until
+
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router
 from flightline.server.supervisor import Supervisor
-from support.mlp import build_mlp
-from support.wait import wait_until
 
 FEATURES = 29
 POSTPROCESS = """

@@ -16,6 +16,15 @@ from urllib.parse import urlsplit
 import mlflow.artifacts
 import numpy as np
 import pytest
+from support.dbfs_server import DbfsRegistry, DbfsServer, dbfs_server
+from support.mlflow_server import (
+    HELPER_FILE,
+    HELPER_SOURCE,
+    RUN_NOTE,
+    RUN_NOTE_TEXT,
+    Populated,
+)
+
 from flightline.server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -25,14 +34,6 @@ from flightline.server.errors import (
     Unavailable,
 )
 from flightline.server.registries.mlflow import ArtifactInfo, MlflowRegistryClient
-from support.dbfs_server import DbfsRegistry, DbfsServer, dbfs_server
-from support.mlflow_server import (
-    HELPER_FILE,
-    HELPER_SOURCE,
-    RUN_NOTE,
-    RUN_NOTE_TEXT,
-    Populated,
-)
 
 # `mlflow_registry` (conftest.py): a session-wide real `mlflow server` and what populate() logged in it.
 

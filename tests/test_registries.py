@@ -12,11 +12,12 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
+from sklearn.linear_model import LogisticRegression
+from support.dbfs_server import DbfsRegistry, dbfs_server
+
 from flightline.server.app import App
 from flightline.server.client import Client, infer
 from flightline.v1 import common_pb2, model_pb2, registry_pb2, workspace_pb2
-from sklearn.linear_model import LogisticRegression
-from support.dbfs_server import DbfsRegistry, dbfs_server
 
 Registry = tuple[str, dict[str, Any]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.rules import (
     BatchRules,
@@ -39,6 +40,17 @@ def test_as_tensor_is_a_zero_copy_view() -> None:
     assert tensor.shape == (3, 4)
     assert tensor.ctypes.data == _data_address(column)
     np.testing.assert_array_equal(tensor, data.reshape(3, 4))
+
+
+def test_as_tensor_views_unaligned_buffers() -> None:
+    # Flight hands over buffers at arbitrary addresses; the view must still be zero-copy.
+    raw = pa.py_buffer(np.arange(4 * 6 + 1, dtype=np.uint8).tobytes() + bytes(3 * 6 * 4))
+    unaligned = raw.slice(1, 6 * 4 * 3)
+    column = pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float32(), 18, [None, unaligned]), 6)
+    tensor = as_tensor(column)
+    assert tensor.shape == (3, 6)
+    assert tensor.ctypes.data == unaligned.address
+    np.testing.assert_array_equal(tensor.reshape(-1).view(np.uint8)[:8], np.arange(1, 9, dtype=np.uint8))
 
 
 def test_as_tensor_respects_slices_of_nested_lists() -> None:
@@ -117,8 +129,11 @@ def test_columns_in_another_order_are_reordered() -> None:
 
 def test_wrong_dtype_says_expected_and_got() -> None:
     doubles = from_tensor(np.zeros((1, 4), np.float64))
-    with pytest.raises(InvalidInput, match=r"column 'x' has type fixed_size_list<item: double>\[4\], "
-                                           r"expected fixed_size_list<item: float>\[4\]"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"column 'x' has type fixed_size_list<item: double>\[4\], "
+        r"expected fixed_size_list<item: float>\[4\]",
+    ):
         check_batch(_batch(doubles), SCHEMA)
     with pytest.raises(InvalidInput, match=r"column 'w' has type int64, expected float"):
         check_batch(_batch(from_tensor(np.zeros((1, 4), np.float32)), pa.array([1])), SCHEMA)
@@ -128,8 +143,9 @@ def test_wrong_dtype_says_expected_and_got() -> None:
 
 
 def test_mixed_types_are_refused() -> None:
-    union = pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()),
-                                      [pa.array([1.0, 0.0], pa.float32()), pa.array(["a", "b"])])
+    union = pa.UnionArray.from_sparse(
+        pa.array([0, 1], pa.int8()), [pa.array([1.0, 0.0], pa.float32()), pa.array(["a", "b"])]
+    )
     with pytest.raises(InvalidInput, match=r"column 'w' mixes value types"):
         check_batch(_batch(from_tensor(np.zeros((2, 4), np.float32)), union), SCHEMA)
     strings = pa.array([["1.0", "a", "2", "3"]], pa.list_(pa.string()))
@@ -139,8 +155,9 @@ def test_mixed_types_are_refused() -> None:
 
 def test_nulls_inside_tensors_are_refused() -> None:
     with pytest.raises(InvalidInput, match=r"column 'w' has a null at row 1"):
-        check_batch(_batch(from_tensor(np.zeros((2, 4), np.float32)), pa.array([1.0, None], pa.float32())),
-                    SCHEMA)
+        check_batch(
+            _batch(from_tensor(np.zeros((2, 4), np.float32)), pa.array([1.0, None], pa.float32())), SCHEMA
+        )
     inner_null = pa.FixedSizeListArray.from_arrays(pa.array([0, 1, 2, 3, 4, None, 6, 7], pa.float32()), 4)
     with pytest.raises(InvalidInput, match=r"column 'x' has a null at row 1"):
         check_batch(_batch(inner_null), SCHEMA)

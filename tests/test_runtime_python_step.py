@@ -95,11 +95,14 @@ def test_rows_out_must_equal_rows_in(tmp_path: Path) -> None:
 
 
 def test_arrow_table_and_bad_return_types(tmp_path: Path) -> None:
-    table_step = _step(tmp_path, """
+    table_step = _step(
+        tmp_path,
+        """
         import pyarrow as pa
         def wallaroo_json(data):
             return pa.table({"n": list(range(len(data)))})
-    """)
+    """,
+    )
     assert table_step.run(_scores(3)).column("n").to_pylist() == [0, 1, 2]
     string_step = _step(tmp_path, "def wallaroo_json(data):\n    return 'hello'\n")
     with pytest.raises(TypeError, match="returned str; expected a pandas DataFrame"):
@@ -107,7 +110,9 @@ def test_arrow_table_and_bad_return_types(tmp_path: Path) -> None:
 
 
 def test_scripts_do_not_share_globals(tmp_path: Path) -> None:
-    source = "COUNT = 0\ndef wallaroo_json(data):\n    global COUNT\n    COUNT += 1\n    return [{'n': COUNT}]\n"
+    source = (
+        "COUNT = 0\ndef wallaroo_json(data):\n    global COUNT\n    COUNT += 1\n    return [{'n': COUNT}]\n"
+    )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, second = _step(tmp_path / "a", source), _step(tmp_path / "b", source)
@@ -119,7 +124,7 @@ def test_scripts_do_not_share_globals(tmp_path: Path) -> None:
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not define a function wallaroo_json"):
         _step(tmp_path, "def predict(data):\n    return data\n")
-    with pytest.raises(ModelLoadError, match="step.py failed to import: SyntaxError"):
+    with pytest.raises(ModelLoadError, match=r"step\.py failed to import: SyntaxError"):
         _step(tmp_path, "def wallaroo_json(data) return data\n")
     with pytest.raises(ModelLoadError, match="failed to import: ModuleNotFoundError"):
         _step(tmp_path, "import no_such_module_here\ndef wallaroo_json(data):\n    return data\n")

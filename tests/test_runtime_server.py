@@ -110,17 +110,27 @@ def test_actions(client: flight.FlightClient) -> None:
 
 
 BAD_BATCHES = {
-    "ragged": (pa.record_batch([pa.array([[0.5] * FEATURES, [0.5] * 3])], names=["tensor"]),
-               "column 'tensor' is ragged: row 1 has 3 values, expected 29"),
-    "wrong dtype": (pa.record_batch([from_tensor(np.zeros((1, FEATURES)))], names=["tensor"]),
-                    "column 'tensor' has type fixed_size_list<item: double>[29], expected "
-                    "fixed_size_list<item: float>[29]"),
-    "wrong column name": (pa.record_batch([from_tensor(np.zeros((1, FEATURES), np.float32))], names=["x"]),
-                          "column 'tensor' is missing"),
-    "mixed dtypes": (pa.record_batch([pa.array([["0.5", "a"]])], names=["tensor"]),
-                     "column 'tensor' has type list<item: string>"),
-    "null": (pa.record_batch([pa.array([[0.5] * FEATURES, None], pa.list_(pa.float32()))], names=["tensor"]),
-             "column 'tensor' has a null at row 1"),
+    "ragged": (
+        pa.record_batch([pa.array([[0.5] * FEATURES, [0.5] * 3], pa.list_(pa.float32()))], names=["tensor"]),
+        "column 'tensor' is ragged: row 1 has 3 values, expected 29",
+    ),
+    "wrong dtype": (
+        pa.record_batch([from_tensor(np.zeros((1, FEATURES)))], names=["tensor"]),
+        "column 'tensor' has type fixed_size_list<item: double>[29], expected "
+        "fixed_size_list<item: float>[29]",
+    ),
+    "wrong column name": (
+        pa.record_batch([from_tensor(np.zeros((1, FEATURES), np.float32))], names=["x"]),
+        "column 'tensor' is missing; the model expects columns ['tensor']",
+    ),
+    "mixed dtypes": (
+        pa.record_batch([pa.array([["0.5", "a"]])], names=["tensor"]),
+        "column 'tensor' has type list<item: string>, expected fixed_size_list<item: float>[29]",
+    ),
+    "null": (
+        pa.record_batch([pa.array([[0.5] * FEATURES, None], pa.list_(pa.float32()))], names=["tensor"]),
+        "column 'tensor' has a null at row 1; tensors cannot hold nulls",
+    ),
 }
 
 
@@ -129,18 +139,18 @@ def test_bad_batch_fails_its_stream_only(client: flight.FlightClient, case: str)
     bad, message = BAD_BATCHES[case]
     good = _request(_features(1))
     writer, reader = client.do_exchange(flight.FlightDescriptor.for_path())
-    writer.begin(good.schema)
-    writer.write_batch(good)
-    reader.read_chunk()  # a long-lived stream, open while another one fails
+    with writer:  # a long-lived stream, open while another one fails
+        writer.begin(good.schema)
+        writer.write_batch(good)
+        reader.read_chunk()
 
-    with pytest.raises(pa.ArrowInvalid) as failure:  # INVALID_ARGUMENT
-        exchange(client, [bad])
-    assert remote_error_message(failure.value) == message
+        with pytest.raises(pa.ArrowInvalid) as failure:  # INVALID_ARGUMENT
+            exchange(client, [bad])
+        assert remote_error_message(failure.value) == message
 
-    writer.write_batch(good)
-    assert reader.read_chunk().data.num_rows == 1
-    writer.done_writing()
-    writer.close()
+        writer.write_batch(good)
+        assert reader.read_chunk().data.num_rows == 1
+        writer.done_writing()
     assert exchange(client, [good])[0].num_rows == 1
 
 
@@ -151,13 +161,15 @@ def test_unknown_mode(client: flight.FlightClient) -> None:
 
 def test_python_step_with_open_schema(tmp_path: Path) -> None:
     script = tmp_path / "step.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import pandas as pd
         def wallaroo_json(data: pd.DataFrame):
             if len(data) > 2:
                 return [{"output": 1.0}]
             return pd.DataFrame({"output": [len(x) for x in data["v"]]})
-    """))
+    """)
+    )
     host = Host(load_runtime("python", ModelSpec(script, "python")))
     with RuntimeServer(host) as running, flight.connect(running.location) as client:
         one = pa.record_batch([pa.array([[1.0, 2.0]])], names=["v"])
@@ -167,14 +179,23 @@ def test_python_step_with_open_schema(tmp_path: Path) -> None:
         with pytest.raises(flight.FlightInternalError) as failure:
             exchange(client, [pa.record_batch([pa.array([[1.0]] * 3)], names=["v"])])
         assert remote_error_message(failure.value) == (
-            "model returned 1 rows for 3 input rows; a model must return exactly one output row per input row")
+            "model returned 1 rows for 3 input rows; a model must return exactly one output row per input row"
+        )
 
 
 @contextmanager
 def runtime_process(runtime: str, spec_dir: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A real runtime server process; yields it and the first line it printed."""
-    command = [sys.executable, "-m", "flightline.runtimes.server", "--runtime", runtime, "--spec", str(spec_dir),
-               *args]
+    command = [
+        sys.executable,
+        "-m",
+        "flightline.runtimes.server",
+        "--runtime",
+        runtime,
+        "--spec",
+        str(spec_dir),
+        *args,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -194,7 +215,7 @@ def _ready_location(line: str) -> str:
 def test_process_streams_a_million_rows(tmp_path: Path, mlp_path: Path) -> None:
     ModelSpec(mlp_path, "onnx").save(tmp_path / "spec")
     features = _features(1_000_000)
-    batches = [_request(features[i:i + 125_000]) for i in range(0, len(features), 125_000)]  # ~14.5 MB each
+    batches = [_request(features[i : i + 125_000]) for i in range(0, len(features), 125_000)]  # ~14.5 MB each
     with runtime_process("onnx", tmp_path / "spec") as (process, line):
         with flight.connect(_ready_location(line)) as client:
             results = exchange(client, batches)

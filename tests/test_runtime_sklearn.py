@@ -15,14 +15,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from flightline.runtimes import load_runtime
-from flightline.runtimes.base import ModelLoadError, ModelSpec
-from flightline.runtimes.convert import convert
-from flightline.runtimes.sklearn import SklearnRuntime
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestCentroid
 from xgboost import XGBClassifier
+
+from flightline.runtimes import load_runtime
+from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.convert import convert
+from flightline.runtimes.sklearn import SklearnRuntime
 
 FEATURES = 3
 RNG = np.random.default_rng(3)

@@ -26,6 +26,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+
 from flightline.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from flightline.server.store import artifacts as artifacts_module
 from flightline.server.store.artifacts import ArtifactStore

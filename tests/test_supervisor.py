@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from flightline.runtimes.base import ModelLoadError, ModelSpec
-from flightline.server.supervisor import State, Supervisor
 from support.mlp import build_mlp
 from support.wait import wait_until
+
+from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.server.supervisor import State, Supervisor
 
 
 def healthcheck(location: str) -> bytes:

@@ -13,12 +13,13 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from flightline.server.app import App
-from flightline.server.client import Client
-from flightline.v1 import model_pb2, workspace_pb2
 from sklearn.linear_model import LogisticRegression
 from support.mlp import build_mlp
 from support.wait import wait_until
+
+from flightline.server.app import App
+from flightline.server.client import Client
+from flightline.v1 import model_pb2, workspace_pb2
 
 
 @pytest.fixture

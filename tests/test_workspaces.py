@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from flightline.server.client import Client
-from flightline.v1 import common_pb2, workspace_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from flightline.server.client import Client
+from flightline.v1 import common_pb2, workspace_pb2
 
 
 def test_create_get_list_with_paging(client: Client) -> None:

@@ -12,6 +12,12 @@ from pathlib import Path
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
+
+from bench.context import RunContext
+from bench.measure import Cell
+from bench.models import BenchModel
+from bench.paths.exchange import measure_exchange
+from bench.procs import ServerProcess, free_port
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -20,12 +26,6 @@ from flightline.v1 import (
     workspace_pb2,
     workspace_pb2_grpc,
 )
-
-from bench.context import RunContext
-from bench.measure import Cell
-from bench.models import BenchModel
-from bench.paths.exchange import measure_exchange
-from bench.procs import ServerProcess, free_port
 
 FRONT_DOOR = "flightline-front-door"
 FRONT_DOOR_ENVELOPE = "flightline-front-envelope"

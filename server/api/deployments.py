@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from flightline.server.api import messages
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.store.records import Deployment, DeploymentStep

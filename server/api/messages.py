@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from flightline.runtimes.catalog import FrameworkSpec
 from flightline.runtimes.envelope import envelope_schema
 from flightline.server.errors import InvalidArgument
@@ -11,7 +13,6 @@ from flightline.server.registries import mlflow
 from flightline.server.services.deployments import Live
 from flightline.server.store import records
 from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+
 from flightline.server.api import messages
 from flightline.server.errors import InvalidArgument
 from flightline.server.services.models import ModelService

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from flightline.server.api import messages
 from flightline.server.services.registries import RegistryService
 from flightline.v1 import registry_pb2 as pb

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+
 from flightline.runtimes.base import InvalidInput, ModelLoadError
 from flightline.server import errors
 

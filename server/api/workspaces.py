@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from flightline.server.api import messages
 from flightline.server.services.workspaces import WorkspaceService
 from flightline.v1 import workspace_pb2 as pb

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
 from flightline.runtimes.envelope import envelope, envelope_schema
 from flightline.runtimes.rules import is_open
 from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream

@@ -15,6 +15,7 @@ from typing import Final
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
 from flightline.runtimes.host import Host
 from flightline.server.errors import NotFound, Unavailable
 

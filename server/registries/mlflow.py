@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
+
 from flightline.server.errors import (
     AlreadyExists,
     FailedPrecondition,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
+
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
 from flightline.server.errors import InvalidArgument

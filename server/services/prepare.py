@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+
 from flightline.runtimes import RUNTIMES
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec

@@ -21,6 +21,7 @@ from uuid import uuid4
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
 from flightline.server.errors import FailedPrecondition, InvalidArgument, NotFound
 
 COPY_CHUNK_BYTES = 1 << 20

@@ -15,6 +15,10 @@ from uuid import uuid4
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
 from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound
 from flightline.server.store.records import (
     Conversion,
@@ -37,9 +41,6 @@ from flightline.server.store.tables import (
     WorkspaceRow,
     utc_now,
 )
-from sqlalchemy import Engine, create_engine, event, func, make_url, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 

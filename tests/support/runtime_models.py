@@ -19,8 +19,14 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def mlp(path: Path, features: int = FEATURES, hidden: int = 8, seed: int = 0,
-        batch: str | int = "N", features_dim: str | int | None = None) -> Path:
+def mlp(
+    path: Path,
+    features: int = FEATURES,
+    hidden: int = 8,
+    seed: int = 0,
+    batch: str | int = "N",
+    features_dim: str | int | None = None,
+) -> Path:
     """tensor [batch, features] float32 -> dense_1 [batch, 1] (sigmoid of a 2-layer MLP)."""
     rng = np.random.default_rng(seed)
     weights = {
@@ -39,7 +45,8 @@ def mlp(path: Path, features: int = FEATURES, hidden: int = 8, seed: int = 0,
     ]
     width = features if features_dim is None else features_dim
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [batch, width])],
         [helper.make_tensor_value_info("dense_1", TensorProto.FLOAT, [batch, 1])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
@@ -58,10 +65,13 @@ def cube(path: Path) -> Path:
         helper.make_node("Cast", ["total_r"], ["total"], to=TensorProto.INT64),
     ]
     graph = helper.make_graph(
-        nodes, "cube",
+        nodes,
+        "cube",
         [helper.make_tensor_value_info("images", TensorProto.DOUBLE, ["N", 2, 3])],
-        [helper.make_tensor_value_info("sums", TensorProto.DOUBLE, ["N", 2]),
-         helper.make_tensor_value_info("total", TensorProto.INT64, ["N"])],
+        [
+            helper.make_tensor_value_info("sums", TensorProto.DOUBLE, ["N", 2]),
+            helper.make_tensor_value_info("total", TensorProto.INT64, ["N"]),
+        ],
         [axes, all_axes],
     )
     return _save(graph, path)
@@ -70,7 +80,8 @@ def cube(path: Path) -> Path:
 def dynamic_output(path: Path) -> Path:
     """x [N, 4] float32 -> y [N, ?] (identity, output shape left dynamic in the graph)."""
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "dyn",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "dyn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])],
     )

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from alembic import context
-from flightline.server.store.tables import Base
 from sqlalchemy import Connection, create_engine
+
+from flightline.server.store.tables import Base
 
 
 def run_on(connection: Connection) -> None:
