@@ -83,7 +83,7 @@ def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_p
     assert [d.name for d in listed.deployments] == ["fraud"]
     stopped = client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="fraud"))
     assert stopped.status == deployment_pb2.DEPLOYMENT_STATUS_STOPPED
-    with pytest.raises(pa.ArrowKeyError, match="deployment .fraud. not found"):
+    with pytest.raises(pa.ArrowKeyError, match="deployment 'fraud' not found"):
         infer(deployment.flight_location, "fraud", table)
 
 
