@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,8 +17,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from sklearn.kernel_ridge import KernelRidge
 from support.mlp import build_mlp
 from support.wait import wait_until
+from xgboost import XGBClassifier
 
 from flightline.server.app import App
 from flightline.server.client import Client, infer
@@ -177,3 +181,37 @@ def test_deployments_come_back_after_a_restart(tmp_path: Path) -> None:
         again = client.deployments.GetDeployment(deployment_pb2.GetDeploymentRequest(name="durable"))
         assert again.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
         assert infer(again.flight_location, "durable", features(10)[1]).num_rows == 10
+
+
+@pytest.mark.parametrize(
+    ("framework", "make", "runtime", "output"),
+    [
+        ("xgboost", lambda: XGBClassifier(n_estimators=8, max_depth=3), "onnx", "output"),
+        # skl2onnx has no converter for KernelRidge: the original pickle runs in its own runtime process.
+        ("sklearn", KernelRidge, "sklearn", "predictions"),
+    ],
+)
+def test_pickles_are_served_converted_or_in_their_own_runtime(
+    client: Client, workspace_id: int, tmp_path: Path, framework: str, make: Any, runtime: str, output: str
+) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 6))
+    model = make().fit(x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    schema = pa.schema([pa.field("inputs", pa.list_(pa.float64(), 6))])
+    meta = model_pb2.UploadMetadata(
+        name="pickled",
+        workspace_id=workspace_id,
+        conversion=model_pb2.Conversion(framework=framework, input_schema=schema.serialize().to_pybytes()),
+    )
+    version = client.upload_file(path, meta).version
+    assert (version.status, version.runtime) == (model_pb2.MODEL_STATUS_READY, runtime), version.status_reason
+    assert bool(version.conversion_note) == (runtime != "onnx")
+    deployment = client.deploy(workspace_id, "pickled", version.model_id)
+    probe = rng.normal(size=(50, 6))
+    table = pa.table({"inputs": pa.FixedSizeListArray.from_arrays(pa.array(probe.ravel()), 6)})
+    result = infer(deployment.flight_location, "pickled", table, mode="outputs")
+    np.testing.assert_allclose(
+        result.column(f"out.{output}").to_numpy(), model.predict(probe), rtol=1e-4, atol=1e-4
+    )
