@@ -46,7 +46,8 @@ def serve(
             with Client(running.grpc_address) as client:
                 result = demo(client)
             console.print(f"[bold]Sample model 'ccfraud' is served at {running.flight_location}[/bold]")
-            console.print(result.to_pandas().to_string())
+            shown = result.drop_columns([c for c in result.column_names if c.startswith("in.")])
+            print(shown.to_pandas().to_string(), flush=True)
         stop.wait()
 
 
