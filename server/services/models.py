@@ -56,7 +56,8 @@ class ModelService:
                 "path is empty: pass a path from ListModelVersionArtifacts or models:/<name>/<version>"
             )
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            local = self.registries.download(registry_id, path, Path(tmp) / "download", progress)
+            report = progress or _log_progress(f"{name} from registry {registry_id}")
+            local = self.registries.download(registry_id, path, Path(tmp) / "download", report)
             if local.is_dir():
                 local = zip_dir(local, Path(tmp) / f"{local.name}.zip")
             check_artifact(framework, local)
@@ -215,3 +216,16 @@ class ModelService:
 
 def _ipc(schema: pa.Schema | None) -> bytes:
     return schema.serialize().to_pybytes() if schema is not None else b""
+
+
+def _log_progress(what: str, every: int = 64 << 20) -> Callable[[int], None]:
+    """Logs a long download every `every` bytes, so operators see it move."""
+    logged = 0
+
+    def report(done: int) -> None:
+        nonlocal logged
+        if done - logged >= every:
+            logged = done
+            log.info("downloading %s: %d MiB", what, done >> 20)
+
+    return report

@@ -1,0 +1,86 @@
+// Calls Flightline's control plane from Node.js using only protos/flightline/v1/*.proto (no generated code).
+//
+//   node client.mjs <host:port> <workspace-name>
+//
+// Prints one JSON line with what the server answered; exits non-zero on any surprise.
+import { readdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+
+const PROTO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../../../protos");
+const DEADLINE_MS = 10_000;
+
+function loadFlightline() {
+  const files = readdirSync(join(PROTO_ROOT, "flightline/v1"))
+    .filter((f) => f.endsWith(".proto"))
+    .map((f) => `flightline/v1/${f}`);
+  // google/protobuf/timestamp.proto resolves from protobufjs's bundled well-known types.
+  const definition = protoLoader.loadSync(files, {
+    includeDirs: [PROTO_ROOT],
+    keepCase: true,
+    longs: String, // int64 ids arrive as decimal strings: no precision loss above 2^53
+    enums: String,
+    defaults: true,
+  });
+  return grpc.loadPackageDefinition(definition).flightline.v1;
+}
+
+// Promisifies one unary call with a deadline, so a hung server fails the run instead of blocking it.
+function call(stub, method, request) {
+  return new Promise((ok, fail) => {
+    stub[method](request, { deadline: Date.now() + DEADLINE_MS }, (err, reply) => (err ? fail(err) : ok(reply)));
+  });
+}
+
+async function expectStatus(promise, code) {
+  try {
+    await promise;
+  } catch (err) {
+    if (err.code === code) return err.code;
+    throw err;
+  }
+  throw new Error(`expected gRPC status ${code}, but the call succeeded`);
+}
+
+async function main([address, name]) {
+  if (!address || !name) throw new Error("usage: node client.mjs <host:port> <workspace-name>");
+  const v1 = loadFlightline();
+  const credentials = grpc.credentials.createInsecure();
+  const workspaces = new v1.WorkspaceService(address, credentials);
+  const models = new v1.ModelService(address, credentials);
+  try {
+    const created = await call(workspaces, "CreateWorkspace", { name });
+    const fetched = await call(workspaces, "GetWorkspace", { workspace_id: created.id });
+    if (fetched.id !== created.id || fetched.name !== name) {
+      throw new Error(`GetWorkspace returned ${JSON.stringify(fetched)} for ${JSON.stringify(created)}`);
+    }
+    const { frameworks } = await call(models, "ListFrameworks", {});
+    const unknownId = "9223372036854775807"; // max int64: never assigned
+    const notFound = await expectStatus(
+      call(workspaces, "GetWorkspace", { workspace_id: unknownId }),
+      grpc.status.NOT_FOUND,
+    );
+    return {
+      workspace_id: created.id,
+      fetched_id: fetched.id,
+      name: fetched.name,
+      created_at_seconds: fetched.created_at?.seconds ?? null,
+      framework_count: frameworks.length,
+      has_sklearn: frameworks.some((f) => f.name === "sklearn"),
+      unknown_workspace_status: notFound,
+    };
+  } finally {
+    workspaces.close();
+    models.close();
+  }
+}
+
+try {
+  console.log(JSON.stringify(await main(process.argv.slice(2))));
+} catch (err) {
+  console.error(`flightline node client: ${err.stack ?? err}`);
+  process.exit(1);
+}
