@@ -69,8 +69,7 @@ def postgres_server() -> Iterator[str]:
     """Base URL of a PostgreSQL server started for this session (`.../<database>` is appended per test)."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    pytest.importorskip("psycopg")
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are missing: run `bash .ci/setup`")
     # PostgreSQL refuses to run as root; run it as the postgres user then.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     home = Path(tempfile.mkdtemp(prefix="flightline-pg-"))
