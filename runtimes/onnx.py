@@ -219,8 +219,10 @@ class OnnxRuntime(Runtime):
         return pa.RecordBatch.from_arrays([from_tensor(r) for r in results], schema=self.output_schema)
 
 
-def describe(path: Path) -> tuple[pa.Schema, pa.Schema]:
-    """(input schema, output schema) of an ONNX file, for the control plane to record at upload time.
-    Raises ModelLoadError if the file is not a usable ONNX model."""
-    runtime = OnnxRuntime.load(ModelSpec(Path(path), "onnx"))
+def describe(
+    path: Path, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+) -> tuple[pa.Schema, pa.Schema]:
+    """The (input, output) schemas the runtime will serve for an ONNX file and the schemas declared at
+    upload, for the control plane to record. Raises ModelLoadError if they cannot be served."""
+    runtime = OnnxRuntime.load(ModelSpec(Path(path), "onnx", input_schema, output_schema))
     return runtime.input_schema, runtime.output_schema

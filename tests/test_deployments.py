@@ -24,6 +24,7 @@ from xgboost import XGBClassifier
 
 from flightline.server.app import App
 from flightline.server.client import Client, infer
+from flightline.server.dataplane.routes import LocalStep, RemoteStep
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
 POSTPROCESS = """
@@ -91,7 +92,7 @@ def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_p
         infer(deployment.flight_location, "fraud", table)
 
 
-def test_pipeline_onnx_then_python_step(client: Client, workspace_id: int, tmp_path: Path) -> None:
+def test_pipeline_onnx_then_python_step(app: App, client: Client, workspace_id: int, tmp_path: Path) -> None:
     path = build_mlp(tmp_path / "mlp.onnx")
     script = tmp_path / "post.py"
     script.write_text(POSTPROCESS)
@@ -99,6 +100,10 @@ def test_pipeline_onnx_then_python_step(client: Client, workspace_id: int, tmp_p
     post = upload(client, workspace_id, script, "post", "python")
     deployment = client.deploy(workspace_id, "scored", model, post)
     assert [s.runtime for s in deployment.steps] == ["onnx", "python"]
+    # ONNX runs inside the front door; the Python step is user code and keeps to its own process.
+    live = app.deployments.live("scored")
+    assert live is not None
+    assert [type(s) for s in live.route.steps] == [LocalStep, RemoteStep]
     values, table = features(64, seed=4)
     expected = ort.InferenceSession(str(path)).run(None, {"input": values})[0][:, 0] * 2.0
     result = infer(deployment.flight_location, "scored", table, mode="outputs")

@@ -72,6 +72,7 @@ def test_registry_links_and_secrecy(client: Client) -> None:
     [
         (True, "ftp://example", grpc.StatusCode.INVALID_ARGUMENT),
         (True, "not a url", grpc.StatusCode.INVALID_ARGUMENT),
+        (True, "https://user:secret@adb-1.azuredatabricks.net", grpc.StatusCode.INVALID_ARGUMENT),
         (False, "http://127.0.0.1:5000", grpc.StatusCode.NOT_FOUND),
     ],
 )

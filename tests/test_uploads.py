@@ -212,3 +212,62 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
         again = c.models.GetModelVersion(model_pb2.GetModelVersionRequest(model_id=uploaded.model_id))
         assert again.sha256 == uploaded.version.sha256 and again.status == model_pb2.MODEL_STATUS_READY
         assert second.artifacts.exists(again.sha256)
+
+
+def test_declared_schemas_fix_dynamic_onnx_dimensions(
+    client: Client, workspace_id: int, tmp_path: Path
+) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "D"])],
+    )
+    path = tmp_path / "relu.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    declared_in = pa.schema([pa.field("x", pa.list_(pa.float32(), 4))])
+    declared_out = pa.schema([pa.field("y", pa.list_(pa.float32(), 4))])
+    version = client.upload_file(
+        path,
+        meta(
+            "relu",
+            workspace_id,
+            "onnx",
+            input_schema=declared_in.serialize().to_pybytes(),
+            output_schema=declared_out.serialize().to_pybytes(),
+        ),
+    ).version
+    assert version.status == model_pb2.MODEL_STATUS_READY, version.status_reason
+    assert schema_of(version.input_schema).equals(declared_in)
+    assert schema_of(version.output_schema).equals(declared_out)
+
+
+def test_refused_upload_keeps_bytes_an_earlier_version_stored(
+    app: App, client: Client, workspace_id: int
+) -> None:
+    data = b"def wallaroo_json(data):\n    return data\n"
+    first = client.models.UploadModel(
+        iter(
+            [
+                model_pb2.UploadModelRequest(metadata=meta("step", workspace_id, "python")),
+                model_pb2.UploadModelRequest(chunk=data),
+            ]
+        )
+    )
+    assert first.version.status == model_pb2.MODEL_STATUS_READY
+    # The same bytes as a "custom" archive are refused (not a zip), without a sha256 declared.
+    with pytest.raises(grpc.RpcError) as refused:
+        client.models.UploadModel(
+            iter(
+                [
+                    model_pb2.UploadModelRequest(metadata=meta("byop", workspace_id, "custom")),
+                    model_pb2.UploadModelRequest(chunk=data),
+                ]
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert app.artifacts.exists(first.version.sha256)

@@ -213,7 +213,7 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
             model_id=step.model_id,
             version=step.version,
             runtime=live.runtimes[index] if live else "",
-            location=live.locations[index] if live else "",
+            location=(live.route.steps[index].location or "") if live else "",
         )
     if live is not None:
         message.flight_location = flight_location

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -39,24 +39,17 @@ def _guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             code = status_of(exc)
             if code is grpc.StatusCode.INTERNAL:
-                log.exception("unexpected error")
+                # Unexpected errors may carry internals (SQL parameters, paths): log them, say little.
+                log.exception("internal error in %s", getattr(behavior, "__name__", "handler"))
+                context.abort(code, "internal error; see the server log")
             context.abort(code, str(exc) or type(exc).__name__)
 
     return guarded
 
 
-def _guard_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(request, context)
-        except Exception as exc:
-            context.abort(status_of(exc), str(exc) or type(exc).__name__)
-
-    return guarded
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps `flightline.server.errors` (and runtime errors) to status codes with the error's message."""
+    """Maps `flightline.server.errors` (and runtime errors) to status codes with the error's message.
+    Every RPC of the API is unary or client-streaming, so those are the handlers it wraps."""
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
@@ -66,8 +59,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_unary=_guard(handler.unary_unary))
         if handler.stream_unary:
             return handler._replace(stream_unary=_guard(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_guard_stream(handler.unary_stream))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_guard_stream(handler.stream_stream))
         return handler

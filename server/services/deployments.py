@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +15,10 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
-from flightline.server.errors import FailedPrecondition, InvalidArgument
+from flightline.server.errors import FailedPrecondition, FlightlineError
 from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.names import check_dns_name, parse_schema
+from flightline.server.services.prepare import ZIPPED_FRAMEWORKS
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import (
@@ -28,13 +32,16 @@ from flightline.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+# Runtimes that also run inside the front door, saving a hop (see the README benchmark). Only ONNX:
+# a Python step is user code and stays in its own process, away from the control plane.
+IN_PROCESS_RUNTIMES = frozenset({"onnx"})
+
 
 @dataclass(frozen=True)
 class Live:
     """What the front door serves for a deployment, for the API to report."""
 
     route: Route
-    locations: tuple[str, ...]
     runtimes: tuple[str, ...]
 
 
@@ -54,25 +61,25 @@ class DeploymentService:
         self.supervisor = supervisor
         self.router = router
         self.work_dir = work_dir
-        # Native runtimes also run inside the front door: one hop instead of two (see README benchmark).
         self.in_process_native = in_process_native
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()
+        # One deploy or undeploy at a time per name, so an undeploy cannot interleave with a deploy.
+        self._name_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
         check_dns_name("deployment", name)
-        if not steps:
-            raise InvalidArgument("a deployment needs at least one step")
-        self.store.get_workspace(workspace_id)
-        versions = [self._ready_version(s) for s in steps]
-        pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
-        deployment = self.store.create_deployment(workspace_id, name, pinned)
-        return self._start(deployment, versions)
+        with self._name_lock(name):
+            versions = [self._ready_version(s) for s in steps]
+            pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+            deployment = self.store.create_deployment(workspace_id, name, pinned)
+            return self._start(deployment, versions)
 
     def undeploy(self, name: str) -> Deployment:
-        deployment = self.store.get_deployment(name)
-        self._stop(name, len(deployment.steps))
-        return self.store.update_deployment(name, DeploymentStatus.STOPPED)
+        with self._name_lock(name):
+            deployment = self.store.get_deployment(name)
+            self._stop(name, len(deployment.steps))
+            return self.store.update_deployment(name, DeploymentStatus.STOPPED)
 
     def get(self, name: str) -> Deployment:
         return self.store.get_deployment(name)
@@ -88,8 +95,19 @@ class DeploymentService:
         """At start-up: bring back what was running before the server stopped."""
         for deployment in self.store.list_deployments(0):
             if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
-                versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
-                self._start(deployment, versions)
+                with self._name_lock(deployment.name):
+                    versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
+                    self._start(deployment, versions)
+
+    def runtime_failed(self, key: str, reason: str) -> None:
+        """The supervisor gave up on a step's runtime: the deployment cannot serve any more."""
+        name, _, index = key.rpartition(".")
+        with self._name_lock(name):
+            deployment = self.store.get_deployment(name)
+            if deployment.status is not DeploymentStatus.RUNNING:
+                return
+            self._stop(name, len(deployment.steps))
+            self.store.update_deployment(name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}")
 
     def close(self) -> None:
         with self._lock:
@@ -97,6 +115,10 @@ class DeploymentService:
         for name in names:
             self.router.remove(name)
         self.supervisor.close()
+
+    def _name_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._name_locks[name]
 
     def _ready_version(self, step: DeploymentStep) -> ModelVersion:
         version = self.store.get_model_version(step.model_id, step.version)
@@ -110,17 +132,19 @@ class DeploymentService:
     def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
         name = deployment.name
         try:
-            steps, locations = zip(*(self._step(name, i, v) for i, v in enumerate(versions)), strict=True)
-        except ModelLoadError as exc:
+            steps = [self._step(name, i, v) for i, v in enumerate(versions)]
+        except Exception as exc:
             self._stop(name, len(versions))
+            if not isinstance(exc, (ModelLoadError, FlightlineError)):
+                log.exception("deploying %s failed", name)
             return self.store.update_deployment(name, DeploymentStatus.FAILED, str(exc))
-        route = Route(name, list(steps), steps[0].input_schema, steps[-1].output_schema)
+        route = Route.of(name, steps)
         with self._lock:
-            self._live[name] = Live(route, tuple(locations), tuple(v.runtime for v in versions))
+            self._live[name] = Live(route, tuple(v.runtime for v in versions))
         self.router.put(route)
         return self.store.update_deployment(name, DeploymentStatus.RUNNING)
 
-    def _step(self, name: str, index: int, version: ModelVersion) -> tuple[Step, str]:
+    def _step(self, name: str, index: int, version: ModelVersion) -> Step:
         spec = ModelSpec(
             artifact=self._artifact(version),
             framework=version.framework,
@@ -131,26 +155,25 @@ class DeploymentService:
         try:
             process = self.supervisor.start(f"{name}.{index}", version.runtime, spec)
         except ModelLoadError as exc:
-            raise ModelLoadError(
-                f"step {index + 1} ({version.model_name} v{version.version}): {exc}"
-            ) from exc
-        step: Step
-        if version.native and self.in_process_native:
-            step = LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
-        else:
-            step = RemoteStep(process.location)
-        return step, process.location
+            what = f"step {index + 1} ({version.model_name} v{version.version})"
+            raise ModelLoadError(f"{what}: {exc}") from exc
+        if self.in_process_native and version.runtime in IN_PROCESS_RUNTIMES:
+            return LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
+        return RemoteStep(process.location)
 
     def _artifact(self, version: ModelVersion) -> Path:
         local = self.artifacts.local_path(version.sha256, self.work_dir / "cache")
-        if version.framework not in ("tensorflow", "custom", "mlflow"):
+        if version.framework not in ZIPPED_FRAMEWORKS:
             return local
         unpacked = self.work_dir / "unpacked" / version.sha256
         if not unpacked.exists():
-            tmp = unpacked.with_suffix(".tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
+            unpacked.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=unpacked.parent, prefix=".unpacking-"))
             extract_zip(local, tmp)
-            tmp.rename(unpacked)
+            try:
+                tmp.rename(unpacked)
+            except OSError:  # a concurrent deploy of the same archive got there first
+                shutil.rmtree(tmp, ignore_errors=True)
         return unwrap(unpacked)
 
     def _stop(self, name: str, count: int) -> None:

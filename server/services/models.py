@@ -18,12 +18,11 @@ from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import check_artifact, prepare
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.artifacts import ArtifactStore
-from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.metadata import VISIBILITIES, MetadataStore
 from flightline.server.store.records import Conversion, Model, ModelStatus, ModelVersion
 
 log = logging.getLogger(__name__)
 
-VISIBILITIES = ("private", "public")
 
 
 class ModelService:
@@ -86,13 +85,12 @@ class ModelService:
         sha256: str | None,
     ) -> ModelVersion:
         framework = self._check_request(workspace_id, name, visibility, conversion)
-        existed = self.artifacts.exists(sha256) if sha256 else False
         stored = self.artifacts.put(chunks, expected_size=size_bytes, expected_sha256=sha256)
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
                 check_artifact(framework, self._local(stored.sha256, Path(tmp), filename))
         except InvalidArgument:
-            if not existed:
+            if stored.created:  # never delete bytes an earlier upload stored
                 self.artifacts.delete(stored.sha256)
             raise
         return self._record(
@@ -110,14 +108,12 @@ class ModelService:
         return self.store.get_model(model_id)
 
     def list_models(self, workspace_id: int, limit: int, after_id: int) -> list[Model]:
-        self.store.get_workspace(workspace_id)
         return self.store.list_models(workspace_id, limit, after_id)
 
     def get_version(self, model_id: int, version: int = 0) -> ModelVersion:
         return self.store.get_model_version(model_id, version)
 
     def list_versions(self, model_id: int, limit: int, after_version: int) -> list[ModelVersion]:
-        self.store.get_model(model_id)
         return self.store.list_model_versions(model_id, limit, after_version)
 
     def fail_interrupted(self) -> None:

@@ -19,7 +19,8 @@ from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
 from flightline.server.services.archives import check_zip
 
-ZIPPED_FRAMEWORKS = {"tensorflow", "custom", "mlflow"}
+ZIPPED_FRAMEWORKS = frozenset({"tensorflow", "custom", "mlflow"})
+CONVERT_TIMEOUT = 600  # seconds
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,13 @@ def prepare(
     if framework.converts_to_onnx:
         converted, note = _convert(framework.name, artifact, work, input_schema, output_schema, options)
         if converted is not None:
-            return _onnx(converted, input_schema, output_schema, note="")
+            return _onnx(converted, input_schema, output_schema)
         runtime = framework.fallback_runtime
         if runtime is None or runtime not in RUNTIMES:
             raise ModelLoadError(f"{note}; no containerized runtime for {framework.name!r} is available yet")
         return Prepared(runtime, False, artifact, input_schema, output_schema, note)
     if framework.name == "onnx":
-        return _onnx(artifact, input_schema, output_schema, note="")
+        return _onnx(artifact, input_schema, output_schema)
     if framework.name == "python":
         _check_python_step(artifact)
         return Prepared("python", True, artifact, input_schema, output_schema)
@@ -69,11 +70,11 @@ def prepare(
     return Prepared(runtime, framework.native, artifact, input_schema, output_schema)
 
 
-def _onnx(path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None, note: str) -> Prepared:
+def _onnx(path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None) -> Prepared:
     from flightline.runtimes.onnx import describe
 
-    described_in, described_out = describe(path)
-    return Prepared("onnx", True, path, input_schema or described_in, output_schema or described_out, note)
+    served_in, served_out = describe(path, input_schema, output_schema)
+    return Prepared("onnx", True, path, served_in, served_out)
 
 
 def _check_python_step(path: Path) -> None:
@@ -112,7 +113,10 @@ def _convert(
                 file = Path(tmp) / f"{flag.strip('-')}.arrow"
                 file.write_bytes(schema.serialize().to_pybytes())
                 args += [flag, str(file)]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=CONVERT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
     lines = proc.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -121,4 +125,9 @@ def _convert(
         raise ModelLoadError(f"conversion of {framework} model crashed: {' | '.join(tail)}") from None
     if "error" in result:
         raise ModelLoadError(result["error"])
-    return (Path(result["onnx_path"]) if result["onnx_path"] else None), result["note"]
+    if not result["onnx_path"]:
+        return None, result["note"]
+    converted = Path(result["onnx_path"]).resolve()
+    if not converted.is_relative_to(work.resolve()):  # the subprocess ran the user's pickle: trust nothing
+        raise ModelLoadError(f"the converter wrote outside its work folder: {converted}")
+    return converted, result["note"]

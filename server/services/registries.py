@@ -28,10 +28,13 @@ class RegistryService:
         if not name.strip():
             raise InvalidArgument("registry name is empty")
         parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise InvalidArgument(
                 f"registry url {url!r} is not an http(s) URL, e.g. https://adb-1.2.azuredatabricks.net"
             )
+        if parsed.username or parsed.password:
+            # It would be echoed by GetRegistry and in error messages: credentials belong in `token`.
+            raise InvalidArgument("registry url must not carry credentials; pass the token in `token`")
         return self.store.create_registry(workspace_id, name, url.rstrip("/"), token)
 
     def attach(self, registry_id: str, workspace_id: int) -> None:
@@ -44,7 +47,6 @@ class RegistryService:
         return self.store.get_registry(registry_id)
 
     def in_workspace(self, workspace_id: int) -> list[Registry]:
-        self.store.get_workspace(workspace_id)
         return self.store.list_registries(workspace_id)
 
     def list_models(

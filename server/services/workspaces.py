@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flightline.server.errors import InvalidArgument
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import Workspace
 
@@ -12,8 +11,6 @@ class WorkspaceService:
         self.store = store
 
     def create(self, name: str) -> Workspace:
-        if not name.strip() or len(name) > 100:
-            raise InvalidArgument("workspace name must have 1 to 100 characters")
         return self.store.create_workspace(name)
 
     def get(self, workspace_id: int) -> Workspace:

@@ -34,6 +34,7 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 class StoredArtifact:
     sha256: str
     size: int
+    created: bool = True  # False when the same bytes were already stored
 
 
 class ArtifactStore:
@@ -74,7 +75,8 @@ class ArtifactStore:
                 raise InvalidArgument(
                     f"sha256 mismatch: declared {expected_sha256}, received bytes hash to {sha256}"
                 )
-            if self.exists(sha256):
+            created = not self.exists(sha256)
+            if not created:
                 self._fs.delete_file(temp)
             else:
                 final = self._path(sha256)
@@ -83,7 +85,7 @@ class ArtifactStore:
         except BaseException:
             self._delete_if_present(temp)
             raise
-        return StoredArtifact(sha256=sha256, size=size)
+        return StoredArtifact(sha256=sha256, size=size, created=created)
 
     def put_file(self, path: Path) -> StoredArtifact:
         with open(path, "rb") as file:
