@@ -99,4 +99,4 @@ def infer(location: str, name: str, table: pa.Table, *, mode: str = "") -> pa.Ta
                 writer.write_batch(batch)
                 results.append(reader.read_chunk().data)
             writer.done_writing()
-        return pa.Table.from_batches(results)
+        return pa.Table.from_batches(results, schema=reader.schema if not results else None)

@@ -17,7 +17,7 @@ from flightline.server.services.archives import zip_dir
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import check_artifact, prepare
 from flightline.server.services.registries import RegistryService
-from flightline.server.store.artifacts import ArtifactStore
+from flightline.server.store.artifacts import ArtifactStore, StoredArtifact
 from flightline.server.store.metadata import VISIBILITIES, MetadataStore
 from flightline.server.store.records import Conversion, Model, ModelStatus, ModelVersion
 
@@ -61,16 +61,8 @@ class ModelService:
                 local = zip_dir(local, Path(tmp) / f"{local.name}.zip")
             check_artifact(framework, local)
             stored = self.artifacts.put_file(local)
-        return self._record(
-            workspace_id,
-            name,
-            visibility,
-            framework,
-            conversion,
-            f"registry:{registry_id}:{path}",
-            stored.sha256,
-            stored.size,
-        )
+        source = f"registry:{registry_id}:{path}"
+        return self._record(workspace_id, name, visibility, framework, conversion, source, stored, local.name)
 
     def upload(
         self,
@@ -93,16 +85,8 @@ class ModelService:
             if stored.created:  # never delete bytes an earlier upload stored
                 self.artifacts.delete(stored.sha256)
             raise
-        return self._record(
-            workspace_id,
-            name,
-            visibility,
-            framework,
-            conversion,
-            f"upload:{filename}",
-            stored.sha256,
-            stored.size,
-        )
+        source = f"upload:{filename}"
+        return self._record(workspace_id, name, visibility, framework, conversion, source, stored, filename)
 
     def get_model(self, model_id: int) -> Model:
         return self.store.get_model(model_id)
@@ -159,8 +143,8 @@ class ModelService:
         framework: FrameworkSpec,
         conversion: Conversion,
         source: str,
-        sha256: str,
-        size: int,
+        stored: StoredArtifact,
+        filename: str,
     ) -> ModelVersion:
         version = self.store.add_model_version(
             workspace_id=workspace_id,
@@ -172,17 +156,16 @@ class ModelService:
             status=ModelStatus.PENDING_CONVERSION,
             conversion=conversion,
             source=source,
-            sha256=sha256,
-            size_bytes=size,
-            original_sha256=sha256,
+            sha256=stored.sha256,
+            size_bytes=stored.size,
+            original_sha256=stored.sha256,
         )
-        return self._prepare(version, framework)
+        return self._prepare(version, framework, filename)
 
-    def _prepare(self, version: ModelVersion, framework: FrameworkSpec) -> ModelVersion:
+    def _prepare(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> ModelVersion:
         key = (version.model_id, version.version)
         self.store.update_model_version(*key, status=ModelStatus.CONVERTING)
         conversion = version.conversion
-        filename = version.source.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
         try:
             with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
                 prepared = prepare(
@@ -194,9 +177,11 @@ class ModelService:
                     options=dict(conversion.options),
                 )
                 stored = self.artifacts.put_file(prepared.artifact.resolve())
-        except ModelLoadError as exc:
-            log.info("model %s v%d cannot be served: %s", version.model_name, version.version, exc)
-            return self.store.update_model_version(*key, status=ModelStatus.ERROR, status_reason=str(exc))
+        except Exception as exc:  # whatever happened, the version must not stay CONVERTING
+            if not isinstance(exc, ModelLoadError):
+                log.exception("preparing model %s v%d failed", version.model_name, version.version)
+            reason = str(exc) if isinstance(exc, ModelLoadError) else f"internal error: {type(exc).__name__}"
+            return self.store.update_model_version(*key, status=ModelStatus.ERROR, status_reason=reason)
         return self.store.update_model_version(
             *key,
             status=ModelStatus.READY,
