@@ -594,3 +594,29 @@ def test_stale_temporary_objects_are_removed_at_start(tmp_path: Path) -> None:
     os.utime(stale, (old, old))
     ArtifactStore(str(tmp_path))
     assert temp_files(tmp_path) == [fresh]
+
+
+def test_latest_versions_of_many_models_in_one_call(tmp_path: Path) -> None:
+    store = MetadataStore(f"sqlite:///{tmp_path / 'latest.db'}")
+    ws = store.create_workspace("w")
+    ids = []
+    for name, count in (("a", 3), ("b", 1), ("c", 2)):
+        for _ in range(count):
+            v = store.add_model_version(
+                workspace_id=ws.id,
+                name=name,
+                visibility="private",
+                framework="onnx",
+                runtime="onnx",
+                native=True,
+                status=ModelStatus.READY,
+                conversion=Conversion("onnx"),
+                source="upload:x",
+                sha256="0" * 64,
+                size_bytes=1,
+                original_sha256="0" * 64,
+            )
+        ids.append(v.model_id)
+    latest = store.latest_versions(ids)
+    assert {m: v.version for m, v in latest.items()} == dict(zip(ids, (3, 1, 2), strict=True))
+    assert latest[ids[0]].model_name == "a"

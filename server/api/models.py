@@ -58,8 +58,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> pb.ListModelsResponse:
         limit = messages.page_size(request.page)
         items = self.models.list_models(request.workspace_id, limit, messages.page_after(request.page))
+        latest = self.models.latest_versions([m.id for m in items])
         return pb.ListModelsResponse(
-            models=[messages.model(m, self.models.get_version(m.id)) for m in items],
+            models=[messages.model(m, latest.get(m.id)) for m in items],
             next_page_token=messages.next_token(list(items), limit, "id"),
         )
 

@@ -94,6 +94,9 @@ class ModelService:
     def list_models(self, workspace_id: int, limit: int, after_id: int) -> list[Model]:
         return self.store.list_models(workspace_id, limit, after_id)
 
+    def latest_versions(self, model_ids: list[int]) -> dict[int, ModelVersion]:
+        return self.store.latest_versions(model_ids)
+
     def get_version(self, model_id: int, version: int = 0) -> ModelVersion:
         return self.store.get_model_version(model_id, version)
 

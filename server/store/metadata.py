@@ -294,6 +294,26 @@ class MetadataStore:
         with self._read() as session:
             return _version(*_version_row(session, model_id, version))
 
+    def latest_versions(self, model_ids: Sequence[int]) -> dict[int, ModelVersion]:
+        """The latest version of each model, in one query (for listing pages of models)."""
+        newest = (
+            select(ModelVersionRow.model_id, func.max(ModelVersionRow.version).label("version"))
+            .where(ModelVersionRow.model_id.in_(model_ids))
+            .group_by(ModelVersionRow.model_id)
+            .subquery()
+        )
+        query = (
+            select(ModelVersionRow, ModelRow.name)
+            .join(
+                newest,
+                (ModelVersionRow.model_id == newest.c.model_id)
+                & (ModelVersionRow.version == newest.c.version),
+            )
+            .join(ModelRow, ModelRow.id == ModelVersionRow.model_id)
+        )
+        with self._read() as session:
+            return {row.model_id: _version(row, name) for row, name in session.execute(query)}
+
     def list_model_versions(self, model_id: int, limit: int, after_version: int = 0) -> list[ModelVersion]:
         query = (
             select(ModelVersionRow)
