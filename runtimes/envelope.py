@@ -53,7 +53,10 @@ _zero_buffer = pa.py_buffer(np.zeros(1 << 16, dtype=np.uint8))
 def _zeros(size: int) -> pa.Buffer:
     """A shared read-only buffer of at least `size` zero bytes (grown on demand, never written)."""
     global _zero_buffer
-    if _zero_buffer.size < size:
+    # One read of the global: another thread may swap in a new buffer, possibly smaller than `size`.
+    buffer = _zero_buffer
+    if buffer.size < size:
         # np.zeros maps untouched zero pages, so even a huge buffer costs nothing until read.
-        _zero_buffer = pa.py_buffer(np.zeros(max(size, 2 * _zero_buffer.size), dtype=np.uint8))
-    return _zero_buffer
+        buffer = pa.py_buffer(np.zeros(max(size, 2 * buffer.size), dtype=np.uint8))
+        _zero_buffer = buffer
+    return buffer

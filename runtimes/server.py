@@ -1,11 +1,14 @@
 """One generic Arrow Flight server hosting one model; the supervisor runs one such process per model:
 
     python -m flightline.runtimes.server --runtime onnx --spec DIR [--host 127.0.0.1] [--port 0]
+                                         [--exit-with-stdin]
 
 DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
 `FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
 code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down with exit code 0; streams still
-open after `--shutdown-grace` seconds (default 5) are cut.
+open after `--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it
+down the same way: a parent that holds the write end of a pipe takes the process with it when it dies,
+even by SIGKILL.
 
 Flight methods (the descriptor path selects the response mode: none -> "envelope", or "outputs"/"raw"):
 - do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
@@ -17,6 +20,7 @@ Flight methods (the descriptor path selects the response mode: none -> "envelope
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -37,6 +41,7 @@ READY: Final = "FLIGHTLINE_READY"
 LOAD_ERROR: Final = "FLIGHTLINE_LOAD_ERROR"
 LOAD_ERROR_EXIT_CODE: Final = 3
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
+EXIT_WITH_STDIN: Final = "--exit-with-stdin"
 
 ACTIONS: Final = {
     "healthcheck": "Returns b'ok' while the model is loaded and serving.",
@@ -66,6 +71,17 @@ def remote_error_message(error: BaseException) -> str:
     for marker in (". Detail: ", ". gRPC client debug context: "):
         text = text.split(marker, 1)[0]
     return text.strip()
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema, what: str) -> pa.RecordBatch:
+    """A later batch of an open-schema stream, cast to the columns the stream's first batch fixed.
+    `what` names the batch's producer in the INTERNAL error, e.g. "the model's result"."""
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        raise flight.FlightInternalError(
+            f"{what} changed columns within one stream: {batch.schema} after {schema}"
+        ) from None
 
 
 class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
@@ -99,7 +115,7 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
                 schema = result.schema
                 writer.begin(schema)
             elif not result.schema.equals(schema):
-                result = self._conform(result, schema)
+                result = conform(result, schema, "the model's result")
             writer.write_batch(result)
 
     def _respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
@@ -111,16 +127,6 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
             raise flight.FlightInternalError(str(error)) from error
         except Exception as error:
             raise flight.FlightInternalError(f"the model failed: {type(error).__name__}: {error}") from error
-
-    @staticmethod
-    def _conform(result: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-        """A later batch of an open-schema model, cast to the stream's schema (fixed by the first batch)."""
-        try:
-            return result.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
-            raise flight.FlightInternalError(
-                f"the model's result columns changed within one stream: {result.schema} after {schema}"
-            ) from error
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -165,6 +171,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how long open streams may keep the process alive after SIGTERM",
     )
+    parser.add_argument(
+        EXIT_WITH_STDIN,
+        action="store_true",
+        help="shut down at the end of stdin, i.e. when the parent holding its pipe closes it or dies "
+        "(so never with stdin from /dev/null, which ends at once)",
+    )
     return parser.parse_args(argv)
 
 
@@ -182,6 +194,17 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return stop
+
+
+def _stop_at_end_of_stdin(stop: threading.Event) -> None:
+    def watch() -> None:
+        # Reads until EOF: the parent never writes, so this only returns once it closed the pipe or died.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):  # fd 0, not sys.stdin: that is None when started without one
+                pass
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True, name="stdin-watch").start()
 
 
 def _shutdown(server: RuntimeServer, grace: float) -> None:
@@ -208,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return LOAD_ERROR_EXIT_CODE
     server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
     stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
+    if args.exit_with_stdin:
+        _stop_at_end_of_stdin(stop)
     print(f"{READY} {server.location.uri.decode()}", file=protocol, flush=True)
     stop.wait()
     _shutdown(server, args.shutdown_grace)

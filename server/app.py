@@ -62,10 +62,15 @@ class App:
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+        supervisor = Supervisor(
+            data / "runtimes",
+            host=settings.host,
+            on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
+        )
         self.deployments = DeploymentService(
             self.store,
             self.artifacts,
-            Supervisor(data / "runtimes", host=settings.host),
+            supervisor,
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,
@@ -85,9 +90,10 @@ class App:
         return self
 
     def stop(self) -> None:
+        # Clients first (bounded), then the runtimes their streams may still be using.
         self.grpc_server.stop(grace=2).wait()
+        self.front_door.close(grace=5.0)
         self.deployments.close()
-        self.front_door.shutdown()
 
     def __enter__(self) -> App:
         return self.start()

@@ -2,7 +2,11 @@
 
 Each process runs `python -m flightline.runtimes.server`, announces itself with one stdout line
 (`FLIGHTLINE_READY <location>` or `FLIGHTLINE_LOAD_ERROR <reason>`), and keeps its port across
-restarts so the location the front door and clients hold stays valid."""
+restarts so the location the front door and clients hold stays valid.
+
+A runtime must not outlive the control plane nor see its secrets: each one exits at the end of its stdin,
+a pipe whose write end this process keeps open (so it closes when this process dies, even by SIGKILL),
+and gets the environment without FLIGHTLINE_* settings or anything that looks like a credential."""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ import contextlib
 import logging
 import os
 import queue
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -26,11 +32,12 @@ from urllib.parse import urlparse
 import pyarrow.flight as flight
 
 from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.server import EXIT_WITH_STDIN, LOAD_ERROR, READY
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
 
-READY = "FLIGHTLINE_READY"
-LOAD_ERROR = "FLIGHTLINE_LOAD_ERROR"
 STDERR_TAIL_LINES = 20
+# Model code is user code: it gets no control-plane settings and nothing that looks like a credential.
+_WITHHELD_VARIABLE = re.compile(r"^FLIGHTLINE_|TOKEN|SECRET|PASSWORD|CREDENTIAL|_KEY$", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +77,19 @@ class RuntimeProcess:
         return self.state is State.HEALTHY
 
 
+def runtime_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a runtime process gets: `environ` without FLIGHTLINE_* variables and without any
+    whose name contains TOKEN, SECRET, PASSWORD or CREDENTIAL or ends with _KEY (in any case)."""
+    env = {name: value for name, value in environ.items() if not _WITHHELD_VARIABLE.search(name)}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 class Supervisor:
-    """Owns runtime processes keyed by a caller-chosen key (e.g. `<deployment>/<step>`)."""
+    """Owns runtime processes keyed by a caller-chosen key (e.g. `<deployment>/<step>`).
+
+    `on_failure(key, reason)` is called (from a watcher thread, outside the supervisor's lock) when a
+    runtime failed for good: it could not be restarted and is left FAILED."""
 
     def __init__(
         self,
@@ -84,6 +102,7 @@ class Supervisor:
         health_failures: int = 3,
         max_load_failures: int = 3,
         stop_grace: float = 5.0,
+        on_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -94,6 +113,7 @@ class Supervisor:
         self.health_failures = health_failures
         self.max_load_failures = max_load_failures
         self.stop_grace = stop_grace
+        self.on_failure = on_failure
         self._procs: dict[str, RuntimeProcess] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -156,11 +176,13 @@ class Supervisor:
                 self._changed.wait(min(remaining, self.check_interval))
 
     def stop(self, key: str) -> None:
-        """Stops a runtime process; a key that is not running is a no-op, so cleanup can be blind."""
+        """Stops a runtime process and removes its spec folder; a key that is not running is a no-op,
+        so cleanup can be blind."""
         with self._lock:
             proc = self._procs.pop(key, None)
         if proc is not None:
             self._shutdown([proc])
+            shutil.rmtree(proc.spec_dir, ignore_errors=True)
 
     def close(self) -> None:
         with self._lock:
@@ -190,18 +212,19 @@ class Supervisor:
             self.host,
             "--port",
             str(port),
+            EXIT_WITH_STDIN,
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # Own session = own process group, so a stop reaches whatever the runtime spawned.
+        # Own session = own process group, so a stop reaches whatever the runtime spawned. The stdin pipe
+        # stays open (unwritten) for the process's life: its end is the runtime's signal to exit.
         try:
             popen = subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 bufsize=1,
-                env=env,
+                env=runtime_environment(os.environ),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -310,19 +333,21 @@ class Supervisor:
                     os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait()
         for popen in (p._popen for p in procs if p._popen is not None):
-            for stream in (popen.stdout, popen.stderr):
+            for stream in (popen.stdin, popen.stdout, popen.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
 
-    def _set_state(self, proc: RuntimeProcess, state: State, failure: str | None = None) -> None:
+    def _set_state(self, proc: RuntimeProcess, state: State, failure: str | None = None) -> bool:
+        """Moves `proc` to `state`; False (and no change) once it is STOPPED."""
         with self._changed:
             if proc.state is State.STOPPED:
-                return
+                return False
             proc.state = state
             if failure is not None:
                 proc.failure = failure
             self._changed.notify_all()
+            return True
 
     # -- watching ---------------------------------------------------------------------------------
 
@@ -362,6 +387,14 @@ class Supervisor:
         if client is not None:
             client.close()
 
+    def _report_failure(self, key: str, reason: str) -> None:
+        if self.on_failure is None:
+            return
+        try:
+            self.on_failure(key, reason)
+        except Exception:  # the watcher ends here either way; the callback's bug must not vanish silently
+            log.exception("on_failure callback for runtime %s failed", key)
+
     def _answers_healthcheck(self, client: flight.FlightClient) -> bool:
         options = flight.FlightCallOptions(timeout=self.health_timeout)
         try:
@@ -388,7 +421,8 @@ class Supervisor:
                 load_failures += 1
                 if load_failures >= self.max_load_failures:
                     log.error("runtime %s failed for good: %s", proc.key, exc)
-                    self._set_state(proc, State.FAILED, failure=str(exc))
+                    if self._set_state(proc, State.FAILED, failure=str(exc)):
+                        self._report_failure(proc.key, str(exc))
                     return False
                 proc._stopping.wait(delay)
                 delay = min(delay * 4, 10.0)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from support.wait import wait_until
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
+from flightline.runtimes.server import remote_error_message
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router
 from flightline.server.supervisor import Supervisor
@@ -172,6 +174,67 @@ def test_pipeline_feeds_model_outputs_to_python_step(
         np.testing.assert_allclose(result.column("out.score").to_numpy(), expected, rtol=1e-5)
 
 
+def test_raw_mode_is_for_runtime_servers_only(client: flight.FlightClient) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=r"response mode 'raw' is served by runtime servers only"):
+        exchange(client, "local", "raw", batches=[request(features(1))])
+
+
+BAD_CAST_STEP = """
+import pandas as pd
+
+
+def wallaroo_json(data: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"label": ["not a number"] * len(data)})
+"""
+
+
+def test_model_output_failing_its_declared_cast_is_internal(
+    client: flight.FlightClient, front_door: FrontDoor, tmp_path: Path
+) -> None:
+    script = tmp_path / "bad_cast.py"
+    script.write_text(BAD_CAST_STEP)
+    spec = ModelSpec(script, "python", output_schema=pa.schema([("label", pa.int64())]))
+    front_door.router.put(Route.of("bad-cast", [LocalStep(Host(load_runtime("python", spec)))]))
+    try:
+        batch = pa.record_batch([pa.array([1.0, 2.0])], names=["x"])
+        # The model broke its own declared schema: INTERNAL, not the client's INVALID_ARGUMENT.
+        with pytest.raises(flight.FlightInternalError) as failure:
+            exchange(client, "bad-cast", batches=[batch])
+        assert remote_error_message(failure.value).startswith(
+            "step 1 of 'bad-cast' failed: the model failed: ArrowInvalid: "
+            "Failed to parse string: 'not a number'"
+        )
+    finally:
+        front_door.router.remove("bad-cast")
+
+
+def test_close_does_not_wait_for_a_stream_a_client_holds_open(model: Path) -> None:
+    router = Router()
+    router.put(Route.of("mlp", [LocalStep(Host(load_runtime("onnx", ModelSpec(model, "onnx"))))]))
+    door = FrontDoor(router)
+    client = flight.connect(door.location)
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_path("mlp", "outputs"))
+    writer.begin(request(features(1)).schema)
+    writer.write_batch(request(features(2)))
+    assert reader.read_chunk().data.num_rows == 2
+    started = time.monotonic()
+    assert door.close(grace=0.5) is False  # the stream is still open
+    assert time.monotonic() - started < 2.0
+    with flight.connect(door.location) as late, pytest.raises(flight.FlightUnavailableError):  # refused
+        list(late.do_action(flight.Action("healthcheck", b""), flight.FlightCallOptions(timeout=5)))
+    writer.done_writing()  # the held stream still ends normally
+    reader.read_all()
+    writer.close()
+    client.close()
+
+
+def test_close_of_an_idle_front_door_returns_at_once() -> None:
+    door = FrontDoor(Router())
+    started = time.monotonic()
+    assert door.close(grace=5.0) is True
+    assert time.monotonic() - started < 2.0
+
+
 def test_unknown_deployment_is_not_found(client: flight.FlightClient) -> None:
     with pytest.raises(pa.ArrowKeyError, match="deployment 'nope' not found"):
         exchange(client, "nope", batches=[request(features(1))])
@@ -203,8 +266,10 @@ WRONG_COLUMN = pa.record_batch([request(features(2)).column(0)], names=["inputs"
 def test_bad_batches_fail_naming_the_column(
     client: flight.FlightClient, route: str, batch: pa.RecordBatch, message: str
 ) -> None:
-    with pytest.raises(pa.ArrowInvalid, match=message):
+    with pytest.raises(pa.ArrowInvalid, match=message) as failure:
         exchange(client, route, batches=[batch])
+    # The runtime's own words, not wrapped in a second "Flight returned ... with message:" by the hop.
+    assert remote_error_message(failure.value).startswith(message)
     (good,) = exchange(client, route, "outputs", batches=[request(features(4))])
     assert good.num_rows == 4
 

@@ -9,10 +9,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import httpx
 import mlflow.artifacts
 import numpy as np
 import pytest
@@ -353,6 +355,67 @@ def test_broken_transfer_resumes_where_it_stopped(
     assert relay.cuts == 1
     assert seen[0] == 100 and seen[-1] == pkl.file_size and seen == sorted(seen)  # resumed, not restarted
     assert local.read_bytes() == logged_bytes(registry.url, pkl)
+
+
+class FlakyFileProxy:
+    """An HTTP proxy to the registry that fails every GET of one artifact file: odd requests get a 503,
+    even ones a transfer cut after a few bytes. Counts those requests."""
+
+    def __init__(self, upstream: str, file_name: str) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if not (
+                    self.path.startswith("/api/2.0/mlflow-artifacts/artifacts/")
+                    and self.path.endswith(f"/{file_name}")
+                ):
+                    answer = httpx.get(upstream + self.path)
+                    return self._answer(answer.status_code, answer.content, len(answer.content))
+                with proxy._lock:
+                    proxy.file_requests += 1
+                    cut = proxy.file_requests % 2 == 0
+                if cut:
+                    self._answer(200, b"0123456789", 1000)
+                    self.close_connection = True
+                else:
+                    body = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}'
+                    self._answer(503, body, len(body))
+
+            def _answer(self, status: int, body: bytes, length: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.file_requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_failing_file_read_is_tried_retries_plus_one_times(
+    registry: MlflowRegistryClient, populated: Populated, tmp_path: Path
+) -> None:
+    proxy = FlakyFileProxy(registry.url, "model.pkl")
+    try:
+        with MlflowRegistryClient(proxy.url, retries=2) as through_proxy:
+            pkl = by_name(through_proxy.list_artifacts(populated["multi_version_model"], "3"))["model.pkl"]
+            with pytest.raises(Unavailable, match=r"HTTP 503: busy \(tried 3 times\)"):
+                through_proxy.download(pkl.path, tmp_path)
+    finally:
+        proxy.close()
+    # 503, cut, 503: the read loop's attempts are the only ones (each must not retry on its own).
+    assert proxy.file_requests == 3
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_registry_down_is_unavailable_quickly() -> None:

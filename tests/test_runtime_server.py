@@ -22,7 +22,7 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.rules import as_tensor, from_tensor
-from flightline.runtimes.server import LOAD_ERROR, READY, RuntimeServer, remote_error_message
+from flightline.runtimes.server import EXIT_WITH_STDIN, LOAD_ERROR, READY, RuntimeServer, remote_error_message
 
 FEATURES = runtime_models.FEATURES
 
@@ -184,7 +184,9 @@ def test_python_step_with_open_schema(tmp_path: Path) -> None:
 
 
 @contextmanager
-def runtime_process(runtime: str, spec_dir: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def runtime_process(
+    runtime: str, spec_dir: Path, *args: str, stdin: int | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A real runtime server process; yields it and the first line it printed."""
     command = [
         sys.executable,
@@ -196,7 +198,7 @@ def runtime_process(runtime: str, spec_dir: Path, *args: str) -> Iterator[tuple[
         str(spec_dir),
         *args,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         yield process, process.stdout.readline().strip()
@@ -269,3 +271,29 @@ def test_process_stops_on_sigterm_despite_open_streams(tmp_path: Path, mlp_path:
             writer.write_batch(request)
             reader.read_chunk()
         client.close()
+
+
+def test_process_exits_when_its_stdin_pipe_closes(tmp_path: Path, mlp_path: Path) -> None:
+    ModelSpec(mlp_path, "onnx").save(tmp_path / "spec")
+    with runtime_process("onnx", tmp_path / "spec", EXIT_WITH_STDIN, stdin=subprocess.PIPE) as (
+        process,
+        line,
+    ):
+        location = _ready_location(line)
+        with flight.connect(location) as client:
+            assert [r.body.to_pybytes() for r in client.do_action("healthcheck")] == [b"ok"]
+        assert process.stdin is not None
+        process.stdin.close()  # what a parent's death does to the pipe
+        assert process.wait(timeout=10) == 0
+
+
+def test_process_without_the_flag_ignores_end_of_stdin(tmp_path: Path, mlp_path: Path) -> None:
+    ModelSpec(mlp_path, "onnx").save(tmp_path / "spec")
+    # /dev/null is at its end at once; without the flag, that must not stop the server.
+    with runtime_process("onnx", tmp_path / "spec", stdin=subprocess.DEVNULL) as (process, line):
+        with flight.connect(_ready_location(line)) as client:
+            for _ in range(3):
+                assert [r.body.to_pybytes() for r in client.do_action("healthcheck")] == [b"ok"]
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

@@ -446,9 +446,10 @@ def test_put_stores_by_sha256_and_dedupes(tmp_path: Path) -> None:
     sha = hashlib.sha256(data).hexdigest()
 
     stored = artifacts.put([data[:5000], data[5000:]], expected_size=len(data), expected_sha256=sha.upper())
-    assert (stored.sha256, stored.size) == (sha, len(data))
+    assert (stored.sha256, stored.size, stored.created) == (sha, len(data), True)
     assert stored_files(tmp_path / "store") == [tmp_path / "store" / "sha256" / sha[:2] / sha]
-    assert artifacts.put(iter([data])) == stored
+    again = artifacts.put(iter([data]))
+    assert (again.sha256, again.size, again.created) == (sha, len(data), False)
     assert stored_files(tmp_path / "store") == [tmp_path / "store" / "sha256" / sha[:2] / sha]
     assert temp_files(tmp_path / "store") == []
 

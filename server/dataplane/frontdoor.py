@@ -18,23 +18,31 @@ breaks the first step's rules (the message names the column), UNAVAILABLE when a
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.envelope import envelope, envelope_schema
+from flightline.runtimes.host import parse_mode
 from flightline.runtimes.rules import is_open
+from flightline.runtimes.server import conform
 from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
 from flightline.server.errors import NotFound, Unavailable
 
-MODES = ("envelope", "outputs")
+MODES = ("envelope", "outputs")  # "raw" outputs are for chaining runtime servers, not for clients
 ACTIONS = {"healthcheck": "Returns b'ok' while the front door serves."}
+
+log = logging.getLogger(__name__)
 
 
 class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
-    """Listens from construction; `serve()` blocks, or use it as a context manager in tests."""
+    """Listens from construction; `serve()` blocks, or use it as a context manager in tests. `close()`
+    stops it without waiting forever for clients that keep streams open."""
 
     def __init__(self, router: Router, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
@@ -73,13 +81,28 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
                     result_schema = envelope_schema(batch.schema, output_schema, echo)
                     writer.begin(result_schema)
                 elif not outputs.schema.equals(output_schema):
-                    outputs = _conform(route, outputs, output_schema)
+                    outputs = conform(outputs, output_schema, f"the outputs of {route.name!r}")
                 writer.write_batch(envelope(batch, outputs, echo=echo, schema=result_schema))
             if result_schema is None:
                 writer.begin(envelope_schema(reader.schema, route.output_schema, echo))
         finally:
             for stream in streams:
                 stream.close()
+
+    def close(self, grace: float = 5.0) -> bool:
+        """Stops taking calls and waits up to `grace` seconds for open streams to end; True if they did.
+
+        Flight's shutdown() waits for every open stream, and a client may hold one open indefinitely, so
+        it runs on a daemon thread that is left behind after the grace (it ends with the last stream)."""
+        closer = threading.Thread(target=self.shutdown, daemon=True, name="frontdoor-shutdown")
+        closer.start()
+        closer.join(grace)
+        if closer.is_alive():
+            log.warning(
+                "front door closed with client streams still open after %gs; not waiting for them", grace
+            )
+            return False
+        return True
 
     # -- metadata -----------------------------------------------------------------------------------
 
@@ -136,41 +159,38 @@ def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:
             "expected FlightDescriptor.for_path(deployment) or "
             f"for_path(deployment, mode) with mode one of {list(MODES)}"
         )
-    name = path[0].decode()
-    mode = path[1].decode() if len(path) == 2 else "envelope"
+    try:
+        mode = parse_mode(path[1] if len(path) == 2 else None)
+    except ValueError as error:
+        raise pa.ArrowInvalid(str(error)) from None
     if mode not in MODES:
-        raise pa.ArrowInvalid(f"unknown response mode {mode!r}; expected one of {list(MODES)}")
-    return name, mode == "envelope"
+        raise pa.ArrowInvalid(
+            f"response mode {mode!r} is served by runtime servers only; the front door serves {list(MODES)}"
+        )
+    return path[0].decode(), mode == "envelope"
 
 
 def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -> pa.RecordBatch:
     """The last step's raw outputs; each step's error told in terms of the deployment."""
     data = batch
     for index, stream in enumerate(streams):
-        step = f"step {index + 1} of {route.name!r}"
         try:
             data = stream.run(data)
-        except pa.ArrowInvalid as error:
+        except InvalidInput as error:
             if index == 0:  # the request itself breaks the rules; the message names the column
                 raise
             raise flight.FlightInternalError(
-                f"{step} rejected the outputs of step {index}: {error}"
+                f"{_step_name(route, index)} rejected the outputs of step {index}: {error}"
             ) from None
         except Unavailable as error:
             raise flight.FlightUnavailableError(
-                f"runtime for {step} died; it is being restarted, retry ({error})"
+                f"runtime for {_step_name(route, index)} died; it is being restarted, retry ({error})"
             ) from None
         except StepFailed as error:
-            raise flight.FlightInternalError(f"{step} failed: {error}") from None
+            raise flight.FlightInternalError(f"{_step_name(route, index)} failed: {error}") from None
     return data
 
 
-def _conform(route: Route, outputs: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """A later batch of an open-schema step, cast to the columns the stream's first batch fixed."""
-    try:
-        return outputs.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-        raise flight.FlightInternalError(
-            f"the outputs of {route.name!r} changed columns within one stream: "
-            f"{outputs.schema} after {schema}"
-        ) from None
+def _step_name(route: Route, index: int) -> str:
+    # Built only when a step failed: the happy path formats nothing per batch.
+    return f"step {index + 1} of {route.name!r}"

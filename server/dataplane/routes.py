@@ -16,7 +16,9 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.host import Host
+from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
 
 RAW: Final = flight.FlightDescriptor.for_path("raw")
@@ -34,18 +36,13 @@ class StepFailed(Exception):
     """A runtime failed a batch for a reason that is not the client's (its model raised, bad outputs)."""
 
 
-def flight_message(error: BaseException) -> str:
-    """The message a remote Flight server raised, without the transport's traceback and debug context."""
-    return str(error).split(". Detail:", 1)[0].split(". gRPC client debug context:", 1)[0]
-
-
 class StepStream(ABC):
     """One step's side of one client stream."""
 
     @abstractmethod
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The step's raw outputs for `batch`. Raises InvalidInput (pa.ArrowInvalid) for bad data,
-        Unavailable when the runtime cannot be reached, StepFailed when the model failed."""
+        """The step's raw outputs for `batch`. Raises InvalidInput for bad data, Unavailable when the
+        runtime cannot be reached, StepFailed when the model failed."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -82,7 +79,7 @@ class _LocalStream(StepStream):
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         try:
             return self._host.run(batch)
-        except pa.ArrowInvalid:  # InvalidInput: the client's data breaks the rules
+        except InvalidInput:  # the client's data breaks the rules; any other error is the model's
             raise
         except Exception as error:
             raise StepFailed(f"the model failed: {type(error).__name__}: {error}") from None
@@ -132,7 +129,7 @@ class RemoteStep(Step):
         except (flight.FlightError, OSError) as error:
             self.reset(client)
             raise Unavailable(
-                f"runtime at {self.location} did not report its schemas: {flight_message(error)}"
+                f"runtime at {self.location} did not report its schemas: {remote_error_message(error)}"
             ) from error
         input_ipc, output_ipc = (r.body for r in results)
         return pa.ipc.read_schema(input_ipc), pa.ipc.read_schema(output_ipc)
@@ -158,10 +155,10 @@ class _RemoteStream(StepStream):
             result = self._reader.read_chunk().data
         except pa.ArrowInvalid as error:  # INVALID_ARGUMENT: the runtime named what is wrong with the data
             self._abandon()
-            raise pa.ArrowInvalid(flight_message(error)) from None
+            raise InvalidInput(remote_error_message(error)) from None
         except flight.FlightInternalError as error:
             self._abandon()
-            raise StepFailed(flight_message(error)) from None
+            raise StepFailed(remote_error_message(error)) from None
         except (flight.FlightError, OSError, StopIteration) as error:
             # The stream broke under us: the runtime died or cannot be reached.
             client = self._client
@@ -170,7 +167,7 @@ class _RemoteStream(StepStream):
                 self._step.reset(client)
             raise Unavailable(
                 f"runtime at {self._step.location} is unavailable: "
-                f"{flight_message(error) if str(error) else type(error).__name__}"
+                f"{remote_error_message(error) if str(error) else type(error).__name__}"
             ) from None
         if result is None:
             raise StepFailed("the runtime answered with a metadata-only message instead of a batch")

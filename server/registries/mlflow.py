@@ -155,24 +155,38 @@ class _Http:
         for attempt in range(self._retries + 1):
             if attempt:
                 time.sleep(self.backoff(attempt))
-            request = self._client.build_request("GET", path, params=params, headers=headers)
-            try:
-                response = self._client.send(request, stream=stream)
-            except httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code < 400:
-                return response
-            response.read()
-            response.close()
-            if response.status_code == 429 or response.status_code >= 500:
-                failure = f"HTTP {response.status_code}: {_error_message(response)}"
-                continue
-            raise self._client_error(response, what)
+            outcome = self.send_once(path, params, what, headers=headers, stream=stream)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            failure = outcome
         raise Unavailable(
             f"registry at {self.url} is unreachable: {failure} (tried {self._retries + 1} times); "
             "check the URL and that the registry is running"
         )
+
+    def send_once(
+        self,
+        path: str,
+        params: dict[str, Any] | None,
+        what: str,
+        *,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response | str:
+        """One GET: the response, or why it failed when a retry may succeed (connection failure, 429, 5xx).
+        Raises the domain error of any other failed answer. A streamed response must be closed."""
+        request = self._client.build_request("GET", path, params=params, headers=headers)
+        try:
+            response = self._client.send(request, stream=stream)
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.status_code < 400:
+            return response
+        response.read()
+        response.close()
+        if response.status_code == 429 or response.status_code >= 500:
+            return f"HTTP {response.status_code}: {_error_message(response)}"
+        raise self._client_error(response, what)
 
     def backoff(self, attempt: int) -> float:
         return float(min(_BACKOFF_SECONDS * 2 ** (attempt - 1), _BACKOFF_CAP_SECONDS))
@@ -277,9 +291,13 @@ class _ProxyStore:
             headers = {"Accept-Encoding": "identity"}
             if written:
                 headers["Range"] = f"bytes={written}-"
-            response = self._http.send(
+            # One request per attempt: this loop is the retry loop (send() would retry inside it too).
+            response = self._http.send_once(
                 f"{_PROXY_API}/{quote(entry.path)}", None, what, headers=headers, stream=True
             )
+            if isinstance(response, str):
+                failure = response
+                continue
             try:
                 if written and response.status_code != 206:
                     out.seek(0)
@@ -294,7 +312,10 @@ class _ProxyStore:
                 failure = f"{type(exc).__name__}: {exc}"
             finally:
                 response.close()
-        raise Unavailable(f"registry at {self._http.url} is unreachable: reading {what} failed: {failure}")
+        raise Unavailable(
+            f"registry at {self._http.url} is unreachable: reading {what} failed: {failure} "
+            f"(tried {self._http.retries + 1} times)"
+        )
 
     def info(self, entry: _Entry) -> ArtifactInfo:
         return ArtifactInfo(
