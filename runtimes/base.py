@@ -61,6 +61,18 @@ class ModelSpec:
         )
 
 
+def artifact_file(artifact: Path, suffix: str, what: str) -> Path:
+    """The one `suffix` file a runtime loads: the artifact itself, or the only such file in its folder."""
+    if artifact.is_dir():
+        found = sorted(artifact.glob(f"*{suffix}"))
+        if len(found) != 1:
+            raise ModelLoadError(f"expected one {suffix} {what} in {artifact}, found {len(found)}")
+        return found[0]
+    if not artifact.is_file():
+        raise ModelLoadError(f"{what} {artifact} does not exist")
+    return artifact
+
+
 class Runtime(ABC):
     """One loaded model. Implementations are small: load the artifact, map a batch to the library call."""
 

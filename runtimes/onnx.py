@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
+from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, artifact_file
 from flightline.runtimes.rules import as_tensor, from_tensor, is_open, tensor_shape, tensor_type
 
 ONNX_TYPES: dict[str, pa.DataType] = {
@@ -138,17 +138,6 @@ def _session_options(spec: ModelSpec, path: Path) -> ort.SessionOptions:
     return options
 
 
-def _model_file(artifact: Path) -> Path:
-    if artifact.is_dir():
-        found = sorted(artifact.glob("*.onnx"))
-        if len(found) != 1:
-            raise ModelLoadError(f"expected one .onnx file in {artifact}, found {len(found)}")
-        return found[0]
-    if not artifact.is_file():
-        raise ModelLoadError(f"model file {artifact} does not exist")
-    return artifact
-
-
 class OnnxRuntime(Runtime):
     name = "onnx"
 
@@ -168,7 +157,7 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Self:
-        path = _model_file(spec.artifact)
+        path = artifact_file(spec.artifact, ".onnx", "model file")
         try:
             session = ort.InferenceSession(
                 os.fspath(path), _session_options(spec, path), providers=["CPUExecutionProvider"]

@@ -19,21 +19,10 @@ from typing import Any, Self
 import pandas as pd
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
+from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, artifact_file
 
 ENTRY_POINT = "wallaroo_json"
 _module_ids = itertools.count()
-
-
-def _script_file(artifact: Path) -> Path:
-    if artifact.is_dir():
-        found = sorted(artifact.glob("*.py"))
-        if len(found) != 1:
-            raise ModelLoadError(f"expected one .py script in {artifact}, found {len(found)}")
-        return found[0]
-    if not artifact.is_file():
-        raise ModelLoadError(f"script {artifact} does not exist")
-    return artifact
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -85,7 +74,7 @@ class PythonStepRuntime(Runtime):
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Self:
-        path = _script_file(spec.artifact)
+        path = artifact_file(spec.artifact, ".py", "script")
         function = getattr(_load_module(path), ENTRY_POINT, None)
         if not callable(function):
             raise ModelLoadError(
