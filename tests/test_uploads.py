@@ -271,3 +271,15 @@ def test_refused_upload_keeps_bytes_an_earlier_version_stored(
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert app.artifacts.exists(first.version.sha256)
+
+
+@pytest.mark.parametrize("framework", ["hugging-face-text-classification", "custom", "tensorflow"])
+def test_catalogued_frameworks_without_a_runtime_say_so(
+    client: Client, workspace_id: int, tmp_path: Path, framework: str
+) -> None:
+    path = tmp_path / "model.zip"
+    path.write_bytes(_zip({"model/config.json": b"{}"}))
+    version = client.upload_file(path, meta("later", workspace_id, framework)).version
+    assert version.status == model_pb2.MODEL_STATUS_ERROR
+    assert "not built yet" in version.status_reason
+    assert version.sha256 == version.original_sha256  # the upload itself is kept
