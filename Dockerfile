@@ -4,9 +4,7 @@ FROM python:3.11-slim
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY protos ./protos
-COPY server ./server
-COPY runtimes ./runtimes
+COPY flightline ./flightline
 RUN pip install --no-cache-dir .
 
 ENV FLIGHTLINE_DATA_DIR=/data FLIGHTLINE_HOST=0.0.0.0

@@ -1,6 +1,6 @@
-"""Generates the Python bindings in protos/flightline/v1 from the .proto files beside them.
+"""Generates the Python bindings in flightline/v1 from the .proto files in protos/flightline/v1.
 
-python protos/generate.py          # regenerate in place
+python protos/generate.py          # regenerate
 python protos/generate.py --check  # exit 1 if the committed bindings drift from the protos
 """
 
@@ -13,13 +13,15 @@ from pathlib import Path
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent
-PACKAGE = ROOT / "flightline" / "v1"
+ROOT = Path(__file__).resolve().parent  # protoc include root: protos/flightline/v1/*.proto
+REPO = ROOT.parent
+PROTOS = ROOT / "flightline" / "v1"
+PACKAGE = REPO / "flightline" / "v1"  # where the bindings live, importable as flightline.v1
 GENERATED = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def generate(out: Path) -> None:
-    protos = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.glob("*.proto"))
+    protos = sorted(str(p.relative_to(ROOT)) for p in PROTOS.glob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
@@ -40,7 +42,7 @@ def generated_files(folder: Path) -> set[str]:
 
 def main() -> int:
     if "--check" not in sys.argv:
-        generate(ROOT)
+        generate(REPO)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
