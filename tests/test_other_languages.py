@@ -17,7 +17,7 @@ import pytest
 from grpc_tools import protoc as grpc_tools_protoc
 
 from flightline.server.app import App
-from flightline.v1 import common_pb2, deployment_pb2, model_pb2, registry_pb2, workspace_pb2
+from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "protos"
@@ -26,7 +26,7 @@ PROTOS = sorted(PROTO_ROOT.glob("flightline/v1/*.proto"))
 WELL_KNOWN = Path(grpc_tools_protoc.__file__).parent / "_proto"
 NODE_CLIENT = ROOT / "tests" / "clients" / "node"
 PROTOBUF_JAR = Path("/usr/share/java/protobuf.jar")
-PB2_MODULES: tuple[ModuleType, ...] = (common_pb2, deployment_pb2, model_pb2, registry_pb2, workspace_pb2)
+PB2_MODULES: tuple[ModuleType, ...] = (deployment_pb2, model_pb2, registry_pb2, workspace_pb2)
 SETUP_HINT = "apt-get install protobuf-compiler libprotobuf-dev libprotobuf-java (see .ci/run)"
 
 
@@ -87,7 +87,7 @@ def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
     assert int(seen["workspace_id"]) > 0
     assert seen["fetched_id"] == seen["workspace_id"]
     assert seen["name"] == "from-node"
-    assert int(seen["created_at_seconds"]) > 0
+    assert int(seen["create_time_seconds"]) > 0
     assert seen["framework_count"] == 25
     assert seen["has_sklearn"] is True
     assert seen["unknown_workspace_status"] == 5  # NOT_FOUND
@@ -132,7 +132,7 @@ def test_generated_java_compiles_and_round_trips_bytes_with_python(tmp_path: Pat
     echo.write_text(JAVA_ECHO)
 
     sent = workspace_pb2.Workspace(id=2**63 - 1, name="ws")
-    sent.created_at.FromSeconds(1_700_000_000)
+    sent.create_time.FromSeconds(1_700_000_000)
     done = subprocess.run(
         [java, "-cp", f"{classes}:{PROTOBUF_JAR}", str(echo)],
         input=sent.SerializeToString(),
@@ -142,4 +142,4 @@ def test_generated_java_compiles_and_round_trips_bytes_with_python(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr.decode()
     back = workspace_pb2.Workspace.FromString(done.stdout)
-    assert (back.id, back.name, back.created_at.seconds) == (2**63 - 2, "ws-from-java", 1_700_000_000)
+    assert (back.id, back.name, back.create_time.seconds) == (2**63 - 2, "ws-from-java", 1_700_000_000)

@@ -67,7 +67,7 @@ async function main([address, name]) {
       workspace_id: created.id,
       fetched_id: fetched.id,
       name: fetched.name,
-      created_at_seconds: fetched.created_at?.seconds ?? null,
+      create_time_seconds: fetched.create_time?.seconds ?? null,
       framework_count: frameworks.length,
       has_sklearn: frameworks.some((f) => f.name === "sklearn"),
       unknown_workspace_status: notFound,
