@@ -10,6 +10,7 @@ stream, before the handler sees it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -80,8 +81,31 @@ MAXIMA: dict[str, int] = {
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def check(request: Message) -> None:
+class Undecodable:
+    """Stands in for a request whose bytes do not parse (e.g. a string that is not UTF-8), so that
+    `check` refuses it as INVALID_ARGUMENT; gRPC itself would answer INTERNAL."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def lenient(deserialize: Callable[[bytes], Any] | None, type_name: str) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, or a string field that is not UTF-8
+            return Undecodable(type_name)
+
+    return parse
+
+
+def check(request: Message | Undecodable) -> None:
     """Raises InvalidArgument naming the first field (as a path from the request) over its limit."""
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(f"the {request.type_name} request does not parse: are its strings UTF-8?")
     _walk(request, "")
 
 

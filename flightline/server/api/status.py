@@ -68,8 +68,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
+        # A request that does not parse reaches the guard (as limits.Undecodable), to be refused there.
+        method = str(details.method).rpartition("/")[2]
+        lenient = limits.lenient(handler.request_deserializer, method)
         if handler.unary_unary:
-            return handler._replace(unary_unary=_guard(handler.unary_unary))
+            return handler._replace(unary_unary=_guard(handler.unary_unary), request_deserializer=lenient)
         if handler.stream_unary:
-            return handler._replace(stream_unary=_guard(handler.stream_unary, streaming=True))
+            return handler._replace(
+                stream_unary=_guard(handler.stream_unary, streaming=True), request_deserializer=lenient
+            )
         return handler
