@@ -158,7 +158,8 @@ def test_generated_java_compiles_and_round_trips_bytes_with_python(tmp_path: Pat
     back = workspace_pb2.Workspace.FromString(through_java(sent.SerializeToString()))
     assert (back.id, back.name, back.create_time.seconds) == (2**63 - 2, "ws-from-java", 1_700_000_000)
 
-    latest = deployment_pb2.StepSpec.FromString(through_java(b"\x08\x07", "step"))  # model_id 7, no version
+    absent = deployment_pb2.StepSpec(model_id=7).SerializeToString()  # no version: the latest
+    latest = deployment_pb2.StepSpec.FromString(through_java(absent, "step"))
     assert latest.model_id == -7 and not latest.HasField("version")
     zero = deployment_pb2.StepSpec(model_id=7, version=0)
     assert zero.HasField("version")
