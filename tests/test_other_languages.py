@@ -17,7 +17,7 @@ import pytest
 from grpc_tools import protoc as grpc_tools_protoc
 
 from flightline.server.app import App
-from flightline.v1 import common_pb2, deployment_pb2, model_pb2, registry_pb2, workspace_pb2
+from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "protos"
@@ -26,7 +26,7 @@ PROTOS = sorted(PROTO_ROOT.glob("flightline/v1/*.proto"))
 WELL_KNOWN = Path(grpc_tools_protoc.__file__).parent / "_proto"
 NODE_CLIENT = ROOT / "tests" / "clients" / "node"
 PROTOBUF_JAR = Path("/usr/share/java/protobuf.jar")
-PB2_MODULES: tuple[ModuleType, ...] = (common_pb2, deployment_pb2, model_pb2, registry_pb2, workspace_pb2)
+PB2_MODULES: tuple[ModuleType, ...] = (deployment_pb2, model_pb2, registry_pb2, workspace_pb2)
 SETUP_HINT = "apt-get install protobuf-compiler libprotobuf-dev libprotobuf-java (see .ci/run)"
 
 
@@ -87,8 +87,10 @@ def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
     assert int(seen["workspace_id"]) > 0
     assert seen["fetched_id"] == seen["workspace_id"]
     assert seen["name"] == "from-node"
-    assert int(seen["created_at_seconds"]) > 0
+    assert int(seen["create_time_seconds"]) > 0
     assert seen["framework_count"] == 25
+    assert seen["paged_frameworks"] == seen["first_frameworks"] and len(seen["paged_frameworks"]) == 2
+    assert seen["deployment_count"] == 0
     assert seen["has_sklearn"] is True
     assert seen["unknown_workspace_status"] == 5  # NOT_FOUND
 
@@ -108,13 +110,22 @@ def test_generated_cpp_compiles_against_libprotobuf(tmp_path: Path) -> None:
 
 
 JAVA_ECHO = """
+import dev.flightline.v1.StepSpec;
 import dev.flightline.v1.Workspace;
 
 public class Echo {
   public static void main(String[] args) throws Exception {
-    Workspace in = Workspace.parseFrom(System.in);
-    Workspace out = in.toBuilder().setId(in.getId() - 1).setName(in.getName() + "-from-java").build();
-    out.writeTo(System.out);
+    if (args.length > 0 && args[0].equals("step")) {
+      // proto3 optional: Java sees whether `version` was sent, even when it is 0.
+      StepSpec in = StepSpec.parseFrom(System.in);
+      StepSpec out = in.hasVersion() ? in.toBuilder().setVersion(in.getVersion() + 1).build()
+                                     : in.toBuilder().setModelId(-in.getModelId()).build();
+      out.writeTo(System.out);
+    } else {
+      Workspace in = Workspace.parseFrom(System.in);
+      Workspace out = in.toBuilder().setId(in.getId() - 1).setName(in.getName() + "-from-java").build();
+      out.writeTo(System.out);
+    }
     System.out.flush();
   }
 }
@@ -131,15 +142,25 @@ def test_generated_java_compiles_and_round_trips_bytes_with_python(tmp_path: Pat
     echo = tmp_path / "Echo.java"
     echo.write_text(JAVA_ECHO)
 
+    def through_java(message: bytes, *args: str) -> bytes:
+        done = subprocess.run(
+            [java, "-cp", f"{classes}:{PROTOBUF_JAR}", str(echo), *args],
+            input=message,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout
+
     sent = workspace_pb2.Workspace(id=2**63 - 1, name="ws")
-    sent.created_at.FromSeconds(1_700_000_000)
-    done = subprocess.run(
-        [java, "-cp", f"{classes}:{PROTOBUF_JAR}", str(echo)],
-        input=sent.SerializeToString(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    back = workspace_pb2.Workspace.FromString(done.stdout)
-    assert (back.id, back.name, back.created_at.seconds) == (2**63 - 2, "ws-from-java", 1_700_000_000)
+    sent.create_time.FromSeconds(1_700_000_000)
+    back = workspace_pb2.Workspace.FromString(through_java(sent.SerializeToString()))
+    assert (back.id, back.name, back.create_time.seconds) == (2**63 - 2, "ws-from-java", 1_700_000_000)
+
+    absent = deployment_pb2.StepSpec(model_id=7).SerializeToString()  # no version: the latest
+    latest = deployment_pb2.StepSpec.FromString(through_java(absent, "step"))
+    assert latest.model_id == -7 and not latest.HasField("version")
+    zero = deployment_pb2.StepSpec(model_id=7, version=0)
+    assert zero.HasField("version")
+    assert deployment_pb2.StepSpec.FromString(through_java(zero.SerializeToString(), "step")).version == 1

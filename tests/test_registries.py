@@ -17,7 +17,7 @@ from support.dbfs_server import DbfsRegistry, dbfs_server
 
 from flightline.server.app import App
 from flightline.server.client import Client, infer
-from flightline.v1 import common_pb2, model_pb2, registry_pb2, workspace_pb2
+from flightline.v1 import model_pb2, registry_pb2, workspace_pb2
 
 Registry = tuple[str, dict[str, Any]]
 
@@ -52,13 +52,13 @@ def test_registry_links_and_secrecy(client: Client) -> None:
     listed = client.registries.ListRegistries(registry_pb2.ListRegistriesRequest(workspace_id=second))
     assert [r.id for r in listed.registries] == [registry.id]
 
-    unlink = registry_pb2.RemoveRegistryRequest(registry_id=registry.id, workspace_id=second)
-    client.registries.RemoveRegistry(unlink)
+    unlink = registry_pb2.DetachRegistryRequest(registry_id=registry.id, workspace_id=second)
+    client.registries.DetachRegistry(unlink)
     assert not client.registries.ListRegistries(
         registry_pb2.ListRegistriesRequest(workspace_id=second)
     ).registries
     with pytest.raises(grpc.RpcError) as again:
-        client.registries.RemoveRegistry(unlink)
+        client.registries.DetachRegistry(unlink)
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
     # Removing from a workspace keeps the registry itself.
     assert (
@@ -97,9 +97,7 @@ def test_browse_models_versions_and_artifacts(client: Client, mlflow_registry: R
     names, token, pages = [], "", 0
     while True:
         page = client.registries.ListRegistryModels(
-            registry_pb2.ListRegistryModelsRequest(
-                registry_id=registry.id, page=common_pb2.PageRequest(page_size=5, page_token=token)
-            )
+            registry_pb2.ListRegistryModelsRequest(registry_id=registry.id, page_size=5, page_token=token)
         )
         names += [m.name for m in page.registered_models]
         pages += 1
@@ -113,7 +111,7 @@ def test_browse_models_versions_and_artifacts(client: Client, mlflow_registry: R
         registry_pb2.ListRegistryModelVersionsRequest(registry_id=registry.id, name=multi)
     )
     assert sorted(v.version for v in page.versions) == ["1", "2", "3"]
-    assert all(v.status == "READY" and v.run_id and v.creation_timestamp.seconds > 0 for v in page.versions)
+    assert all(v.status == "READY" and v.run_id and v.create_time.seconds > 0 for v in page.versions)
 
     artifacts = client.registries.ListModelVersionArtifacts(
         registry_pb2.ListModelVersionArtifactsRequest(registry_id=registry.id, name=multi, version="2")

@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from flightline.server.client import Client
-from flightline.v1 import common_pb2, workspace_pb2
+from flightline.v1 import workspace_pb2
 
 
 def test_create_get_list_with_paging(client: Client) -> None:
@@ -23,7 +23,7 @@ def test_create_get_list_with_paging(client: Client) -> None:
     seen, token = [], ""
     while True:
         page = client.workspaces.ListWorkspaces(
-            workspace_pb2.ListWorkspacesRequest(page=common_pb2.PageRequest(page_size=2, page_token=token))
+            workspace_pb2.ListWorkspacesRequest(page_size=2, page_token=token)
         )
         assert len(page.workspaces) <= 2
         seen += [w.name for w in page.workspaces]
@@ -31,7 +31,7 @@ def test_create_get_list_with_paging(client: Client) -> None:
         if not token:
             break
     assert seen == [f"ws-{i}" for i in range(5)]
-    assert created[0].created_at.seconds > 0
+    assert created[0].create_time.seconds > 0
 
 
 def test_errors_have_status_codes(client: Client) -> None:
@@ -47,9 +47,7 @@ def test_errors_have_status_codes(client: Client) -> None:
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert "999" in (missing.value.details() or "")
     with pytest.raises(grpc.RpcError) as token:
-        client.workspaces.ListWorkspaces(
-            workspace_pb2.ListWorkspacesRequest(page=common_pb2.PageRequest(page_token="garbage"))
-        )
+        client.workspaces.ListWorkspaces(workspace_pb2.ListWorkspacesRequest(page_token="garbage"))
     assert token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -9,8 +9,8 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from flightline.server.api import reflection
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
 from flightline.server.api.registries import RegistryServicer
@@ -121,6 +121,5 @@ class App:
             health_servicer.set(service.full_name, health_pb2.HealthCheckResponse.SERVING)
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        names = [s.full_name for s in SERVICES] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        reflection.enable([s.full_name for s in SERVICES] + [health.SERVICE_NAME], server)
         return server

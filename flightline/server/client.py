@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -80,10 +81,24 @@ class Client:
         return response
 
     def deploy(self, workspace_id: int, name: str, *model_ids: int) -> deployment_pb2.Deployment:
+        """Deploys the latest version of each model, as a pipeline in the given order."""
         steps = [deployment_pb2.StepSpec(model_id=m) for m in model_ids]
         request = deployment_pb2.DeployRequest(workspace_id=workspace_id, name=name, steps=steps)
         deployment: deployment_pb2.Deployment = self.deployments.Deploy(request)
         return deployment
+
+
+def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+    """The items of every page of a List RPC (AIP-158), e.g.
+    every_page(client.workspaces.ListWorkspaces, ListWorkspacesRequest(), "workspaces")."""
+    page = type(request)()
+    page.CopyFrom(request)
+    while True:
+        response = rpc(page)
+        yield from getattr(response, field)
+        if not response.next_page_token:
+            return
+        page.page_token = response.next_page_token
 
 
 def infer(location: str, name: str, table: pa.Table, *, mode: str = "") -> pa.Table:

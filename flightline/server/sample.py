@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from sklearn.linear_model import LogisticRegression
 
-from flightline.server.client import Client, infer
+from flightline.server.client import Client, every_page, infer
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
 FEATURES = 29
@@ -36,12 +36,16 @@ def serve_sample(client: Client) -> deployment_pb2.Deployment:
     """Idempotent: reuses the sample workspace and deployment if they exist."""
     existing = {
         d.name: d
-        for d in client.deployments.ListDeployments(deployment_pb2.ListDeploymentsRequest()).deployments
+        for d in every_page(
+            client.deployments.ListDeployments, deployment_pb2.ListDeploymentsRequest(), "deployments"
+        )
     }
     running: deployment_pb2.Deployment | None = existing.get(NAME)
     if running is not None and running.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING:
         return running
-    workspaces = client.workspaces.ListWorkspaces(workspace_pb2.ListWorkspacesRequest()).workspaces
+    workspaces = every_page(
+        client.workspaces.ListWorkspaces, workspace_pb2.ListWorkspacesRequest(), "workspaces"
+    )
     workspace = next(
         (w for w in workspaces if w.name == "sample"), None
     ) or client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="sample"))

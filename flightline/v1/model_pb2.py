@@ -22,11 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from flightline.v1 import common_pb2 as flightline_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lightline/v1/model.proto\x12\rflightline.v1\x1a\x1a\x66lightline/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\nConversion\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x16\n\x0epython_version\x18\x02 \x01(\t\x12\x14\n\x0crequirements\x18\x03 \x03(\t\x12\x14\n\x0cinput_schema\x18\x04 \x01(\x0c\x12\x15\n\routput_schema\x18\x05 \x01(\x0c\x12\x37\n\x07options\x18\x06 \x03(\x0b\x32&.flightline.v1.Conversion.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x19UploadFromRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12-\n\nvisibility\x18\x04 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x03\x12-\n\nconversion\x18\x06 \x01(\x0b\x32\x19.flightline.v1.Conversion\"\xc8\x01\n\x0eUploadMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\x12-\n\nvisibility\x18\x03 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12-\n\nconversion\x18\x04 \x01(\x0b\x32\x19.flightline.v1.Conversion\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"`\n\x12UploadModelRequest\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.flightline.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"U\n\x13UploadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12,\n\x07version\x18\x02 \x01(\x0b\x32\x1b.flightline.v1.ModelVersion\"\xfb\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12-\n\nvisibility\x18\x04 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0elatest_version\x18\x07 \x01(\x0b\x32\x1b.flightline.v1.ModelVersion\"\x80\x04\n\x0cModelVersion\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x11\n\tframework\x18\x04 \x01(\t\x12\x0f\n\x07runtime\x18\x05 \x01(\t\x12\x30\n\x0cruntime_kind\x18\x06 \x01(\x0e\x32\x1a.flightline.v1.RuntimeKind\x12*\n\x06status\x18\x07 \x01(\x0e\x32\x1a.flightline.v1.ModelStatus\x12\x15\n\rstatus_reason\x18\x08 \x01(\t\x12\x17\n\x0f\x63onversion_note\x18\t \x01(\t\x12\x14\n\x0cinput_schema\x18\n \x01(\x0c\x12\x15\n\routput_schema\x18\x0b \x01(\x0c\x12\x0e\n\x06sha256\x18\x0c \x01(\t\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12\x17\n\x0foriginal_sha256\x18\x0e \x01(\t\x12\x0e\n\x06source\x18\x0f \x01(\t\x12-\n\nconversion\x18\x10 \x01(\x0b\x32\x19.flightline.v1.Conversion\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\"S\n\x11ListModelsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.flightline.v1.PageRequest\"S\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.flightline.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x16GetModelVersionRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\"V\n\x18ListModelVersionsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.flightline.v1.PageRequest\"c\n\x19ListModelVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.flightline.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\x15ListFrameworksRequest\"\xc7\x01\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x0cruntime_kind\x18\x02 \x01(\x0e\x32\x1a.flightline.v1.RuntimeKind\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x18\n\x10\x63onverts_to_onnx\x18\x04 \x01(\x08\x12\x12\n\nfile_types\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_input_schema\x18\x06 \x01(\x0c\x12\x1d\n\x15\x64\x65\x66\x61ult_output_schema\x18\x07 \x01(\x0c\"F\n\x16ListFrameworksResponse\x12,\n\nframeworks\x18\x01 \x03(\x0b\x32\x18.flightline.v1.Framework*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02*\x9d\x01\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fMODEL_STATUS_PENDING_CONVERSION\x10\x01\x12\x1b\n\x17MODEL_STATUS_CONVERTING\x10\x02\x12\x16\n\x12MODEL_STATUS_READY\x10\x03\x12\x16\n\x12MODEL_STATUS_ERROR\x10\x04*d\n\x0bRuntimeKind\x12\x1c\n\x18RUNTIME_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13RUNTIME_KIND_NATIVE\x10\x01\x12\x1e\n\x1aRUNTIME_KIND_CONTAINERIZED\x10\x02\x32\xfd\x04\n\x0cModelService\x12\x62\n\x12UploadFromRegistry\x12(.flightline.v1.UploadFromRegistryRequest\x1a\".flightline.v1.UploadModelResponse\x12V\n\x0bUploadModel\x12!.flightline.v1.UploadModelRequest\x1a\".flightline.v1.UploadModelResponse(\x01\x12@\n\x08GetModel\x12\x1e.flightline.v1.GetModelRequest\x1a\x14.flightline.v1.Model\x12Q\n\nListModels\x12 .flightline.v1.ListModelsRequest\x1a!.flightline.v1.ListModelsResponse\x12U\n\x0fGetModelVersion\x12%.flightline.v1.GetModelVersionRequest\x1a\x1b.flightline.v1.ModelVersion\x12\x66\n\x11ListModelVersions\x12\'.flightline.v1.ListModelVersionsRequest\x1a(.flightline.v1.ListModelVersionsResponse\x12]\n\x0eListFrameworks\x12$.flightline.v1.ListFrameworksRequest\x1a%.flightline.v1.ListFrameworksResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lightline/v1/model.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\nConversion\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x16\n\x0epython_version\x18\x02 \x01(\t\x12\x14\n\x0crequirements\x18\x03 \x03(\t\x12\x14\n\x0cinput_schema\x18\x04 \x01(\x0c\x12\x15\n\routput_schema\x18\x05 \x01(\x0c\x12\x37\n\x07options\x18\x06 \x03(\x0b\x32&.flightline.v1.Conversion.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x19UploadFromRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12-\n\nvisibility\x18\x04 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x03\x12-\n\nconversion\x18\x06 \x01(\x0b\x32\x19.flightline.v1.Conversion\"\xc8\x01\n\x0eUploadMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\x12-\n\nvisibility\x18\x03 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12-\n\nconversion\x18\x04 \x01(\x0b\x32\x19.flightline.v1.Conversion\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"`\n\x12UploadModelRequest\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.flightline.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"U\n\x13UploadModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12,\n\x07version\x18\x02 \x01(\x0b\x32\x1b.flightline.v1.ModelVersion\"\xfd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12-\n\nvisibility\x18\x04 \x01(\x0e\x32\x19.flightline.v1.Visibility\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0elatest_version\x18\x07 \x01(\x0b\x32\x1b.flightline.v1.ModelVersion\"\x82\x04\n\x0cModelVersion\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x11\n\tframework\x18\x04 \x01(\t\x12\x0f\n\x07runtime\x18\x05 \x01(\t\x12\x30\n\x0cruntime_kind\x18\x06 \x01(\x0e\x32\x1a.flightline.v1.RuntimeKind\x12*\n\x06status\x18\x07 \x01(\x0e\x32\x1a.flightline.v1.ModelStatus\x12\x15\n\rstatus_reason\x18\x08 \x01(\t\x12\x17\n\x0f\x63onversion_note\x18\t \x01(\t\x12\x14\n\x0cinput_schema\x18\n \x01(\x0c\x12\x15\n\routput_schema\x18\x0b \x01(\x0c\x12\x0e\n\x06sha256\x18\x0c \x01(\t\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12\x17\n\x0foriginal_sha256\x18\x0e \x01(\t\x12\x0e\n\x06source\x18\x0f \x01(\t\x12-\n\nconversion\x18\x10 \x01(\x0b\x32\x19.flightline.v1.Conversion\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\"P\n\x11ListModelsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.flightline.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x16GetModelVersionRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"S\n\x18ListModelVersionsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x19ListModelVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.flightline.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x15ListFrameworksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xc7\x01\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x0cruntime_kind\x18\x02 \x01(\x0e\x32\x1a.flightline.v1.RuntimeKind\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x18\n\x10\x63onverts_to_onnx\x18\x04 \x01(\x08\x12\x12\n\nfile_types\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_input_schema\x18\x06 \x01(\x0c\x12\x1d\n\x15\x64\x65\x66\x61ult_output_schema\x18\x07 \x01(\x0c\"_\n\x16ListFrameworksResponse\x12,\n\nframeworks\x18\x01 \x03(\x0b\x32\x18.flightline.v1.Framework\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02*\x9d\x01\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fMODEL_STATUS_PENDING_CONVERSION\x10\x01\x12\x1b\n\x17MODEL_STATUS_CONVERTING\x10\x02\x12\x16\n\x12MODEL_STATUS_READY\x10\x03\x12\x16\n\x12MODEL_STATUS_ERROR\x10\x04*d\n\x0bRuntimeKind\x12\x1c\n\x18RUNTIME_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13RUNTIME_KIND_NATIVE\x10\x01\x12\x1e\n\x1aRUNTIME_KIND_CONTAINERIZED\x10\x02\x32\xfd\x04\n\x0cModelService\x12\x62\n\x12UploadFromRegistry\x12(.flightline.v1.UploadFromRegistryRequest\x1a\".flightline.v1.UploadModelResponse\x12V\n\x0bUploadModel\x12!.flightline.v1.UploadModelRequest\x1a\".flightline.v1.UploadModelResponse(\x01\x12@\n\x08GetModel\x12\x1e.flightline.v1.GetModelRequest\x1a\x14.flightline.v1.Model\x12Q\n\nListModels\x12 .flightline.v1.ListModelsRequest\x1a!.flightline.v1.ListModelsResponse\x12U\n\x0fGetModelVersion\x12%.flightline.v1.GetModelVersionRequest\x1a\x1b.flightline.v1.ModelVersion\x12\x66\n\x11ListModelVersions\x12\'.flightline.v1.ListModelVersionsRequest\x1a(.flightline.v1.ListModelVersionsResponse\x12]\n\x0eListFrameworks\x12$.flightline.v1.ListFrameworksRequest\x1a%.flightline.v1.ListFrameworksResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,46 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.flightline.v1P\001ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1'
   _globals['_CONVERSION_OPTIONSENTRY']._loaded_options = None
   _globals['_CONVERSION_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_VISIBILITY']._serialized_start=2443
-  _globals['_VISIBILITY']._serialized_end=2530
-  _globals['_MODELSTATUS']._serialized_start=2533
-  _globals['_MODELSTATUS']._serialized_end=2690
-  _globals['_RUNTIMEKIND']._serialized_start=2692
-  _globals['_RUNTIMEKIND']._serialized_end=2792
-  _globals['_CONVERSION']._serialized_start=106
-  _globals['_CONVERSION']._serialized_end=333
-  _globals['_CONVERSION_OPTIONSENTRY']._serialized_start=287
-  _globals['_CONVERSION_OPTIONSENTRY']._serialized_end=333
-  _globals['_UPLOADFROMREGISTRYREQUEST']._serialized_start=336
-  _globals['_UPLOADFROMREGISTRYREQUEST']._serialized_end=528
-  _globals['_UPLOADMETADATA']._serialized_start=531
-  _globals['_UPLOADMETADATA']._serialized_end=731
-  _globals['_UPLOADMODELREQUEST']._serialized_start=733
-  _globals['_UPLOADMODELREQUEST']._serialized_end=829
-  _globals['_UPLOADMODELRESPONSE']._serialized_start=831
-  _globals['_UPLOADMODELRESPONSE']._serialized_end=916
-  _globals['_MODEL']._serialized_start=919
-  _globals['_MODEL']._serialized_end=1170
-  _globals['_MODELVERSION']._serialized_start=1173
-  _globals['_MODELVERSION']._serialized_end=1685
-  _globals['_GETMODELREQUEST']._serialized_start=1687
-  _globals['_GETMODELREQUEST']._serialized_end=1722
-  _globals['_LISTMODELSREQUEST']._serialized_start=1724
-  _globals['_LISTMODELSREQUEST']._serialized_end=1807
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1809
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1892
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1894
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1953
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1955
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2041
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2043
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2142
-  _globals['_LISTFRAMEWORKSREQUEST']._serialized_start=2144
-  _globals['_LISTFRAMEWORKSREQUEST']._serialized_end=2167
-  _globals['_FRAMEWORK']._serialized_start=2170
-  _globals['_FRAMEWORK']._serialized_end=2369
-  _globals['_LISTFRAMEWORKSRESPONSE']._serialized_start=2371
-  _globals['_LISTFRAMEWORKSRESPONSE']._serialized_end=2441
-  _globals['_MODELSERVICE']._serialized_start=2795
-  _globals['_MODELSERVICE']._serialized_end=3432
+  _globals['_VISIBILITY']._serialized_start=2494
+  _globals['_VISIBILITY']._serialized_end=2581
+  _globals['_MODELSTATUS']._serialized_start=2584
+  _globals['_MODELSTATUS']._serialized_end=2741
+  _globals['_RUNTIMEKIND']._serialized_start=2743
+  _globals['_RUNTIMEKIND']._serialized_end=2843
+  _globals['_CONVERSION']._serialized_start=78
+  _globals['_CONVERSION']._serialized_end=305
+  _globals['_CONVERSION_OPTIONSENTRY']._serialized_start=259
+  _globals['_CONVERSION_OPTIONSENTRY']._serialized_end=305
+  _globals['_UPLOADFROMREGISTRYREQUEST']._serialized_start=308
+  _globals['_UPLOADFROMREGISTRYREQUEST']._serialized_end=500
+  _globals['_UPLOADMETADATA']._serialized_start=503
+  _globals['_UPLOADMETADATA']._serialized_end=703
+  _globals['_UPLOADMODELREQUEST']._serialized_start=705
+  _globals['_UPLOADMODELREQUEST']._serialized_end=801
+  _globals['_UPLOADMODELRESPONSE']._serialized_start=803
+  _globals['_UPLOADMODELRESPONSE']._serialized_end=888
+  _globals['_MODEL']._serialized_start=891
+  _globals['_MODEL']._serialized_end=1144
+  _globals['_MODELVERSION']._serialized_start=1147
+  _globals['_MODELVERSION']._serialized_end=1661
+  _globals['_GETMODELREQUEST']._serialized_start=1663
+  _globals['_GETMODELREQUEST']._serialized_end=1698
+  _globals['_LISTMODELSREQUEST']._serialized_start=1700
+  _globals['_LISTMODELSREQUEST']._serialized_end=1780
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1782
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1865
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1867
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1943
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1945
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2028
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2030
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2129
+  _globals['_LISTFRAMEWORKSREQUEST']._serialized_start=2131
+  _globals['_LISTFRAMEWORKSREQUEST']._serialized_end=2193
+  _globals['_FRAMEWORK']._serialized_start=2196
+  _globals['_FRAMEWORK']._serialized_end=2395
+  _globals['_LISTFRAMEWORKSRESPONSE']._serialized_start=2397
+  _globals['_LISTFRAMEWORKSRESPONSE']._serialized_end=2492
+  _globals['_MODELSERVICE']._serialized_start=2846
+  _globals['_MODELSERVICE']._serialized_end=3483
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,5 @@
 import datetime
 
-from flightline.v1 import common_pb2 as _common_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -116,25 +115,25 @@ class UploadModelResponse(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "name", "workspace_id", "visibility", "created_at", "updated_at", "latest_version")
+    __slots__ = ("id", "name", "workspace_id", "visibility", "create_time", "update_time", "latest_version")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     workspace_id: int
     visibility: Visibility
-    created_at: _timestamp_pb2.Timestamp
-    updated_at: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
     latest_version: ModelVersion
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model_id", "model_name", "version", "framework", "runtime", "runtime_kind", "status", "status_reason", "conversion_note", "input_schema", "output_schema", "sha256", "size_bytes", "original_sha256", "source", "conversion", "created_at", "updated_at")
+    __slots__ = ("model_id", "model_name", "version", "framework", "runtime", "runtime_kind", "status", "status_reason", "conversion_note", "input_schema", "output_schema", "sha256", "size_bytes", "original_sha256", "source", "conversion", "create_time", "update_time")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -151,8 +150,8 @@ class ModelVersion(_message.Message):
     ORIGINAL_SHA256_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONVERSION_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     model_id: int
     model_name: str
     version: int
@@ -169,9 +168,9 @@ class ModelVersion(_message.Message):
     original_sha256: str
     source: str
     conversion: Conversion
-    created_at: _timestamp_pb2.Timestamp
-    updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., framework: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., conversion_note: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., original_sha256: _Optional[str] = ..., source: _Optional[str] = ..., conversion: _Optional[_Union[Conversion, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, model_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., framework: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., conversion_note: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., original_sha256: _Optional[str] = ..., source: _Optional[str] = ..., conversion: _Optional[_Union[Conversion, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("model_id",)
@@ -180,12 +179,14 @@ class GetModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("workspace_id", "page")
+    __slots__ = ("workspace_id", "page_size", "page_token")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
-    PAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     workspace_id: int
-    page: _common_pb2.PageRequest
-    def __init__(self, workspace_id: _Optional[int] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, workspace_id: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "next_page_token")
@@ -204,12 +205,14 @@ class GetModelVersionRequest(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ListModelVersionsRequest(_message.Message):
-    __slots__ = ("model_id", "page")
+    __slots__ = ("model_id", "page_size", "page_token")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
-    PAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model_id: int
-    page: _common_pb2.PageRequest
-    def __init__(self, model_id: _Optional[int] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, model_id: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelVersionsResponse(_message.Message):
     __slots__ = ("versions", "next_page_token")
@@ -220,8 +223,12 @@ class ListModelVersionsResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListFrameworksRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Framework(_message.Message):
     __slots__ = ("name", "runtime_kind", "runtime", "converts_to_onnx", "file_types", "default_input_schema", "default_output_schema")
@@ -242,7 +249,9 @@ class Framework(_message.Message):
     def __init__(self, name: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., runtime: _Optional[str] = ..., converts_to_onnx: _Optional[bool] = ..., file_types: _Optional[str] = ..., default_input_schema: _Optional[bytes] = ..., default_output_schema: _Optional[bytes] = ...) -> None: ...
 
 class ListFrameworksResponse(_message.Message):
-    __slots__ = ("frameworks",)
+    __slots__ = ("frameworks", "next_page_token")
     FRAMEWORKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     frameworks: _containers.RepeatedCompositeFieldContainer[Framework]
-    def __init__(self, frameworks: _Optional[_Iterable[_Union[Framework, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, frameworks: _Optional[_Iterable[_Union[Framework, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

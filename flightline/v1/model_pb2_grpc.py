@@ -101,14 +101,14 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the models of a workspace.
+        """Lists the models a workspace sees (its own and every public one), by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModelVersion(self, request, context):
-        """Gets one version of a model.
+        """Gets one version of a model, or its latest when no version is given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +122,7 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFrameworks(self, request, context):
-        """Lists the frameworks a model can be uploaded as, and the runtime each runs in.
+        """Lists the frameworks a model can be uploaded as, and the runtime each runs in, in catalog order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,11 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from flightline.v1 import common_pb2 as flightline_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lightline/v1/registry.proto\x12\rflightline.v1\x1a\x1a\x66lightline/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x08Registry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\thas_token\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rworkspace_ids\x18\x07 \x03(\x03\"W\n\x15\x43reateRegistryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\"B\n\x15\x41ttachRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\"B\n\x15RemoveRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\">\n\x11RegistryWorkspace\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\")\n\x12GetRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\"-\n\x15ListRegistriesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\"E\n\x16ListRegistriesResponse\x12+\n\nregistries\x18\x01 \x03(\x0b\x32\x17.flightline.v1.Registry\"\xf9\x01\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x36\n\x12\x63reation_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x16last_updated_timestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x0flatest_versions\x18\x06 \x03(\x0b\x32%.flightline.v1.RegisteredModelVersion\"\x99\x02\n\x16RegisteredModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x10\n\x08run_link\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x15\n\rcurrent_stage\x18\x08 \x01(\t\x12\x36\n\x12\x63reation_timestamp\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x16last_updated_timestamp\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x19ListRegistryModelsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.flightline.v1.PageRequest\"p\n\x1aListRegistryModelsResponse\x12\x39\n\x11registered_models\x18\x01 \x03(\x0b\x32\x1e.flightline.v1.RegisteredModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n ListRegistryModelVersionsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x04page\x18\x03 \x01(\x0b\x32\x1a.flightline.v1.PageRequest\"u\n!ListRegistryModelVersionsResponse\x12\x37\n\x08versions\x18\x01 \x03(\x0b\x32%.flightline.v1.RegisteredModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n ListModelVersionArtifactsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"\x8d\x01\n\x10RegistryArtifact\x12\x11\n\tfile_size\x18\x01 \x01(\x03\x12\x11\n\tfull_path\x18\x02 \x01(\t\x12\x0e\n\x06is_dir\x18\x03 \x01(\x08\x12\x35\n\x11modification_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04path\x18\x05 \x01(\t\"W\n!ListModelVersionArtifactsResponse\x12\x32\n\tartifacts\x18\x01 \x03(\x0b\x32\x1f.flightline.v1.RegistryArtifact2\xab\x06\n\x0fRegistryService\x12O\n\x0e\x43reateRegistry\x12$.flightline.v1.CreateRegistryRequest\x1a\x17.flightline.v1.Registry\x12X\n\x0e\x41ttachRegistry\x12$.flightline.v1.AttachRegistryRequest\x1a .flightline.v1.RegistryWorkspace\x12X\n\x0eRemoveRegistry\x12$.flightline.v1.RemoveRegistryRequest\x1a .flightline.v1.RegistryWorkspace\x12I\n\x0bGetRegistry\x12!.flightline.v1.GetRegistryRequest\x1a\x17.flightline.v1.Registry\x12]\n\x0eListRegistries\x12$.flightline.v1.ListRegistriesRequest\x1a%.flightline.v1.ListRegistriesResponse\x12i\n\x12ListRegistryModels\x12(.flightline.v1.ListRegistryModelsRequest\x1a).flightline.v1.ListRegistryModelsResponse\x12~\n\x19ListRegistryModelVersions\x12/.flightline.v1.ListRegistryModelVersionsRequest\x1a\x30.flightline.v1.ListRegistryModelVersionsResponse\x12~\n\x19ListModelVersionArtifacts\x12/.flightline.v1.ListModelVersionArtifactsRequest\x1a\x30.flightline.v1.ListModelVersionArtifactsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lightline/v1/registry.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x08Registry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\thas_token\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rworkspace_ids\x18\x07 \x03(\x03\"W\n\x15\x43reateRegistryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\"B\n\x15\x41ttachRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\"B\n\x15\x44\x65tachRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\">\n\x11RegistryWorkspace\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\")\n\x12GetRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\"T\n\x15ListRegistriesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x16ListRegistriesResponse\x12+\n\nregistries\x18\x01 \x03(\x0b\x32\x17.flightline.v1.Registry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe7\x01\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x0flatest_versions\x18\x06 \x03(\x0b\x32%.flightline.v1.RegisteredModelVersion\"\x87\x02\n\x16RegisteredModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x10\n\x08run_link\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x15\n\rcurrent_stage\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x19ListRegistryModelsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n\x1aListRegistryModelsResponse\x12\x39\n\x11registered_models\x18\x01 \x03(\x0b\x32\x1e.flightline.v1.RegisteredModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n ListRegistryModelVersionsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"u\n!ListRegistryModelVersionsResponse\x12\x37\n\x08versions\x18\x01 \x03(\x0b\x32%.flightline.v1.RegisteredModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n ListModelVersionArtifactsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x87\x01\n\x10RegistryArtifact\x12\x11\n\tfile_size\x18\x01 \x01(\x03\x12\x11\n\tfull_path\x18\x02 \x01(\t\x12\x0e\n\x06is_dir\x18\x03 \x01(\x08\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04path\x18\x05 \x01(\t\"p\n!ListModelVersionArtifactsResponse\x12\x32\n\tartifacts\x18\x01 \x03(\x0b\x32\x1f.flightline.v1.RegistryArtifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xab\x06\n\x0fRegistryService\x12O\n\x0e\x43reateRegistry\x12$.flightline.v1.CreateRegistryRequest\x1a\x17.flightline.v1.Registry\x12X\n\x0e\x41ttachRegistry\x12$.flightline.v1.AttachRegistryRequest\x1a .flightline.v1.RegistryWorkspace\x12X\n\x0e\x44\x65tachRegistry\x12$.flightline.v1.DetachRegistryRequest\x1a .flightline.v1.RegistryWorkspace\x12I\n\x0bGetRegistry\x12!.flightline.v1.GetRegistryRequest\x1a\x17.flightline.v1.Registry\x12]\n\x0eListRegistries\x12$.flightline.v1.ListRegistriesRequest\x1a%.flightline.v1.ListRegistriesResponse\x12i\n\x12ListRegistryModels\x12(.flightline.v1.ListRegistryModelsRequest\x1a).flightline.v1.ListRegistryModelsResponse\x12~\n\x19ListRegistryModelVersions\x12/.flightline.v1.ListRegistryModelVersionsRequest\x1a\x30.flightline.v1.ListRegistryModelVersionsResponse\x12~\n\x19ListModelVersionArtifacts\x12/.flightline.v1.ListModelVersionArtifactsRequest\x1a\x30.flightline.v1.ListModelVersionArtifactsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flightline.v1.registry_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.flightline.v1P\001ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1'
-  _globals['_REGISTRY']._serialized_start=109
-  _globals['_REGISTRY']._serialized_end=296
-  _globals['_CREATEREGISTRYREQUEST']._serialized_start=298
-  _globals['_CREATEREGISTRYREQUEST']._serialized_end=385
-  _globals['_ATTACHREGISTRYREQUEST']._serialized_start=387
-  _globals['_ATTACHREGISTRYREQUEST']._serialized_end=453
-  _globals['_REMOVEREGISTRYREQUEST']._serialized_start=455
-  _globals['_REMOVEREGISTRYREQUEST']._serialized_end=521
-  _globals['_REGISTRYWORKSPACE']._serialized_start=523
-  _globals['_REGISTRYWORKSPACE']._serialized_end=585
-  _globals['_GETREGISTRYREQUEST']._serialized_start=587
-  _globals['_GETREGISTRYREQUEST']._serialized_end=628
-  _globals['_LISTREGISTRIESREQUEST']._serialized_start=630
-  _globals['_LISTREGISTRIESREQUEST']._serialized_end=675
-  _globals['_LISTREGISTRIESRESPONSE']._serialized_start=677
-  _globals['_LISTREGISTRIESRESPONSE']._serialized_end=746
-  _globals['_REGISTEREDMODEL']._serialized_start=749
-  _globals['_REGISTEREDMODEL']._serialized_end=998
-  _globals['_REGISTEREDMODELVERSION']._serialized_start=1001
-  _globals['_REGISTEREDMODELVERSION']._serialized_end=1282
-  _globals['_LISTREGISTRYMODELSREQUEST']._serialized_start=1284
-  _globals['_LISTREGISTRYMODELSREQUEST']._serialized_end=1374
-  _globals['_LISTREGISTRYMODELSRESPONSE']._serialized_start=1376
-  _globals['_LISTREGISTRYMODELSRESPONSE']._serialized_end=1488
-  _globals['_LISTREGISTRYMODELVERSIONSREQUEST']._serialized_start=1490
-  _globals['_LISTREGISTRYMODELVERSIONSREQUEST']._serialized_end=1601
-  _globals['_LISTREGISTRYMODELVERSIONSRESPONSE']._serialized_start=1603
-  _globals['_LISTREGISTRYMODELVERSIONSRESPONSE']._serialized_end=1720
-  _globals['_LISTMODELVERSIONARTIFACTSREQUEST']._serialized_start=1722
-  _globals['_LISTMODELVERSIONARTIFACTSREQUEST']._serialized_end=1808
-  _globals['_REGISTRYARTIFACT']._serialized_start=1811
-  _globals['_REGISTRYARTIFACT']._serialized_end=1952
-  _globals['_LISTMODELVERSIONARTIFACTSRESPONSE']._serialized_start=1954
-  _globals['_LISTMODELVERSIONARTIFACTSRESPONSE']._serialized_end=2041
-  _globals['_REGISTRYSERVICE']._serialized_start=2044
-  _globals['_REGISTRYSERVICE']._serialized_end=2855
+  _globals['_REGISTRY']._serialized_start=81
+  _globals['_REGISTRY']._serialized_end=270
+  _globals['_CREATEREGISTRYREQUEST']._serialized_start=272
+  _globals['_CREATEREGISTRYREQUEST']._serialized_end=359
+  _globals['_ATTACHREGISTRYREQUEST']._serialized_start=361
+  _globals['_ATTACHREGISTRYREQUEST']._serialized_end=427
+  _globals['_DETACHREGISTRYREQUEST']._serialized_start=429
+  _globals['_DETACHREGISTRYREQUEST']._serialized_end=495
+  _globals['_REGISTRYWORKSPACE']._serialized_start=497
+  _globals['_REGISTRYWORKSPACE']._serialized_end=559
+  _globals['_GETREGISTRYREQUEST']._serialized_start=561
+  _globals['_GETREGISTRYREQUEST']._serialized_end=602
+  _globals['_LISTREGISTRIESREQUEST']._serialized_start=604
+  _globals['_LISTREGISTRIESREQUEST']._serialized_end=688
+  _globals['_LISTREGISTRIESRESPONSE']._serialized_start=690
+  _globals['_LISTREGISTRIESRESPONSE']._serialized_end=784
+  _globals['_REGISTEREDMODEL']._serialized_start=787
+  _globals['_REGISTEREDMODEL']._serialized_end=1018
+  _globals['_REGISTEREDMODELVERSION']._serialized_start=1021
+  _globals['_REGISTEREDMODELVERSION']._serialized_end=1284
+  _globals['_LISTREGISTRYMODELSREQUEST']._serialized_start=1286
+  _globals['_LISTREGISTRYMODELSREQUEST']._serialized_end=1373
+  _globals['_LISTREGISTRYMODELSRESPONSE']._serialized_start=1375
+  _globals['_LISTREGISTRYMODELSRESPONSE']._serialized_end=1487
+  _globals['_LISTREGISTRYMODELVERSIONSREQUEST']._serialized_start=1489
+  _globals['_LISTREGISTRYMODELVERSIONSREQUEST']._serialized_end=1597
+  _globals['_LISTREGISTRYMODELVERSIONSRESPONSE']._serialized_start=1599
+  _globals['_LISTREGISTRYMODELVERSIONSRESPONSE']._serialized_end=1716
+  _globals['_LISTMODELVERSIONARTIFACTSREQUEST']._serialized_start=1718
+  _globals['_LISTMODELVERSIONARTIFACTSREQUEST']._serialized_end=1843
+  _globals['_REGISTRYARTIFACT']._serialized_start=1846
+  _globals['_REGISTRYARTIFACT']._serialized_end=1981
+  _globals['_LISTMODELVERSIONARTIFACTSRESPONSE']._serialized_start=1983
+  _globals['_LISTMODELVERSIONARTIFACTSRESPONSE']._serialized_end=2095
+  _globals['_REGISTRYSERVICE']._serialized_start=2098
+  _globals['_REGISTRYSERVICE']._serialized_end=2909
 # @@protoc_insertion_point(module_scope)

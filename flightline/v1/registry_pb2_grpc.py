@@ -44,9 +44,9 @@ class RegistryServiceStub:
                 request_serializer=flightline_dot_v1_dot_registry__pb2.AttachRegistryRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_registry__pb2.RegistryWorkspace.FromString,
                 _registered_method=True)
-        self.RemoveRegistry = channel.unary_unary(
-                '/flightline.v1.RegistryService/RemoveRegistry',
-                request_serializer=flightline_dot_v1_dot_registry__pb2.RemoveRegistryRequest.SerializeToString,
+        self.DetachRegistry = channel.unary_unary(
+                '/flightline.v1.RegistryService/DetachRegistry',
+                request_serializer=flightline_dot_v1_dot_registry__pb2.DetachRegistryRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_registry__pb2.RegistryWorkspace.FromString,
                 _registered_method=True)
         self.GetRegistry = channel.unary_unary(
@@ -94,8 +94,8 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RemoveRegistry(self, request, context):
-        """Removes a registry from a workspace; the registry itself is kept.
+    def DetachRegistry(self, request, context):
+        """Detaches a registry from a workspace; the registry itself is kept (attach it again at will).
         NOT_FOUND if the registry is not attached to that workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -110,7 +110,7 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRegistries(self, request, context):
-        """Lists the registries attached to a workspace.
+        """Lists the registries attached to a workspace, in creation order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +132,7 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModelVersionArtifacts(self, request, context):
-        """Lists the files of one model version, recursively.
+        """Lists the files of one model version, recursively, one page at a time (by path).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,9 +151,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=flightline_dot_v1_dot_registry__pb2.AttachRegistryRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_registry__pb2.RegistryWorkspace.SerializeToString,
             ),
-            'RemoveRegistry': grpc.unary_unary_rpc_method_handler(
-                    servicer.RemoveRegistry,
-                    request_deserializer=flightline_dot_v1_dot_registry__pb2.RemoveRegistryRequest.FromString,
+            'DetachRegistry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachRegistry,
+                    request_deserializer=flightline_dot_v1_dot_registry__pb2.DetachRegistryRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_registry__pb2.RegistryWorkspace.SerializeToString,
             ),
             'GetRegistry': grpc.unary_unary_rpc_method_handler(
@@ -247,7 +247,7 @@ class RegistryService:
             _registered_method=True)
 
     @staticmethod
-    def RemoveRegistry(request,
+    def DetachRegistry(request,
             target,
             options=(),
             channel_credentials=None,
@@ -260,8 +260,8 @@ class RegistryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/flightline.v1.RegistryService/RemoveRegistry',
-            flightline_dot_v1_dot_registry__pb2.RemoveRegistryRequest.SerializeToString,
+            '/flightline.v1.RegistryService/DetachRegistry',
+            flightline_dot_v1_dot_registry__pb2.DetachRegistryRequest.SerializeToString,
             flightline_dot_v1_dot_registry__pb2.RegistryWorkspace.FromString,
             options,
             channel_credentials,

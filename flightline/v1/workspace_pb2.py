@@ -22,11 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from flightline.v1 import common_pb2 as flightline_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lightline/v1/workspace.proto\x12\rflightline.v1\x1a\x1a\x66lightline/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x16\x43reateWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"+\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\"A\n\x15ListWorkspacesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.flightline.v1.PageRequest\"_\n\x16ListWorkspacesResponse\x12,\n\nworkspaces\x18\x01 \x03(\x0b\x32\x18.flightline.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x93\x02\n\x10WorkspaceService\x12R\n\x0f\x43reateWorkspace\x12%.flightline.v1.CreateWorkspaceRequest\x1a\x18.flightline.v1.Workspace\x12L\n\x0cGetWorkspace\x12\".flightline.v1.GetWorkspaceRequest\x1a\x18.flightline.v1.Workspace\x12]\n\x0eListWorkspaces\x12$.flightline.v1.ListWorkspacesRequest\x1a%.flightline.v1.ListWorkspacesResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lightline/v1/workspace.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x16\x43reateWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"+\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\">\n\x15ListWorkspacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x16ListWorkspacesResponse\x12,\n\nworkspaces\x18\x01 \x03(\x0b\x32\x18.flightline.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x93\x02\n\x10WorkspaceService\x12R\n\x0f\x43reateWorkspace\x12%.flightline.v1.CreateWorkspaceRequest\x1a\x18.flightline.v1.Workspace\x12L\n\x0cGetWorkspace\x12\".flightline.v1.GetWorkspaceRequest\x1a\x18.flightline.v1.Workspace\x12]\n\x0eListWorkspaces\x12$.flightline.v1.ListWorkspacesRequest\x1a%.flightline.v1.ListWorkspacesResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +33,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flightline.v1.workspace_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.flightline.v1P\001ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1'
-  _globals['_WORKSPACE']._serialized_start=109
-  _globals['_WORKSPACE']._serialized_end=194
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=196
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=234
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=236
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=279
-  _globals['_LISTWORKSPACESREQUEST']._serialized_start=281
-  _globals['_LISTWORKSPACESREQUEST']._serialized_end=346
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=348
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=443
-  _globals['_WORKSPACESERVICE']._serialized_start=446
-  _globals['_WORKSPACESERVICE']._serialized_end=721
+  _globals['_WORKSPACE']._serialized_start=81
+  _globals['_WORKSPACE']._serialized_end=167
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=169
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=207
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=209
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=252
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=254
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=316
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=318
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=413
+  _globals['_WORKSPACESERVICE']._serialized_start=416
+  _globals['_WORKSPACESERVICE']._serialized_end=691
 # @@protoc_insertion_point(module_scope)

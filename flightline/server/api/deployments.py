@@ -17,7 +17,10 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         self.flight_location = flight_location
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
-        steps = [DeploymentStep(s.model_id, s.version) for s in request.steps]
+        steps = [
+            DeploymentStep(s.model_id, messages.requested_version(s, f"steps[{i}].version"))
+            for i, s in enumerate(request.steps)
+        ]
         return self._message(self.deployments.deploy(request.workspace_id, request.name, steps))
 
     def Undeploy(self, request: pb.UndeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
@@ -29,8 +32,15 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
     def ListDeployments(
         self, request: pb.ListDeploymentsRequest, context: grpc.ServicerContext
     ) -> pb.ListDeploymentsResponse:
+        workspace_id = request.workspace_id if request.HasField("workspace_id") else None
+        page = messages.keyset_page(
+            request.page_size,
+            messages.page_after(request.page_token),
+            lambda limit, after: self.deployments.in_workspace(workspace_id, limit, after),
+            lambda d: d.id,
+        )
         return pb.ListDeploymentsResponse(
-            deployments=[self._message(d) for d in self.deployments.in_workspace(request.workspace_id)]
+            deployments=[self._message(d) for d in page.items], next_page_token=page.next_page_token
         )
 
     def _message(self, deployment: Deployment) -> pb.Deployment:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -14,8 +18,15 @@ from flightline.server.services.deployments import Live
 from flightline.server.store import records
 from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
+T = TypeVar("T")
+K = TypeVar("K")
+
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Page tokens are opaque to clients. Ours are the last key of the previous page: a number (ASCII digits
+# only: str.isdigit would take '²', and int() would take '٣') or a registry's UUID.
+_NUMBER_TOKEN = re.compile(r"[0-9]{1,18}")
+_UUID_TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 VISIBILITY_NAMES = {
     model_pb2.VISIBILITY_UNSPECIFIED: "private",
@@ -37,23 +48,59 @@ DEPLOYMENT_STATUSES = {
 }
 
 
-def page_size(page: object) -> int:
-    size = getattr(page, "page_size", 0)
-    return DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
+def page_size(size: int) -> int:
+    """AIP-158: 0 asks for the default, more than the maximum gets the maximum, negative is an error."""
+    if size < 0:
+        raise InvalidArgument(f"page_size must not be negative, got {size}")
+    return DEFAULT_PAGE_SIZE if size == 0 else min(size, MAX_PAGE_SIZE)
 
 
-def page_after(page: object) -> int:
-    """Our own lists page by the last id seen; the token is that id as text."""
-    token = getattr(page, "page_token", "")
+def _bad_token() -> InvalidArgument:
+    # The token is not echoed: it is the client's input, and the field name says enough.
+    return InvalidArgument("page_token was not issued by this server: pass a next_page_token, or none")
+
+
+def page_after(token: str) -> int:
+    """The number key a token of ours carries; 0 (before every key) for the first page."""
     if not token:
         return 0
-    if not token.isdigit():
-        raise InvalidArgument(f"page_token {token!r} was not issued by this server")
+    if not _NUMBER_TOKEN.fullmatch(token):
+        raise _bad_token()
     return int(token)
 
 
-def next_token(items: list[object], limit: int, key: str) -> str:
-    return str(getattr(items[-1], key)) if len(items) == limit else ""
+def page_after_uuid(token: str) -> str:
+    """The UUID key a registry-list token carries; "" for the first page."""
+    if token and not _UUID_TOKEN.fullmatch(token):
+        raise _bad_token()
+    return token
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+def keyset_page(
+    size: int, token_key: K, fetch: Callable[[int, K], Sequence[T]], key: Callable[[T], object]
+) -> Page[T]:
+    """One page of a list ordered by a key: asks for one item more than the page to know if the page
+    is the last (no empty last page), and hands out the last item's key as the next token."""
+    limit = page_size(size)
+    items = list(fetch(limit + 1, token_key))
+    if len(items) <= limit:
+        return Page(items, "")
+    return Page(items[:limit], str(key(items[limit - 1])))
+
+
+def offset_page(size: int, token: str, items: Sequence[T]) -> Page[T]:
+    """One page of a list that cannot change between calls (the framework catalog, a registry version's
+    files): the token is the position of the next item."""
+    limit = page_size(size)
+    start = page_after(token)
+    page = list(items[start : start + limit])
+    return Page(page, str(start + limit) if start + limit < len(items) else "")
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -62,14 +109,17 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
-def millis(value: int) -> Timestamp:
+def millis(value: int) -> Timestamp | None:
+    """An MLflow time (ms since the epoch); None (field unset) when the registry reports none (0)."""
+    if value <= 0:
+        return None
     ts = Timestamp()
     ts.FromMilliseconds(value)
     return ts
 
 
 def workspace(w: records.Workspace) -> workspace_pb2.Workspace:
-    return workspace_pb2.Workspace(id=w.id, name=w.name, created_at=timestamp(w.created_at))
+    return workspace_pb2.Workspace(id=w.id, name=w.name, create_time=timestamp(w.created_at))
 
 
 def registry(r: records.Registry) -> registry_pb2.Registry:
@@ -78,8 +128,8 @@ def registry(r: records.Registry) -> registry_pb2.Registry:
         name=r.name,
         url=r.url,
         has_token=bool(r.token),
-        created_at=timestamp(r.created_at),
-        updated_at=timestamp(r.updated_at),
+        create_time=timestamp(r.created_at),
+        update_time=timestamp(r.updated_at),
         workspace_ids=list(r.workspace_ids),
     )
 
@@ -94,8 +144,8 @@ def registered_version(v: mlflow.RegisteredModelVersion) -> registry_pb2.Registe
         run_link=v.run_link,
         source=v.source,
         current_stage=v.current_stage,
-        creation_timestamp=millis(v.creation_timestamp),
-        last_updated_timestamp=millis(v.last_updated_timestamp),
+        create_time=millis(v.creation_timestamp),
+        update_time=millis(v.last_updated_timestamp),
     )
 
 
@@ -104,8 +154,8 @@ def registered_model(m: mlflow.RegisteredModel) -> registry_pb2.RegisteredModel:
         name=m.name,
         user_id=m.user_id,
         description=m.description,
-        creation_timestamp=millis(m.creation_timestamp),
-        last_updated_timestamp=millis(m.last_updated_timestamp),
+        create_time=millis(m.creation_timestamp),
+        update_time=millis(m.last_updated_timestamp),
         latest_versions=[registered_version(v) for v in m.latest_versions],
     )
 
@@ -115,7 +165,7 @@ def registry_artifact(a: mlflow.ArtifactInfo) -> registry_pb2.RegistryArtifact:
         file_size=a.file_size,
         full_path=a.full_path,
         is_dir=a.is_dir,
-        modification_time=millis(a.modification_time),
+        update_time=millis(a.modification_time),
         path=a.path,
     )
 
@@ -160,8 +210,8 @@ def model_version(v: records.ModelVersion) -> model_pb2.ModelVersion:
         original_sha256=v.original_sha256,
         source=v.source,
         conversion=conversion_out(v.conversion),
-        created_at=timestamp(v.created_at),
-        updated_at=timestamp(v.updated_at),
+        create_time=timestamp(v.created_at),
+        update_time=timestamp(v.updated_at),
     )
 
 
@@ -171,8 +221,8 @@ def model(m: records.Model, latest: records.ModelVersion | None) -> model_pb2.Mo
         name=m.name,
         workspace_id=m.workspace_id,
         visibility=VISIBILITIES[m.visibility],
-        created_at=timestamp(m.created_at),
-        updated_at=timestamp(m.updated_at),
+        create_time=timestamp(m.created_at),
+        update_time=timestamp(m.updated_at),
     )
     if latest is not None:
         message.latest_version.CopyFrom(model_version(latest))
@@ -206,7 +256,7 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
         workspace_id=d.workspace_id,
         status=DEPLOYMENT_STATUSES[d.status],
         status_reason=d.status_reason,
-        created_at=timestamp(d.created_at),
+        create_time=timestamp(d.created_at),
     )
     for index, step in enumerate(d.steps):
         message.steps.add(
@@ -222,3 +272,12 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
             envelope_schema(live.route.input_schema, live.route.output_schema).serialize().to_pybytes()
         )
     return message
+
+
+def requested_version(request: model_pb2.GetModelVersionRequest | deployment_pb2.StepSpec, field: str) -> int:
+    """An `optional int32 version`: the number asked for, or 0 (the store's "latest") when absent."""
+    if not request.HasField("version"):
+        return 0
+    if request.version <= 0:
+        raise InvalidArgument(f"{field} must be 1 or more; leave it unset for the latest version")
+    return request.version

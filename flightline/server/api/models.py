@@ -56,33 +56,44 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        limit = messages.page_size(request.page)
-        items = self.models.list_models(request.workspace_id, limit, messages.page_after(request.page))
-        latest = self.models.latest_versions([m.id for m in items])
+        page = messages.keyset_page(
+            request.page_size,
+            messages.page_after(request.page_token),
+            lambda limit, after: self.models.list_models(request.workspace_id, limit, after),
+            lambda m: m.id,
+        )
+        latest = self.models.latest_versions([m.id for m in page.items])
         return pb.ListModelsResponse(
-            models=[messages.model(m, latest.get(m.id)) for m in items],
-            next_page_token=messages.next_token(list(items), limit, "id"),
+            models=[messages.model(m, latest.get(m.id)) for m in page.items],
+            next_page_token=page.next_page_token,
         )
 
     def GetModelVersion(
         self, request: pb.GetModelVersionRequest, context: grpc.ServicerContext
     ) -> pb.ModelVersion:
-        return messages.model_version(self.models.get_version(request.model_id, request.version))
+        version = messages.requested_version(request, "version")
+        return messages.model_version(self.models.get_version(request.model_id, version))
 
     def ListModelVersions(
         self, request: pb.ListModelVersionsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelVersionsResponse:
-        limit = messages.page_size(request.page)
-        items = self.models.list_versions(request.model_id, limit, messages.page_after(request.page))
+        page = messages.keyset_page(
+            request.page_size,
+            messages.page_after(request.page_token),
+            lambda limit, after: self.models.list_versions(request.model_id, limit, after),
+            lambda v: v.version,
+        )
         return pb.ListModelVersionsResponse(
-            versions=[messages.model_version(v) for v in items],
-            next_page_token=messages.next_token(list(items), limit, "version"),
+            versions=[messages.model_version(v) for v in page.items], next_page_token=page.next_page_token
         )
 
     def ListFrameworks(
         self, request: pb.ListFrameworksRequest, context: grpc.ServicerContext
     ) -> pb.ListFrameworksResponse:
-        return pb.ListFrameworksResponse(frameworks=[messages.framework(f) for f in self.models.frameworks()])
+        page = messages.offset_page(request.page_size, request.page_token, self.models.frameworks())
+        return pb.ListFrameworksResponse(
+            frameworks=[messages.framework(f) for f in page.items], next_page_token=page.next_page_token
+        )
 
 
 def _chunks(requests: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:

@@ -24,10 +24,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.registries.attach(request.registry_id, request.workspace_id)
         return pb.RegistryWorkspace(registry_id=request.registry_id, workspace_id=request.workspace_id)
 
-    def RemoveRegistry(
-        self, request: pb.RemoveRegistryRequest, context: grpc.ServicerContext
+    def DetachRegistry(
+        self, request: pb.DetachRegistryRequest, context: grpc.ServicerContext
     ) -> pb.RegistryWorkspace:
-        self.registries.remove(request.registry_id, request.workspace_id)
+        self.registries.detach(request.registry_id, request.workspace_id)
         return pb.RegistryWorkspace(registry_id=request.registry_id, workspace_id=request.workspace_id)
 
     def GetRegistry(self, request: pb.GetRegistryRequest, context: grpc.ServicerContext) -> pb.Registry:
@@ -36,14 +36,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListRegistries(
         self, request: pb.ListRegistriesRequest, context: grpc.ServicerContext
     ) -> pb.ListRegistriesResponse:
-        items = self.registries.in_workspace(request.workspace_id)
-        return pb.ListRegistriesResponse(registries=[messages.registry(r) for r in items])
+        page = messages.keyset_page(
+            request.page_size,
+            messages.page_after_uuid(request.page_token),
+            lambda limit, after: self.registries.in_workspace(request.workspace_id, limit, after),
+            lambda r: r.id,
+        )
+        return pb.ListRegistriesResponse(
+            registries=[messages.registry(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     def ListRegistryModels(
         self, request: pb.ListRegistryModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegistryModelsResponse:
         items, token = self.registries.list_models(
-            request.registry_id, messages.page_size(request.page), request.page.page_token
+            request.registry_id, messages.page_size(request.page_size), request.page_token
         )
         return pb.ListRegistryModelsResponse(
             registered_models=[messages.registered_model(m) for m in items], next_page_token=token
@@ -53,7 +60,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: pb.ListRegistryModelVersionsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegistryModelVersionsResponse:
         items, token = self.registries.list_versions(
-            request.registry_id, request.name, messages.page_size(request.page), request.page.page_token
+            request.registry_id, request.name, messages.page_size(request.page_size), request.page_token
         )
         return pb.ListRegistryModelVersionsResponse(
             versions=[messages.registered_version(v) for v in items], next_page_token=token
@@ -62,5 +69,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListModelVersionArtifacts(
         self, request: pb.ListModelVersionArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelVersionArtifactsResponse:
+        # The registry lists a version's files all at once (and they never change): page by position.
+        # Size and token are checked before the registry is asked.
+        messages.page_size(request.page_size)
+        messages.page_after(request.page_token)
         items = self.registries.list_artifacts(request.registry_id, request.name, request.version)
-        return pb.ListModelVersionArtifactsResponse(artifacts=[messages.registry_artifact(a) for a in items])
+        page = messages.offset_page(request.page_size, request.page_token, items)
+        return pb.ListModelVersionArtifactsResponse(
+            artifacts=[messages.registry_artifact(a) for a in page.items],
+            next_page_token=page.next_page_token,
+        )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
 from flightline.runtimes.base import InvalidInput, ModelLoadError
 from flightline.server import errors
+from flightline.server.api import limits
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,20 @@ def status_of(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    """A client stream whose every message passes `limits.check` before the handler sees it."""
+    for request in requests:
+        limits.check(request)
+        yield request
+
+
+def _guard(behavior: Callable[..., Any], *, streaming: bool = False) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if streaming:
+                request = _checked(request)
+            else:
+                limits.check(request)
             return behavior(request, context)
         except Exception as exc:
             code = status_of(exc)
@@ -48,15 +60,21 @@ def _guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps `flightline.server.errors` (and runtime errors) to status codes with the error's message.
-    Every RPC of the API is unary or client-streaming, so those are the handlers it wraps."""
+    """Checks every request message against `limits` and maps `flightline.server.errors` (and runtime
+    errors) to status codes with the error's message. Every RPC of the API is unary or
+    client-streaming, so those are the handlers it wraps."""
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
+        # A request that does not parse reaches the guard (as limits.Undecodable), to be refused there.
+        method = str(details.method).rpartition("/")[2]
+        lenient = limits.lenient(handler.request_deserializer, method)
         if handler.unary_unary:
-            return handler._replace(unary_unary=_guard(handler.unary_unary))
+            return handler._replace(unary_unary=_guard(handler.unary_unary), request_deserializer=lenient)
         if handler.stream_unary:
-            return handler._replace(stream_unary=_guard(handler.stream_unary))
+            return handler._replace(
+                stream_unary=_guard(handler.stream_unary, streaming=True), request_deserializer=lenient
+            )
         return handler

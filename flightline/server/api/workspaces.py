@@ -25,9 +25,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     def ListWorkspaces(
         self, request: pb.ListWorkspacesRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkspacesResponse:
-        limit = messages.page_size(request.page)
-        items = self.workspaces.page(limit, messages.page_after(request.page))
+        page = messages.keyset_page(
+            request.page_size, messages.page_after(request.page_token), self.workspaces.page, lambda w: w.id
+        )
         return pb.ListWorkspacesResponse(
-            workspaces=[messages.workspace(w) for w in items],
-            next_page_token=messages.next_token(list(items), limit, "id"),
+            workspaces=[messages.workspace(w) for w in page.items], next_page_token=page.next_page_token
         )

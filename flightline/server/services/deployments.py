@@ -84,8 +84,9 @@ class DeploymentService:
     def get(self, name: str) -> Deployment:
         return self.store.get_deployment(name)
 
-    def in_workspace(self, workspace_id: int) -> list[Deployment]:
-        return self.store.list_deployments(workspace_id)
+    def in_workspace(self, workspace_id: int | None, limit: int, after_id: int = 0) -> list[Deployment]:
+        """Deployments of one workspace, or of every workspace for None, by id."""
+        return self.store.list_deployments(workspace_id, limit, after_id)
 
     def live(self, name: str) -> Live | None:
         with self._lock:
@@ -93,7 +94,7 @@ class DeploymentService:
 
     def resume(self) -> None:
         """At start-up: bring back what was running before the server stopped."""
-        for deployment in self.store.list_deployments(0):
+        for deployment in self.store.list_deployments():
             if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
                 with self._name_lock(deployment.name):
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]

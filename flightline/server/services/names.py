@@ -8,11 +8,12 @@ import pyarrow as pa
 
 from flightline.server.errors import InvalidArgument
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("model\n" would pass).
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def check_dns_name(kind: str, name: str) -> str:
-    if not _DNS_LABEL.match(name):
+    if not _DNS_LABEL.fullmatch(name):
         raise InvalidArgument(
             f"{kind} name {name!r} is not DNS compliant: use 1-63 lower-case letters, digits or '-', "
             "starting and ending with a letter or digit ('.' and '_' are not allowed)"

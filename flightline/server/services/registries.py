@@ -40,14 +40,14 @@ class RegistryService:
     def attach(self, registry_id: str, workspace_id: int) -> None:
         self.store.attach_registry(registry_id, workspace_id)
 
-    def remove(self, registry_id: str, workspace_id: int) -> None:
+    def detach(self, registry_id: str, workspace_id: int) -> None:
         self.store.detach_registry(registry_id, workspace_id)
 
     def get(self, registry_id: str) -> Registry:
         return self.store.get_registry(registry_id)
 
-    def in_workspace(self, workspace_id: int) -> list[Registry]:
-        return self.store.list_registries(workspace_id)
+    def in_workspace(self, workspace_id: int, limit: int, after_id: str = "") -> list[Registry]:
+        return self.store.list_registries(workspace_id, limit, after_id)
 
     def list_models(
         self, registry_id: str, page_size: int, page_token: str

@@ -137,15 +137,28 @@ class MetadataStore:
         with self._read() as session:
             return _registry(_registry_row(session, registry_id))
 
-    def list_registries(self, workspace_id: int) -> list[Registry]:
+    def list_registries(
+        self, workspace_id: int, limit: int | None = None, after_id: str = ""
+    ) -> list[Registry]:
+        """The registries attached to a workspace in creation order; `after_id` continues after that
+        registry (registries are never deleted, so its creation time stays there to compare with)."""
         query = (
             select(RegistryRow)
             .join(RegistryWorkspaceRow)
             .where(RegistryWorkspaceRow.workspace_id == workspace_id)
             .order_by(RegistryRow.created_at, RegistryRow.id)
+            .limit(limit)
         )
         with self._read() as session:
             _workspace_row(session, workspace_id)
+            if after_id:
+                after = session.get(RegistryRow, after_id)
+                if after is None:
+                    raise InvalidArgument("page_token was not issued by this server: pass a next_page_token")
+                query = query.where(
+                    (RegistryRow.created_at > after.created_at)
+                    | ((RegistryRow.created_at == after.created_at) & (RegistryRow.id > after.id))
+                )
             return [_registry(row) for row in session.scalars(query)]
 
     # -- models
@@ -388,11 +401,15 @@ class MetadataStore:
         with self._read() as session:
             return _deployment(_deployment_row(session, name))
 
-    def list_deployments(self, workspace_id: int = 0) -> list[Deployment]:
-        """Deployments of one workspace, or of all when workspace_id is 0, by id."""
-        query = select(DeploymentRow).order_by(DeploymentRow.id)
+    def list_deployments(
+        self, workspace_id: int | None = None, limit: int | None = None, after_id: int = 0
+    ) -> list[Deployment]:
+        """Deployments of one workspace, or of all when workspace_id is None, by id, after `after_id`."""
+        query = (
+            select(DeploymentRow).where(DeploymentRow.id > after_id).order_by(DeploymentRow.id).limit(limit)
+        )
         with self._read() as session:
-            if workspace_id:
+            if workspace_id is not None:
                 _workspace_row(session, workspace_id)
                 query = query.where(DeploymentRow.workspace_id == workspace_id)
             return [_deployment(row) for row in session.scalars(query)]

@@ -51,6 +51,7 @@ async function main([address, name]) {
   const credentials = grpc.credentials.createInsecure();
   const workspaces = new v1.WorkspaceService(address, credentials);
   const models = new v1.ModelService(address, credentials);
+  const deployments = new v1.DeploymentService(address, credentials);
   try {
     const created = await call(workspaces, "CreateWorkspace", { name });
     const fetched = await call(workspaces, "GetWorkspace", { workspace_id: created.id });
@@ -58,6 +59,11 @@ async function main([address, name]) {
       throw new Error(`GetWorkspace returned ${JSON.stringify(fetched)} for ${JSON.stringify(created)}`);
     }
     const { frameworks } = await call(models, "ListFrameworks", {});
+    // AIP-158 paging: one framework per page, then the next page from the token.
+    const first = await call(models, "ListFrameworks", { page_size: 1 });
+    const second = await call(models, "ListFrameworks", { page_size: 1, page_token: first.next_page_token });
+    // proto3 optional: workspace_id left out lists every workspace's deployments.
+    const listed = await call(deployments, "ListDeployments", {});
     const unknownId = "9223372036854775807"; // max int64: never assigned
     const notFound = await expectStatus(
       call(workspaces, "GetWorkspace", { workspace_id: unknownId }),
@@ -67,14 +73,18 @@ async function main([address, name]) {
       workspace_id: created.id,
       fetched_id: fetched.id,
       name: fetched.name,
-      created_at_seconds: fetched.created_at?.seconds ?? null,
+      create_time_seconds: fetched.create_time?.seconds ?? null,
       framework_count: frameworks.length,
+      paged_frameworks: [...first.frameworks, ...second.frameworks].map((f) => f.name),
+      first_frameworks: frameworks.slice(0, 2).map((f) => f.name),
+      deployment_count: listed.deployments.length,
       has_sklearn: frameworks.some((f) => f.name === "sklearn"),
       unknown_workspace_status: notFound,
     };
   } finally {
     workspaces.close();
     models.close();
+    deployments.close();
   }
 }
 
