@@ -1,9 +1,11 @@
 """Preparation never loads a model in the control plane: a tiny ONNX file whose inspection allocates
 gigabytes fails inside the preparation subprocess, under its memory limit, as an ERROR version with a
-clear reason, and the control plane's resident memory does not grow."""
+clear reason, and the control plane's resident memory does not grow. What the subprocess answers is
+not trusted: it may have run a hostile pickle."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import onnx
@@ -11,7 +13,10 @@ import pytest
 from onnx import TensorProto, helper
 from support.wait import wait_until
 
+from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.catalog import get_framework
 from flightline.server.client import Client
+from flightline.server.services.prepare import Prepared, prepare
 from flightline.v1 import model_pb2, workspace_pb2
 
 HUGE_ROWS, HUGE_COLUMNS = 1 << 16, 1 << 15  # 2^31 float32 values: 8 GiB
@@ -85,3 +90,77 @@ def test_onnx_memory_bomb_is_an_error_and_the_control_plane_does_not_grow(
     assert version.sha256 == version.original_sha256  # the upload itself is kept
     # The 8 GiB were asked for (and refused) in the subprocess; the server grew by far less than that.
     assert grown < 200 << 20, f"the control plane grew by {grown >> 20} MiB"
+
+
+class _Runs:
+    """Unpickles by running `code`: what a hostile pickle does in the preparation subprocess."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (self.code,)
+
+
+def hostile_pickle(tmp_path: Path, code: str) -> Path:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(_Runs(code)))
+    return path
+
+
+def prepare_pickle(tmp_path: Path, code: str, **limits: int) -> Prepared:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return prepare(
+        get_framework("sklearn"),
+        hostile_pickle(tmp_path, code),
+        work,
+        input_schema=None,
+        output_schema=None,
+        options={},
+        **limits,
+    )
+
+
+FORGE = "import json, os; print(json.dumps({reply!r}), flush=True); os._exit(0)"
+
+
+@pytest.mark.parametrize(
+    ("reply", "refusal"),
+    [
+        ({"runtime": "onnx", "artifact": "../../../etc/passwd", "note": ""}, "outside its folder"),
+        ({"runtime": "tensorflow", "artifact": "", "note": ""}, "unknown runtime 'tensorflow'"),
+    ],
+)
+def test_a_forged_reply_from_the_subprocess_is_not_trusted(
+    tmp_path: Path, reply: dict[str, str], refusal: str
+) -> None:
+    with pytest.raises(ModelLoadError, match=refusal):
+        prepare_pickle(tmp_path, FORGE.format(reply=reply))
+
+
+def test_a_crash_is_an_error_without_the_subprocess_output(tmp_path: Path) -> None:
+    code = (
+        "import os, signal, sys; sys.stderr.write('/srv/secret/path\\n'); sys.stderr.flush(); "
+        "os.kill(os.getpid(), signal.SIGSEGV)"
+    )
+    with pytest.raises(ModelLoadError) as caught:
+        prepare_pickle(tmp_path, code)
+    assert "crashed" in str(caught.value) and "/srv/secret" not in str(caught.value)
+
+
+def test_a_flood_of_output_does_not_grow_the_control_plane(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\nfor _ in range(256): sys.stdout.write('x' * (1 << 20))\n"
+        "sys.stdout.flush(); os._exit(1)"
+    )
+    before = resident_bytes()
+    with pytest.raises(ModelLoadError, match="crashed"):
+        prepare_pickle(tmp_path, code)
+    assert resident_bytes() - before < 64 << 20  # 256 MiB were printed
+
+
+def test_the_memory_limit_applies_to_the_subprocess(tmp_path: Path) -> None:
+    code = "block = bytearray(3 << 30)"  # 3 GiB, over a 1 GiB limit
+    with pytest.raises(ModelLoadError, match="MemoryError"):
+        prepare_pickle(tmp_path, code, memory_limit=1 << 30)

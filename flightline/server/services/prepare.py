@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 
@@ -85,7 +86,7 @@ def prepare(
                 file.write_bytes(schema.serialize().to_pybytes())
                 args += [flag, str(file)]
         try:
-            proc = run_preparation(args, memory_limit=memory_limit, timeout=timeout)
+            proc = run_preparation(args, memory_limit=memory_limit, timeout=timeout, logs=Path(tmp))
         except subprocess.TimeoutExpired:
             raise ModelLoadError(f"preparing the {framework.name} model took over {timeout:g} s") from None
     reply = _reply(framework.name, proc)
@@ -102,19 +103,31 @@ def prepare(
 
 
 def run_preparation(
-    args: list[str], *, memory_limit: int, timeout: float
+    args: list[str], *, memory_limit: int, timeout: float, logs: Path
 ) -> subprocess.CompletedProcess[str]:
     """Runs the preparation subprocess. The one place it is started, so that a sandboxed launcher
-    (hosting/sandbox.py) can replace it. The child limits its own address space (`--memory-limit`)
-    before it touches the artifact: a `preexec_fn` would run Python between fork and exec in this
-    multi-threaded gRPC server, which crashes the child (gRPC skips its fork handlers)."""
-    return subprocess.run(
-        [*args, "--memory-limit", str(memory_limit)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    (hosting/sandbox.py) can replace it.
+
+    The child limits its own address space (`--memory-limit`) before it touches the artifact: a
+    `preexec_fn` would run Python between fork and exec in this multi-threaded gRPC server, which
+    crashes the child (gRPC skips its fork handlers). Its output goes to files in `logs`, of which only
+    the tails are read: a pickle printing gigabytes must not grow the control plane's memory."""
+    with (logs / "stdout").open("w+b") as stdout, (logs / "stderr").open("w+b") as stderr:
+        done = subprocess.run(
+            [*args, "--memory-limit", str(memory_limit)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=timeout,
+            check=False,
+        )
+        return subprocess.CompletedProcess(done.args, done.returncode, _tail(stdout), _tail(stderr))
+
+
+def _tail(file: BinaryIO, size: int = 64 << 10) -> str:
+    file.seek(0, os.SEEK_END)
+    file.seek(max(0, file.tell() - size))
+    return file.read().decode("utf-8", errors="replace")
 
 
 def _reply(framework: str, proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
