@@ -291,7 +291,7 @@ FRAMEWORKS: tuple[FrameworkSpec, ...] = (
         "SavedModel as .zip",
         True,
         _ZIP,
-        "export it with tf2onnx and upload it as framework 'onnx'",
+        "export the model with tf2onnx and upload it as framework 'onnx'",
     ),
     _spec("python", "Python script (.py)", True, _ANY),
     _spec(
