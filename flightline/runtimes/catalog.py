@@ -1,8 +1,9 @@
 """The frameworks a model can be uploaded as, in the vendor guide's order, and how each one runs.
 
-A framework is served either natively (the upload, or its ONNX conversion, runs in the onnx,
-tensorflow or python runtime) or in a containerized runtime of its own ("flight"). Frameworks that
-convert to ONNX fall back to `fallback_runtime` when conversion is not possible.
+The catalog holds the guide's data (names, file types, default schemas). Which runtime serves a
+framework, whether it converts to ONNX and whether it can be served on this installation come from
+the plug-in registry (`plugins.PLUGINS`): a framework no plug-in serves yet is listed as unavailable.
+Frameworks that convert to ONNX fall back to their plug-in's own runtime when conversion is not possible.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from flightline.runtimes.plugins import (
+    CONVERTED_FRAMEWORK,
+    ArtifactForm,
+    Plugin,
+    plugin,
+    serving,
+    unavailable_reason,
+)
+
 
 class UnknownFramework(ValueError):
     """The framework name is not in the catalog; the message lists the valid names."""
@@ -18,14 +28,70 @@ class UnknownFramework(ValueError):
 
 @dataclass(frozen=True)
 class FrameworkSpec:
+    """One framework of the vendor guide. The seed data (name, file types, the guide's runtime kind and
+    upload forms, default schemas) lives here; how it is served comes from the plug-in registry."""
+
     name: str
-    native: bool  # True when `runtime` is a native one (onnx, tensorflow, python)
-    runtime: str  # serves native or converted uploads: "onnx" | "tensorflow" | "python" | "flight"
-    fallback_runtime: str | None  # registry name of the containerized runtime for unconverted uploads
-    converts_to_onnx: bool
     file_types: str
+    guide_native: bool  # the guide's runtime kind, reported while no plug-in serves the framework
+    guide_forms: tuple[ArtifactForm, ...]  # the guide's upload forms, checked while no plug-in serves it
     default_input_schema: pa.Schema | None = None
     default_output_schema: pa.Schema | None = None
+    workaround: str = ""  # what to do meanwhile, while no plug-in serves the framework
+
+    @property
+    def plugin(self) -> Plugin | None:
+        """The plug-in that accepts its uploads (and converts them, if it has a converter)."""
+        return serving(self.name)
+
+    @property
+    def converts_to_onnx(self) -> bool:
+        """Uploads are converted to ONNX where possible, with the plug-in's own runtime as the fallback."""
+        return self.plugin is not None and self.plugin.converter is not None
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that serves an upload (after conversion, for converted ones); "" when none does."""
+        if self.plugin is None:
+            return ""
+        return _converted_runtime().name if self.converts_to_onnx else self.plugin.name
+
+    @property
+    def fallback_runtime(self) -> str | None:
+        """The runtime that serves an upload the converter could not convert."""
+        return self.plugin.name if self.plugin is not None and self.converts_to_onnx else None
+
+    @property
+    def native(self) -> bool:
+        served = self.runtime
+        return plugin(served).native if served else self.guide_native
+
+    @property
+    def forms(self) -> tuple[ArtifactForm, ...]:
+        return self.plugin.forms if self.plugin is not None else self.guide_forms
+
+    @property
+    def archive(self) -> bool:
+        """Uploads are zips, checked before anything is stored."""
+        return any(form.archive for form in self.forms)
+
+    @property
+    def available(self) -> bool:
+        """It can be served on this installation."""
+        return not unavailable_reason(self.name)
+
+    @property
+    def install_hint(self) -> str:
+        """What to install (or do) when it is not `available`; "" when it is."""
+        reason = unavailable_reason(self.name)
+        return f"{reason}; {self.workaround}" if reason and self.workaround else reason
+
+
+def _converted_runtime() -> Plugin:
+    found = serving(CONVERTED_FRAMEWORK)
+    if found is None:
+        raise RuntimeError(f"no plug-in serves {CONVERTED_FRAMEWORK!r}, the converters' output")
+    return found
 
 
 def _image(height: int = 100, width: int = 100) -> pa.DataType:
@@ -201,29 +267,49 @@ _HUGGING_FACE_TASKS: dict[str, tuple[pa.Schema, pa.Schema]] = {
 }
 
 
-def _native(name: str, file_types: str) -> FrameworkSpec:
-    return FrameworkSpec(name, True, name, None, False, file_types)
+_ZIP = (ArtifactForm(".zip", "zip archive", archive=True),)
+_ANY = (ArtifactForm("", "any file"),)
 
 
-def _converted(name: str, file_types: str, fallback: str | None) -> FrameworkSpec:
-    return FrameworkSpec(name, True, "onnx", fallback, True, file_types)
+def _spec(
+    name: str, file_types: str, native: bool, forms: tuple[ArtifactForm, ...], workaround: str = ""
+) -> FrameworkSpec:
+    return FrameworkSpec(name, file_types, native, forms, workaround=workaround)
 
 
 def _containerized(
     name: str, file_types: str, schemas: tuple[pa.Schema, pa.Schema] | None = None
 ) -> FrameworkSpec:
     inputs, outputs = schemas if schemas is not None else (None, None)
-    return FrameworkSpec(name, False, "flight", None, False, file_types, inputs, outputs)
+    return FrameworkSpec(name, file_types, False, _ZIP, inputs, outputs)
 
 
 FRAMEWORKS: tuple[FrameworkSpec, ...] = (
-    _native("onnx", "ONNX model (.onnx)"),
-    _native("tensorflow", "SavedModel as .zip"),
-    _native("python", "Python script (.py)"),
-    _converted("keras", "SavedModel as .zip, HDF5 (.h5) or .keras", None),
-    _converted("sklearn", "pickle", "sklearn"),
-    _converted("pytorch", "TorchScript (.pt or .pth)", None),
-    _converted("xgboost", "pickle (XGB files are not supported)", "sklearn"),
+    _spec("onnx", "ONNX model (.onnx)", True, _ANY),
+    _spec(
+        "tensorflow",
+        "SavedModel as .zip",
+        True,
+        _ZIP,
+        "export the model with tf2onnx and upload it as framework 'onnx'",
+    ),
+    _spec("python", "Python script (.py)", True, _ANY),
+    _spec(
+        "keras",
+        "SavedModel as .zip, HDF5 (.h5) or .keras",
+        True,
+        _ANY,
+        "export the model with tf2onnx and upload it as framework 'onnx'",
+    ),
+    _spec("sklearn", "pickle", True, _ANY),
+    _spec(
+        "pytorch",
+        "TorchScript (.pt or .pth)",
+        True,
+        _ANY,
+        "export the model with torch.onnx.export and upload it as framework 'onnx'",
+    ),
+    _spec("xgboost", "pickle (XGB files are not supported)", True, _ANY),
     *(
         _containerized(f"hugging-face-{task}", "Hugging Face pipeline as .zip", schemas)
         for task, schemas in _HUGGING_FACE_TASKS.items()

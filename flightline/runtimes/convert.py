@@ -2,18 +2,15 @@
 
 A conversion is only accepted after the ONNX model and the original agree on a synthetic batch;
 otherwise the result carries a note saying why, and the upload runs in its framework's fallback
-runtime. Unpickling runs arbitrary code and converters can crash, so the control plane runs this
-module as a subprocess (`python -m flightline.runtimes.convert ...`, see `main`).
+runtime. This is the sklearn plug-in's converter (`plugins.PLUGINS`). Unpickling runs arbitrary code
+and converters can crash, so only the preparation subprocess calls it (`flightline.runtimes.prepare`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +22,12 @@ import pyarrow as pa
 from onnx import helper
 
 from flightline.runtimes import sklearn as pickles
-from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
 
 DEFAULT_TARGET_OPSET = 17
 ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17
 CONVERTED_FILE = "model.onnx"
 _CORE_INPUT = "inputs_core"
-_EXIT_LOAD_ERROR = 3
-_EXIT_INVALID_ARGUMENT = 2
 
 
 @dataclass(frozen=True)
@@ -67,18 +61,6 @@ def convert(
     if not spec.converts_to_onnx:
         return ConversionResult(None, "")
     opset = _target_opset(options or {})
-    if framework == "pytorch":
-        return ConversionResult(
-            None,
-            "PyTorch is not installed on this server, so TorchScript models cannot be converted to ONNX: "
-            "export the model with torch.onnx.export and upload it as framework 'onnx'",
-        )
-    if framework == "keras":
-        return ConversionResult(
-            None,
-            "Keras conversion to ONNX is not available yet: export the model with tf2onnx or as a "
-            "TensorFlow SavedModel .zip and upload it as framework 'onnx' or 'tensorflow'",
-        )
     estimator = pickles.load_estimator(artifact)
     try:
         layout = pickles.input_layout(estimator, input_schema)
@@ -359,49 +341,3 @@ def _unsupported_class(exc: Exception, estimator: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _read_schema(path: str | None) -> pa.Schema | None:
-    if path is None:
-        return None
-    try:
-        return pa.ipc.read_schema(pa.py_buffer(Path(path).read_bytes()))
-    except (OSError, pa.ArrowException) as exc:
-        raise InvalidConversionRequest(f"cannot read the Arrow IPC schema in {path}: {exc}") from exc
-
-
-def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print) -> int:
-    """CLI for the control plane: prints one JSON line, `{"onnx_path", "note"}` or `{"error"}`.
-    Exit codes: 0 done (converted or not), 2 bad request, 3 the model cannot be loaded."""
-    parser = argparse.ArgumentParser(prog="python -m flightline.runtimes.convert", description=__doc__)
-    parser.add_argument("--framework", required=True)
-    parser.add_argument("--artifact", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--input-schema", help="file with an Arrow IPC serialized schema")
-    parser.add_argument("--output-schema", help="file with an Arrow IPC serialized schema")
-    parser.add_argument("--options", default="{}", help='JSON object of strings, e.g. {"target_opset": "17"}')
-    args = parser.parse_args(argv)
-    try:
-        options = json.loads(args.options)
-        if not isinstance(options, dict):
-            raise InvalidConversionRequest("--options must be a JSON object")
-        result = convert(
-            args.framework,
-            args.artifact,
-            args.out,
-            input_schema=_read_schema(args.input_schema),
-            output_schema=_read_schema(args.output_schema),
-            options={str(key): str(value) for key, value in options.items()},
-        )
-    except ModelLoadError as exc:
-        emit(json.dumps({"error": str(exc)}))
-        return _EXIT_LOAD_ERROR
-    except ValueError as exc:  # UnknownFramework, InvalidConversionRequest, bad JSON
-        emit(json.dumps({"error": str(exc)}))
-        return _EXIT_INVALID_ARGUMENT
-    emit(json.dumps({"onnx_path": str(result.onnx_path) if result.onnx_path else None, "note": result.note}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,7 @@ session and back as numpy views of the Arrow buffers."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -36,6 +37,13 @@ ONNX_TYPES: dict[str, pa.DataType] = {
 # a model with megabytes of weights is dominated by matrix products and gets every core (measured with
 # the benchmark's models A and B). `options["intra_op_threads"]` overrides both.
 HEAVY_MODEL_BYTES = 1 << 20
+# onnxruntime prefixes messages with its build's source location and C++ signature; users need neither.
+_ORT_SOURCE = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:[^()]*\([^)]*\) )?")
+
+
+def _ort_message(error: Exception, path: Path) -> str:
+    """onnxruntime's message without its source locations, naming the file without the server's folders."""
+    return _ORT_SOURCE.sub("", str(error)).replace(os.fspath(path), path.name)
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,9 @@ class OnnxRuntime(Runtime):
                 os.fspath(path), _session_options(spec, path), providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own pybind types for every kind of bad file
-            raise ModelLoadError(f"{path.name} is not a valid ONNX model: {error}") from error
+            raise ModelLoadError(
+                f"{path.name} is not a valid ONNX model: {_ort_message(error, path)}"
+            ) from error
         inputs = _ports("input", session.get_inputs())
         outputs = _ports("output", session.get_outputs())
 
@@ -181,21 +191,24 @@ class OnnxRuntime(Runtime):
         else:
             out_pairs = [(p.name, p) for p in outputs]
         if not all(port.fixed for _, port in out_pairs):
-            out_pairs = cls._probe_output_shapes(session, pairs, out_pairs)
+            out_pairs = cls._probe_output_shapes(session, pairs, out_pairs, path)
         output_schema = pa.schema([_field("output", name, port) for name, port in out_pairs])
         return cls(session, feeds, input_schema, [port.name for _, port in out_pairs], output_schema)
 
     @staticmethod
     def _probe_output_shapes(
-        session: ort.InferenceSession, inputs: list[tuple[str, _Port]], outputs: list[tuple[str, _Port]]
+        session: ort.InferenceSession,
+        inputs: list[tuple[str, _Port]],
+        outputs: list[tuple[str, _Port]],
+        path: Path,
     ) -> list[tuple[str, _Port]]:
         """Output shapes the graph leaves dynamic, found by running one row of zeros."""
         try:
             results = session.run([p.name for _, p in outputs], {p.name: _zero_row(p) for _, p in inputs})
         except Exception as error:
             raise ModelLoadError(
-                f"the model's output shapes are dynamic and a probe run failed ({error}); "
-                "declare the output schema"
+                "the model's output shapes are dynamic and a probe run failed "
+                f"({_ort_message(error, path)}); declare the output schema"
             ) from error
         return [
             (name, _Port(port.name, port.leaf, tuple(result.shape[1:])))

@@ -7,6 +7,7 @@ columns; without a declared output schema its output columns are whatever the sc
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import importlib.util
 import itertools
@@ -93,3 +94,17 @@ class PythonStepRuntime(Runtime):
                 f"it returned {result.schema.names}"
             )
         return result.select(self.output_schema.names).cast(self.output_schema)
+
+
+def describe(
+    path: Path, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+) -> tuple[pa.Schema | None, pa.Schema | None]:
+    """Checks, without running it, that the script parses and defines a top-level `wallaroo_json`;
+    a step's schemas are whatever was declared (its columns are the script's business)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=path.name)
+    except (SyntaxError, ValueError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid Python script: {exc}") from exc
+    if not any(isinstance(n, ast.FunctionDef) and n.name == ENTRY_POINT for n in tree.body):
+        raise ModelLoadError(f"{path.name} defines no top-level `{ENTRY_POINT}(data)` function")
+    return input_schema, output_schema

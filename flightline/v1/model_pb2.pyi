@@ -231,7 +231,7 @@ class ListFrameworksRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Framework(_message.Message):
-    __slots__ = ("name", "runtime_kind", "runtime", "converts_to_onnx", "file_types", "default_input_schema", "default_output_schema")
+    __slots__ = ("name", "runtime_kind", "runtime", "converts_to_onnx", "file_types", "default_input_schema", "default_output_schema", "available", "install_hint")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_KIND_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,8 @@ class Framework(_message.Message):
     FILE_TYPES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_HINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     runtime_kind: RuntimeKind
     runtime: str
@@ -246,7 +248,9 @@ class Framework(_message.Message):
     file_types: str
     default_input_schema: bytes
     default_output_schema: bytes
-    def __init__(self, name: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., runtime: _Optional[str] = ..., converts_to_onnx: _Optional[bool] = ..., file_types: _Optional[str] = ..., default_input_schema: _Optional[bytes] = ..., default_output_schema: _Optional[bytes] = ...) -> None: ...
+    available: bool
+    install_hint: str
+    def __init__(self, name: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., runtime: _Optional[str] = ..., converts_to_onnx: _Optional[bool] = ..., file_types: _Optional[str] = ..., default_input_schema: _Optional[bytes] = ..., default_output_schema: _Optional[bytes] = ..., available: _Optional[bool] = ..., install_hint: _Optional[str] = ...) -> None: ...
 
 class ListFrameworksResponse(_message.Message):
     __slots__ = ("frameworks", "next_page_token")

@@ -246,6 +246,8 @@ def framework(f: FrameworkSpec) -> model_pb2.Framework:
         default_output_schema=f.default_output_schema.serialize().to_pybytes()
         if f.default_output_schema
         else b"",
+        available=f.available,
+        install_hint=f.install_hint,
     )
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
+from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError
 from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.names import check_dns_name, parse_schema
-from flightline.server.services.prepare import ZIPPED_FRAMEWORKS
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import (
@@ -31,11 +31,6 @@ from flightline.server.store.records import (
 from flightline.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-# Runtimes that also run inside the front door, saving a hop (see the README benchmark). Only ONNX:
-# a Python step is user code and stays in its own process, away from the control plane.
-IN_PROCESS_RUNTIMES = frozenset({"onnx"})
-
 
 @dataclass(frozen=True)
 class Live:
@@ -158,13 +153,15 @@ class DeploymentService:
         except ModelLoadError as exc:
             what = f"step {index + 1} ({version.model_name} v{version.version})"
             raise ModelLoadError(f"{what}: {exc}") from exc
-        if self.in_process_native and version.runtime in IN_PROCESS_RUNTIMES:
+        # Data artifacts on the server's packages also run inside the front door, saving a hop (see
+        # the README benchmark); user code (a pickle, a Python step) stays in its own process.
+        if self.in_process_native and plugin(version.runtime).in_front_door:
             return LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
         return RemoteStep(process.location)
 
     def _artifact(self, version: ModelVersion) -> Path:
         local = self.artifacts.local_path(version.sha256, self.work_dir / "cache")
-        if version.framework not in ZIPPED_FRAMEWORKS:
+        if not plugin(version.runtime).unpacks:
             return local
         unpacked = self.work_dir / "unpacked" / version.sha256
         if not unpacked.exists():

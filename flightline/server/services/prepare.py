@@ -1,26 +1,39 @@
-"""Turns a stored upload into something a runtime can serve: inspect it, convert it to ONNX where the
-framework allows, and decide which runtime hosts it. Conversion runs in a subprocess so that unpickling
-untrusted files or a crashing converter cannot take the control plane down."""
+"""Turns a stored upload into something a runtime can serve: inspect it, convert it to ONNX where its
+plug-in allows, and decide which runtime hosts it. The control plane never loads a model: all of that
+runs in the subprocess `python -m flightline.runtimes.prepare` under memory and time limits, so that
+unpickling untrusted files, a crashing converter or an ONNX graph that allocates without bound cannot
+take the control plane down. Only its one-line JSON reply and the schema files it wrote are read back,
+and they are not trusted (the subprocess may have run the user's code)."""
 
 from __future__ import annotations
 
-import ast
 import json
+import logging
+import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 
-from flightline.runtimes import RUNTIMES
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
+from flightline.runtimes.plugins import for_framework, plugin
+from flightline.runtimes.prepare import INPUT_SCHEMA_FILE, OUTPUT_SCHEMA_FILE
 from flightline.server.services.archives import check_zip
 
-ZIPPED_FRAMEWORKS = frozenset({"tensorflow", "custom", "mlflow"})
-CONVERT_TIMEOUT = 600  # seconds
+log = logging.getLogger(__name__)
+
+PREPARE_TIMEOUT = 600  # seconds
+# Address space (RLIMIT_AS, virtual memory) of the preparation process. Converting an XGBoost pickle
+# peaks at 2.0 GiB of address space on 2 cores while using 0.3 GiB resident (measured 2026-12-01): most
+# of it is reserved, not used, by per-thread stacks and malloc arenas, which grow with the core count.
+# A model that needs more than this to be inspected is refused rather than allowed to exhaust the host.
+PREPARE_MEMORY_LIMIT = (4 << 30) + (os.cpu_count() or 1) * (128 << 20)  # bytes
+_MAX_SCHEMA_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,7 @@ class Prepared:
 
 def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
     """Cheap checks done before anything is stored; raises InvalidArgument."""
-    if framework.name in ZIPPED_FRAMEWORKS or artifact.suffix == ".zip":
+    if framework.archive or artifact.suffix == ".zip":
         check_zip(artifact)
 
 
@@ -47,64 +60,23 @@ def prepare(
     input_schema: pa.Schema | None,
     output_schema: pa.Schema | None,
     options: dict[str, str],
+    memory_limit: int = PREPARE_MEMORY_LIMIT,
+    timeout: float = PREPARE_TIMEOUT,
 ) -> Prepared:
     """Raises ModelLoadError when the artifact cannot be served, with the reason."""
-    if framework.converts_to_onnx:
-        converted, note = _convert(framework.name, artifact, work, input_schema, output_schema, options)
-        if converted is not None:
-            return _onnx(converted, input_schema, output_schema)
-        runtime = framework.fallback_runtime
-        if runtime is None or runtime not in RUNTIMES:
-            raise ModelLoadError(f"{note}; no containerized runtime for {framework.name!r} is available yet")
-        return Prepared(runtime, False, artifact, input_schema, output_schema, note)
-    if framework.name == "onnx":
-        return _onnx(artifact, input_schema, output_schema)
-    if framework.name == "python":
-        _check_python_step(artifact)
-        return Prepared("python", True, artifact, input_schema, output_schema)
-    runtime = framework.fallback_runtime or framework.runtime
-    if runtime not in RUNTIMES:
-        raise ModelLoadError(
-            f"framework {framework.name!r} is in the catalog, but its {runtime!r} runtime is not built yet"
-        )
-    return Prepared(runtime, framework.native, artifact, input_schema, output_schema)
-
-
-def _onnx(path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None) -> Prepared:
-    from flightline.runtimes.onnx import describe
-
-    served_in, served_out = describe(path, input_schema, output_schema)
-    return Prepared("onnx", True, path, served_in, served_out)
-
-
-def _check_python_step(path: Path) -> None:
-    try:
-        tree = ast.parse(path.read_bytes(), filename=path.name)
-    except (SyntaxError, ValueError) as exc:
-        raise ModelLoadError(f"{path.name} is not a valid Python script: {exc}") from exc
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "wallaroo_json" for n in tree.body):
-        raise ModelLoadError(f"{path.name} defines no top-level `wallaroo_json(data)` function")
-
-
-def _convert(
-    framework: str,
-    artifact: Path,
-    work: Path,
-    input_schema: pa.Schema | None,
-    output_schema: pa.Schema | None,
-    options: dict[str, str],
-) -> tuple[Path | None, str]:
+    for_framework(framework.name)  # no process to start for a framework no plug-in serves
+    out = Path(tempfile.mkdtemp(dir=work, prefix="prepared-"))
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         args = [
             sys.executable,
             "-m",
-            "flightline.runtimes.convert",
+            "flightline.runtimes.prepare",
             "--framework",
-            framework,
+            framework.name,
             "--artifact",
             str(artifact),
             "--out",
-            str(work),
+            str(out),
             "--options",
             json.dumps(options),
         ]
@@ -114,20 +86,89 @@ def _convert(
                 file.write_bytes(schema.serialize().to_pybytes())
                 args += [flag, str(file)]
         try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=CONVERT_TIMEOUT, check=False)
+            proc = run_preparation(args, memory_limit=memory_limit, timeout=timeout, logs=Path(tmp))
         except subprocess.TimeoutExpired:
-            raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
+            raise ModelLoadError(f"preparing the {framework.name} model took over {timeout:g} s") from None
+    reply = _reply(framework.name, proc)
+    runtime = plugin(str(reply.get("runtime", "")))  # ModelLoadError for a name no plug-in has
+    served = artifact if not reply.get("artifact") else _inside(out, str(reply["artifact"]))
+    return Prepared(
+        runtime.name,
+        runtime.native,
+        served,
+        _schema(out / INPUT_SCHEMA_FILE),
+        _schema(out / OUTPUT_SCHEMA_FILE),
+        str(reply.get("note", "")),
+    )
+
+
+def run_preparation(
+    args: list[str], *, memory_limit: int, timeout: float, logs: Path
+) -> subprocess.CompletedProcess[str]:
+    """Runs the preparation subprocess. The one place it is started, so that a sandboxed launcher
+    (hosting/sandbox.py) can replace it.
+
+    The child limits its own address space (`--memory-limit`) before it touches the artifact: a
+    `preexec_fn` would run Python between fork and exec in this multi-threaded gRPC server, which
+    crashes the child (gRPC skips its fork handlers). Its output goes to files in `logs`, of which only
+    the tails are read: a pickle printing gigabytes must not grow the control plane's memory."""
+    with (logs / "stdout").open("w+b") as stdout, (logs / "stderr").open("w+b") as stderr:
+        done = subprocess.run(
+            [*args, "--memory-limit", str(memory_limit)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=timeout,
+            check=False,
+        )
+        return subprocess.CompletedProcess(done.args, done.returncode, _tail(stdout), _tail(stderr))
+
+
+def _tail(file: BinaryIO, size: int = 64 << 10) -> str:
+    file.seek(0, os.SEEK_END)
+    file.seek(max(0, file.tell() - size))
+    return file.read().decode("utf-8", errors="replace")
+
+
+def _reply(framework: str, proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     lines = proc.stdout.strip().splitlines()
     try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = proc.stderr.strip().splitlines()[-3:]
-        raise ModelLoadError(f"conversion of {framework} model crashed: {' | '.join(tail)}") from None
-    if "error" in result:
-        raise ModelLoadError(result["error"])
-    if not result["onnx_path"]:
-        return None, result["note"]
-    converted = Path(result["onnx_path"]).resolve()
-    if not converted.is_relative_to(work.resolve()):  # the subprocess ran the user's pickle: trust nothing
-        raise ModelLoadError(f"the converter wrote outside its work folder: {converted}")
-    return converted, result["note"]
+        reply = json.loads(lines[-1])
+        if not isinstance(reply, dict):
+            raise ValueError("not a JSON object")
+    except (IndexError, ValueError):
+        # The detail (a traceback, paths) goes to the log, not to the client.
+        log.warning(
+            "preparing a %s model failed, exit code %s: %s",
+            framework,
+            proc.returncode,
+            " | ".join(proc.stderr.strip().splitlines()[-5:]),
+        )
+        why = "ran out of memory or crashed" if proc.returncode != 0 else "gave no answer"
+        raise ModelLoadError(
+            f"preparing the {framework} model failed: the preparation process {why}"
+        ) from None
+    if "error" in reply:
+        raise ModelLoadError(str(reply["error"]))
+    return reply
+
+
+def _inside(out: Path, relative: str) -> Path:
+    """The converted file, which must be inside OUTDIR: the subprocess ran the user's pickle."""
+    path = (out / relative).resolve()
+    if not path.is_relative_to(out.resolve()) or not path.is_file():
+        raise ModelLoadError("the preparation process named a converted file outside its folder")
+    return path
+
+
+def _schema(path: Path) -> pa.Schema | None:
+    if path.is_symlink():
+        raise ModelLoadError("the preparation process wrote a link instead of a schema")
+    if not path.is_file():
+        return None
+    if path.stat().st_size > _MAX_SCHEMA_BYTES:
+        raise ModelLoadError("the preparation process wrote an oversized schema")
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(path.read_bytes()))
+    except pa.ArrowException:
+        raise ModelLoadError("the preparation process wrote an unreadable schema") from None

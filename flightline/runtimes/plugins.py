@@ -1,0 +1,194 @@
+"""The runtime plug-ins, declared once, as data. Everything that depends on a framework (the catalog,
+upload checks, preparation and conversion, deployment) reads this table; nothing else branches on
+framework or runtime names.
+
+This module imports nothing heavy: a plug-in's code is named by "module:attribute" strings and imported
+only by the process that loads a model (or prepares one), so the control plane never imports a
+framework and a runtime process hosting ONNX never imports xgboost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from flightline.runtimes.base import ModelLoadError
+
+# The environment "server" is the server's own interpreter and packages; other families are built by
+# flightline.server.hosting.environments.
+SERVER_ENVIRONMENT = "server"
+# What converters produce: their output is served by the plug-in that serves this framework.
+CONVERTED_FRAMEWORK = "onnx"
+NO_PLUGIN_HINT = "no runtime plug-in serves this framework yet"
+
+
+@dataclass(frozen=True)
+class ArtifactForm:
+    suffix: str  # ".onnx", ".pkl", ".py", ".zip", ...; "" = any file
+    description: str  # "ONNX model (.onnx)"
+    archive: bool = False  # a zip that is checked at upload and unpacked for the runtime
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str  # runtime name recorded on versions: "onnx", "python", "sklearn"
+    entry: str  # "module:Class" implementing runtimes.base.Runtime
+    frameworks: tuple[str, ...]  # catalog frameworks it serves
+    forms: tuple[ArtifactForm, ...]  # artifact forms it accepts
+    environment: str  # SERVER_ENVIRONMENT, else a family of hosting/environments.py
+    concurrent: bool  # Runtime.infer may be called from several threads at once
+    trusted_artifacts: bool  # True for data (ONNX, SavedModel...), False for code (pickle, .py)
+    native: bool  # reported as RUNTIME_KIND_NATIVE (the guide's onnx/tensorflow/python), else CONTAINERIZED
+    converter: str | None = None  # "module:function" converting an artifact to ONNX, tried first
+    # "module:function" (path, input_schema, output_schema) -> (input_schema, output_schema): the
+    # schemas the runtime will serve, or ModelLoadError. None: the declared schemas are recorded as is.
+    # Runs only in the preparation subprocess (flightline.runtimes.prepare), never in the control plane.
+    describe: str | None = None
+    requires: tuple[str, ...] = ()  # importable modules that must exist to serve (availability check)
+    # Modules needed for one framework only, e.g. xgboost pickles need xgboost besides sklearn.
+    framework_requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    install_hint: str = ""  # what to install when not available
+
+    @property
+    def unpacks(self) -> bool:
+        """The runtime loads an unpacked folder, not the uploaded archive."""
+        return any(form.archive for form in self.forms)
+
+    @property
+    def in_front_door(self) -> bool:
+        """Loaded inside the front door too, saving a hop: data artifacts on the server's own packages.
+        Code (a pickle, a script) never runs in a server process."""
+        return self.trusted_artifacts and self.environment == SERVER_ENVIRONMENT
+
+    def missing(self, framework: str | None = None) -> tuple[str, ...]:
+        """The required modules that cannot be imported here (for `framework`, if given)."""
+        extra = dict(self.framework_requires).get(framework or "", ())
+        return tuple(module for module in (*self.requires, *extra) if not _importable(module))
+
+    def available(self, framework: str | None = None) -> bool:
+        return not self.missing(framework)
+
+
+PLUGINS: tuple[Plugin, ...] = (
+    Plugin(
+        name="onnx",
+        entry="flightline.runtimes.onnx:OnnxRuntime",
+        frameworks=("onnx",),
+        forms=(ArtifactForm(".onnx", "ONNX model (.onnx)"),),
+        environment=SERVER_ENVIRONMENT,
+        # onnxruntime documents InferenceSession.run as thread-safe; concurrent calls share the weights.
+        concurrent=True,
+        trusted_artifacts=True,  # a graph of standard operators: data (no custom-op library is ever loaded)
+        native=True,
+        describe="flightline.runtimes.onnx:describe",
+        requires=("onnxruntime", "onnx"),
+        install_hint="pip install onnxruntime onnx",
+    ),
+    Plugin(
+        name="python",
+        entry="flightline.runtimes.python_step:PythonStepRuntime",
+        frameworks=("python",),
+        forms=(ArtifactForm(".py", "Python script (.py)"),),
+        environment=SERVER_ENVIRONMENT,
+        # The user's script may keep module-level state (counters, caches, open files) and nothing
+        # says it is reentrant; one call at a time per model is the only safe assumption.
+        concurrent=False,
+        trusted_artifacts=False,  # it is code
+        native=True,
+        describe="flightline.runtimes.python_step:describe",
+        requires=("pandas",),
+        install_hint="pip install pandas",
+    ),
+    Plugin(
+        name="sklearn",
+        entry="flightline.runtimes.sklearn:SklearnRuntime",
+        frameworks=("sklearn", "xgboost"),  # the xgboost catalog framework is XGBoost's sklearn pickles
+        forms=(
+            ArtifactForm(".pkl", "pickle (.pkl)"),
+            ArtifactForm(".joblib", "joblib pickle (.joblib)"),
+            ArtifactForm("", "pickle under any name"),
+        ),
+        environment=SERVER_ENVIRONMENT,
+        # Serialized: a pickle can hold any class (custom transformers, third-party estimators,
+        # FunctionTransformer around user functions) whose predict may mutate state, and estimators
+        # with n_jobs or XGBoost's nthread already use every core per call. Throughput comes from
+        # batching concurrent requests into one call instead.
+        concurrent=False,
+        trusted_artifacts=False,  # unpickling runs arbitrary code
+        native=False,
+        converter="flightline.runtimes.convert:convert",
+        requires=("sklearn", "joblib"),
+        framework_requires=(("xgboost", ("xgboost",)),),
+        install_hint="pip install scikit-learn joblib xgboost",
+    ),
+)
+
+_BY_NAME = {p.name: p for p in PLUGINS}
+_BY_FRAMEWORK = {framework: p for p in PLUGINS for framework in p.frameworks}
+
+
+def plugin(name: str) -> Plugin:
+    """The plug-in recorded as a version's runtime; ModelLoadError naming the known ones."""
+    found = _BY_NAME.get(name)
+    if found is None:
+        raise ModelLoadError(f"unknown runtime {name!r}; known runtimes: {sorted(_BY_NAME)}")
+    return found
+
+
+def serving(framework: str) -> Plugin | None:
+    """The plug-in that accepts uploads of `framework` (it may convert them), or None."""
+    return _BY_FRAMEWORK.get(framework)
+
+
+def for_framework(framework: str) -> Plugin:
+    """The plug-in that accepts uploads of `framework`; ModelLoadError when none does yet."""
+    found = serving(framework)
+    if found is None:
+        raise ModelLoadError(
+            f"framework {framework!r} is in the catalog, but its runtime plug-in is not built yet"
+        )
+    return found
+
+
+def unavailable_reason(framework: str) -> str:
+    """'' when `framework` can be served on this installation, else what to install."""
+    served_by = serving(framework)
+    if served_by is None:
+        return NO_PLUGIN_HINT
+    missing = served_by.missing(framework)
+    if missing:
+        return f"the {served_by.name} runtime needs {', '.join(missing)}: {served_by.install_hint}"
+    return ""
+
+
+def load_attribute(target: str) -> Any:
+    """The object a "module:attribute" string names; ModelLoadError when its module cannot be imported."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelLoadError(f"{module_name} is not available: {error}") from error
+    return getattr(module, attribute)
+
+
+@cache
+def _importable(module: str) -> bool:
+    # find_spec locates a module without importing it, so the check stays cheap in the control plane.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_registry() -> None:
+    """The table's invariants, checked at import so a bad entry fails every process at once."""
+    if len(_BY_NAME) != len(PLUGINS):
+        raise RuntimeError("two runtime plug-ins share a name")
+    if len(_BY_FRAMEWORK) != sum(len(p.frameworks) for p in PLUGINS):
+        raise RuntimeError("two runtime plug-ins serve the same framework")
+
+
+_check_registry()
