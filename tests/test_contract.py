@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_tools import protoc
 from support.mlp import build_mlp
 
-from flightline.runtimes import RUNTIMES
+from flightline.runtimes.plugins import PLUGINS
 from flightline.server.api import limits, messages
 from flightline.server.app import App
 from flightline.server.client import Client, every_page
@@ -379,7 +379,8 @@ def test_every_limit_is_written_in_its_fields_comment(tmp_path: Path) -> None:
 def test_docs_name_only_runtimes_that_exist() -> None:
     text = "\n".join(p.read_text() for p in PROTO_ROOT.glob("flightline/v1/*.proto"))
     quoted = set(re.findall(r'"([a-z]+)"', " ".join(re.findall(r"//.*[Rr]untime.*", text))))
-    assert quoted <= set(RUNTIMES) | {"flight"}, quoted - set(RUNTIMES)
+    runtimes = {p.name for p in PLUGINS}
+    assert quoted <= runtimes, quoted - runtimes
     for gone in ("tensorflow", "xgboost", "huggingface"):
         assert gone not in " ".join(re.findall(r"//.*[Rr]untime.*", text)), gone
 
