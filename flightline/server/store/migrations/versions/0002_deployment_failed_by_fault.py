@@ -21,7 +21,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # Existing FAILED deployments count as failed by their model: nothing retries them unasked.
     with op.batch_alter_table("deployments") as batch:
-        batch.add_column(sa.Column("failed_by_fault", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("failed_by_fault", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
