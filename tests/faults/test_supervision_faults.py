@@ -127,6 +127,29 @@ def test_a_runtime_whose_port_is_taken_comes_back_once_it_is_free(remote_app: Ap
         assert infer(again.flight_location, "held", features(10)).num_rows == 10
 
 
+def test_a_port_taken_for_longer_than_the_retries_fails_by_a_fault_with_the_reason(tmp_path: Path) -> None:
+    failures: list[tuple[str, str]] = []
+    with Supervisor(
+        tmp_path / "runtimes",
+        check_interval=0.1,
+        retry_for=3.0,
+        on_failure=lambda key, reason: failures.append((key, reason)),
+    ) as supervisor:
+        spec = ModelSpec(build_mlp(tmp_path / "m.onnx"), "onnx")
+        process = supervisor.start("m.0", "onnx", spec, timeout=60)
+        os.kill(process.pid, signal.SIGKILL)
+        holder = hold(process.port)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RuntimeFault, match=f"could not listen on port {process.port}"):
+                supervisor.wait_healthy("m.0", timeout=60)
+            assert time.monotonic() - started >= 3.0  # retried for retry_for seconds first
+        finally:
+            holder.close()
+        assert process.state is State.FAILED and process.failed_by_fault
+        assert failures == [("m.0", process.failure)]
+
+
 # -- a load error fails at once; a crash before ready is a fault, retried for a bounded time
 
 CRASHES_WHILE = """
