@@ -144,10 +144,44 @@ def test_migrations_create_exactly_the_tables_of_tables_py(db_url: str) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
     engine.dispose()
     # A database already at head opens as it is.
     MetadataStore(db_url).close()
+
+
+def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(
+                sa.text("INSERT INTO workspaces (id, name, created_at) VALUES (1, 'w', CURRENT_TIMESTAMP)")
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO deployments (name, workspace_id, status, status_reason, created_at) "
+                    "VALUES ('old', 1, 'failed', 'model broke', CURRENT_TIMESTAMP)"
+                )
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+    store = MetadataStore(db_url)
+    try:
+        old = store.get_deployment("old")
+        assert (old.status, old.status_reason, old.failed_by_fault) == (
+            DeploymentStatus.FAILED,
+            "model broke",
+            False,
+        )
+    finally:
+        store.close()
 
 
 def test_in_memory_sqlite_is_refused() -> None:
@@ -379,6 +413,13 @@ def test_deployments(store: MetadataStore) -> None:
     other = store.create_deployment(b.id, "other", steps[1:])
     assert [d.name for d in store.list_deployments()] == ["pipeline", "other"]
     assert store.list_deployments(b.id) == [other]
+
+    assert not running.failed_by_fault
+    faulted = store.update_deployment("other", DeploymentStatus.FAILED, "port taken", by_fault=True)
+    assert (faulted.status, faulted.failed_by_fault) == (DeploymentStatus.FAILED, True)
+    assert store.get_deployment("other").failed_by_fault
+    assert not store.update_deployment("other", DeploymentStatus.RUNNING, by_fault=True).failed_by_fault
+    assert not store.update_deployment("other", DeploymentStatus.FAILED, "bad model").failed_by_fault
 
     stopped = store.update_deployment("pipeline", DeploymentStatus.STOPPED, "undeployed by user")
     assert stopped.status_reason == "undeployed by user"

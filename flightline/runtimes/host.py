@@ -88,15 +88,23 @@ class Host:
         return envelope(checked, outputs, echo=mode == "envelope", schema=schema)
 
     def _infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        declared = self._declared_outputs
+        if batch.num_rows == 0 and declared is not None:
+            # Zero rows in, zero rows out, whatever the model: many libraries (sklearn) refuse empty input.
+            # An open output schema still asks the model, the only one that knows its columns.
+            return _empty(declared)
         outputs = self.runtime.infer(batch)
         if outputs.num_rows != batch.num_rows:
             raise ModelOutputError(
                 f"model returned {outputs.num_rows} rows for {batch.num_rows} input rows; "
                 "a model must return exactly one output row per input row"
             )
-        declared = self._declared_outputs
         if declared is not None and not outputs.schema.equals(declared):
             raise ModelOutputError(
                 f"model returned columns {outputs.schema} instead of its declared output schema {declared}"
             )
         return outputs
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)

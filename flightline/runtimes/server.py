@@ -5,22 +5,35 @@
 
 DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
 `FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
-code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down with exit code 0; streams still
-open after `--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it
-down the same way: a parent that holds the write end of a pipe takes the process with it when it dies,
-even by SIGKILL.
+code 3 when the model cannot be loaded (a fault of the model: starting again gives the same error). When
+it cannot listen on its port (e.g. the port is taken) it prints no line and exits with code 4 (a fault of
+the moment: the supervisor retries). SIGTERM/SIGINT shut it down with exit code 0; streams still open after
+`--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it down the
+same way: a parent that holds the write end of a pipe takes the process with it when it dies, even by
+SIGKILL.
 
-Flight methods (the descriptor path selects the response mode: none -> "envelope", or "outputs"/"raw"):
+Descriptors this server accepts: it serves ONE model, so a descriptor names only the response mode:
+`FlightDescriptor.for_path()` (or a CMD descriptor) -> "envelope", `for_path("envelope")`,
+`for_path("outputs")` or `for_path("raw")`. Anything else is INVALID_ARGUMENT; a path naming a deployment
+(e.g. `for_path("fraud")` or `for_path("fraud", "outputs")`) is told to call the front door, which routes
+deployments by name.
+
+Flight methods:
 - do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
-  fails its stream with INVALID_ARGUMENT, other streams are unaffected.
-- get_schema / get_flight_info: the result schema for that mode; the endpoint is this server.
+  fails its stream with INVALID_ARGUMENT, other streams are unaffected. A zero-row batch gets a zero-row
+  result.
+- get_schema / get_flight_info: the result schema for that mode; FlightInfo has NO endpoints (nothing is
+  served by do_get: inference is do_exchange on the same descriptor, here).
 - do_action "healthcheck" -> b"ok"; "schemas" -> input then output schema, as Arrow IPC bytes.
+Errors carry short messages only (see `flight_service.py`): a model that raised is INTERNAL "the model
+failed; see the server log", with the traceback on this process's stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -35,11 +48,14 @@ import pyarrow.flight as flight
 
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
-from flightline.runtimes.host import Host, Mode, ModelOutputError, parse_mode
+from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, InvalidArgument, Unimplemented
+from flightline.runtimes.host import MODES, Host, Mode, ModelOutputError, parse_mode
 
 READY: Final = "FLIGHTLINE_READY"
 LOAD_ERROR: Final = "FLIGHTLINE_LOAD_ERROR"
 LOAD_ERROR_EXIT_CODE: Final = 3
+LISTEN_ERROR_EXIT_CODE: Final = 4
+MODEL_FAILED: Final = "the model failed" + SEE_LOG
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
 EXIT_WITH_STDIN: Final = "--exit-with-stdin"
 
@@ -54,12 +70,15 @@ def mode_of(descriptor: flight.FlightDescriptor) -> Mode:
     path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
     if not path:
         return parse_mode(None)
-    try:
-        if len(path) > 1:
-            raise ValueError(f"expected at most one descriptor path segment (the mode), got {path}")
-        return parse_mode(path[0])
-    except ValueError as error:
-        raise pa.ArrowInvalid(str(error)) from error
+    segments = [segment.decode(errors="replace") for segment in path]
+    if len(segments) == 1 and (not segments[0] or segments[0] in MODES):
+        return parse_mode(segments[0])
+    what = f"unknown response mode {segments[0]!r}" if len(segments) == 1 else f"descriptor path {segments}"
+    raise InvalidArgument(
+        f"{what}: this runtime server serves one model, so use FlightDescriptor.for_path() or "
+        f"for_path(mode) with mode one of {list(MODES)}; to call a deployment by name, call the front door "
+        "(the deployment's flight_location) with for_path(deployment)"
+    )
 
 
 def remote_error_message(error: BaseException) -> str:
@@ -78,13 +97,11 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, what: str) -> pa.RecordBat
     `what` names the batch's producer in the INTERNAL error, e.g. "the model's result"."""
     try:
         return batch.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-        raise flight.FlightInternalError(
-            f"{what} changed columns within one stream: {batch.schema} after {schema}"
-        ) from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
+        raise Fault(f"{what} changed columns within one stream: {batch.schema} after {schema}") from error
 
 
-class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
+class RuntimeServer(FlightService):
     """Serves one `Host` over Flight. Listens from construction; usable as a context manager in tests."""
 
     def __init__(self, host: Host, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
@@ -107,6 +124,7 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
             schema = host.result_schema(mode)
             writer.begin(schema)
         for chunk in reader:
+            self.check_open()
             batch = chunk.data
             if batch is None:  # a metadata-only message carries nothing to infer
                 continue
@@ -123,10 +141,10 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
             return self.host.respond(batch, mode)
         except InvalidInput:
             raise
-        except ModelOutputError as error:
-            raise flight.FlightInternalError(str(error)) from error
-        except Exception as error:
-            raise flight.FlightInternalError(f"the model failed: {type(error).__name__}: {error}") from error
+        except ModelOutputError as error:  # our own words about the model's contract: no paths, no data
+            raise Fault(str(error)) from error
+        except Exception as error:  # the model's own exception may hold anything: it goes to the log only
+            raise Fault(MODEL_FAILED) from error
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -136,9 +154,9 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        schema = self.host.result_schema(mode_of(descriptor))
-        endpoint = flight.FlightEndpoint(b"", [self.location])
-        return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
+        # No endpoints: Flight clients must consume every endpoint with do_get, which this server does not
+        # serve; inference is do_exchange on this same descriptor at this server.
+        return flight.FlightInfo(self.host.result_schema(mode_of(descriptor)), descriptor, [], -1, -1)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return list(ACTIONS.items())
@@ -153,7 +171,7 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
                     self.host.output_schema.serialize().to_pybytes(),
                 ]
             )
-        raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
+        raise Unimplemented(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -208,11 +226,7 @@ def _stop_at_end_of_stdin(stop: threading.Event) -> None:
 
 
 def _shutdown(server: RuntimeServer, grace: float) -> None:
-    # shutdown() waits for open streams, and a long-lived stream may never end by itself.
-    closer = threading.Thread(target=server.shutdown, daemon=True)
-    closer.start()
-    closer.join(grace)
-    if closer.is_alive():
+    if not server.close(grace):
         # The interpreter's own exit would call shutdown() again and wait forever: end the streams with it.
         print(f"streams still open after {grace:g}s; exiting", file=sys.stderr, flush=True)
         os._exit(0)
@@ -229,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         reason = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
         print(f"{LOAD_ERROR} {' '.join(reason.split())}", file=protocol, flush=True)
         return LOAD_ERROR_EXIT_CODE
-    server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
+    # Model exceptions are logged here with their traceback (stderr, which the supervisor logs).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
+    except Exception as error:  # pyarrow says only "Server did not start properly"; gRPC logged why
+        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr, flush=True)
+        return LISTEN_ERROR_EXIT_CODE
     stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
     if args.exit_with_stdin:
         _stop_at_end_of_stdin(stop)

@@ -65,6 +65,7 @@ class App:
         supervisor = Supervisor(
             data / "runtimes",
             host=settings.host,
+            retry_for=settings.runtime_retry_seconds,
             on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
         )
         self.deployments = DeploymentService(
@@ -89,11 +90,15 @@ class App:
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
         return self
 
-    def stop(self) -> None:
-        # Clients first (bounded), then the runtimes their streams may still be using.
-        self.grpc_server.stop(grace=2).wait()
-        self.front_door.close(grace=5.0)
+    def stop(self) -> bool:
+        """Stops within a bounded time; False if Flight client streams were still open after the grace
+        (their handler threads are blocked in pyarrow: a process that wants to exit must `os._exit`)."""
+        # Clients first (bounded, both servers at once), then the runtimes their streams may still be using.
+        grpc_stopped = self.grpc_server.stop(grace=2)
+        closed = self.front_door.close(grace=self.settings.shutdown_grace)
+        grpc_stopped.wait()
         self.deployments.close()
+        return closed
 
     def __enter__(self) -> App:
         return self.start()

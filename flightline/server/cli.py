@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="Flightline: MLflow registries to Arrow Flight inference endpoints.", no_args_is_help=True
 )
 console = Console()
+log = logging.getLogger(__name__)
 
 
 @app.command()
@@ -38,7 +40,8 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with App(settings) as running:
+    running = App(settings).start()
+    try:
         print(f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location}", flush=True)
         if sample:
             from flightline.server.sample import demo
@@ -49,6 +52,14 @@ def serve(
             shown = result.drop_columns([c for c in result.column_names if c.startswith("in.")])
             print(shown.to_pandas().to_string(), flush=True)
         stop.wait()
+    finally:
+        closed = running.stop()
+    if not closed:
+        # Handler threads still wait on clients inside pyarrow, and the interpreter's exit would wait for
+        # them forever: everything else is stopped, so leave now.
+        log.warning("exiting with Flight client streams still open after %gs", settings.shutdown_grace)
+        logging.shutdown()
+        os._exit(0)
 
 
 @app.command()

@@ -22,6 +22,10 @@ class Settings:
     # Native runtimes (onnx, python) also run inside the front door: one network hop instead of two.
     in_process_native: bool = True
     registry_timeout: float = 30.0
+    # How long a runtime that cannot start for a fault (port taken, crash) is retried before its deployment
+    # FAILS; and how long SIGTERM waits for Flight clients' open streams before the process exits anyway.
+    runtime_retry_seconds: float = 60.0
+    shutdown_grace: float = 5.0
 
     @property
     def metadata_url(self) -> str:

@@ -4,6 +4,13 @@ Each process runs `python -m flightline.runtimes.server`, announces itself with 
 (`FLIGHTLINE_READY <location>` or `FLIGHTLINE_LOAD_ERROR <reason>`), and keeps its port across
 restarts so the location the front door and clients hold stays valid.
 
+Two kinds of failure to start: a load error of the model itself (the LOAD_ERROR line: starting again gives
+the same answer) fails at once with its reason (`ModelLoadError`); a fault of the moment (the port is taken,
+the process crashed or said nothing before it was ready, it did not start within the load timeout) is
+retried with exponential backoff (`FIRST_RETRY_DELAY` doubling up to `MAX_RETRY_DELAY`) until `retry_for`
+seconds have passed since the first try, then fails with the last reason (`RuntimeFault`). A process that
+ran and died is restarted the same way; one that crashes soon after each start backs off between restarts.
+
 A runtime must not outlive the control plane nor see its secrets: each one exits at the end of its stdin,
 a pipe whose write end this process keeps open (so it closes when this process dies, even by SIGKILL),
 and gets the environment without FLIGHTLINE_* settings or anything that looks like a credential."""
@@ -32,14 +39,24 @@ from urllib.parse import urlparse
 import pyarrow.flight as flight
 
 from flightline.runtimes.base import ModelLoadError, ModelSpec
-from flightline.runtimes.server import EXIT_WITH_STDIN, LOAD_ERROR, READY
+from flightline.runtimes.server import EXIT_WITH_STDIN, LISTEN_ERROR_EXIT_CODE, LOAD_ERROR, READY
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
 
 STDERR_TAIL_LINES = 20
+# A taken port or a crash at start is usually over within seconds; a minute of retries covers a slow
+# restart of whatever held the port without hiding a real outage for long.
+RETRY_FOR_SECONDS = 60.0
+FIRST_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 5.0
 # Model code is user code: it gets no control-plane settings and nothing that looks like a credential.
 _WITHHELD_VARIABLE = re.compile(r"^FLIGHTLINE_|TOKEN|SECRET|PASSWORD|CREDENTIAL|_KEY$", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
+
+
+class RuntimeFault(Unavailable):
+    """A runtime process could not start for a reason other than its model (port taken, crash or silence
+    before it was ready, start-up timeout). Retried by the supervisor; retrying later may help."""
 
 
 class State(Enum):
@@ -62,6 +79,7 @@ class RuntimeProcess:
     restarts: int = 0
     state: State = State.STARTING
     failure: str | None = None
+    failed_by_fault: bool = False  # FAILED by a RuntimeFault (retryable), not by a load error of the model
     _popen: subprocess.Popen[str] | None = field(default=None, repr=False)
     _stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), repr=False)
     _wake: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -89,7 +107,7 @@ class Supervisor:
     """Owns runtime processes keyed by a caller-chosen key (e.g. `<deployment>/<step>`).
 
     `on_failure(key, reason)` is called (from a watcher thread, outside the supervisor's lock) when a
-    runtime failed for good: it could not be restarted and is left FAILED."""
+    runtime failed for good: it could not be restarted and is left FAILED (`failed_by_fault` says why)."""
 
     def __init__(
         self,
@@ -100,7 +118,7 @@ class Supervisor:
         check_interval: float = 0.5,
         health_timeout: float = 5.0,
         health_failures: int = 3,
-        max_load_failures: int = 3,
+        retry_for: float = RETRY_FOR_SECONDS,
         stop_grace: float = 5.0,
         on_failure: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -111,7 +129,7 @@ class Supervisor:
         self.health_timeout = health_timeout
         # A busy runtime may miss one health deadline; only a run of misses means it is wedged.
         self.health_failures = health_failures
-        self.max_load_failures = max_load_failures
+        self.retry_for = retry_for
         self.stop_grace = stop_grace
         self.on_failure = on_failure
         self._procs: dict[str, RuntimeProcess] = {}
@@ -121,7 +139,8 @@ class Supervisor:
     # -- public API -------------------------------------------------------------------------------
 
     def start(self, key: str, runtime: str, spec: ModelSpec, *, timeout: float = 120) -> RuntimeProcess:
-        """Starts a runtime process and returns once it serves; raises ModelLoadError otherwise."""
+        """Starts a runtime process and returns once it serves. Raises ModelLoadError at once for a load
+        error of the model; retries faults for `retry_for` seconds, then raises RuntimeFault."""
         spec_dir = self.workdir / key
         with self._lock:
             if key in self._procs:
@@ -130,7 +149,7 @@ class Supervisor:
             self._procs[key] = proc
         try:
             spec.save(spec_dir)
-            self._launch(proc, port=0, timeout=timeout)
+            self._launch_retrying(proc, port=0, timeout=timeout)
         except BaseException:
             with self._lock:
                 self._procs.pop(key, None)
@@ -155,8 +174,8 @@ class Supervisor:
             return list(self._procs)
 
     def wait_healthy(self, key: str, timeout: float) -> RuntimeProcess:
-        """Blocks until the process serves (e.g. after a restart). Raises ModelLoadError if it
-        failed for good, Unavailable if it is not healthy within `timeout` seconds."""
+        """Blocks until the process serves (e.g. after a restart). Raises ModelLoadError or RuntimeFault if
+        it failed for good, Unavailable if it is not healthy within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
@@ -167,7 +186,8 @@ class Supervisor:
                 if proc.state is State.HEALTHY and proc._popen is not None and proc._popen.poll() is None:
                     return proc
                 if proc.state is State.FAILED:
-                    raise ModelLoadError(proc.failure or "runtime failed")
+                    failure = proc.failure or "runtime failed"
+                    raise RuntimeFault(failure) if proc.failed_by_fault else ModelLoadError(failure)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(
@@ -198,8 +218,29 @@ class Supervisor:
 
     # -- process lifecycle ------------------------------------------------------------------------
 
+    def _launch_retrying(self, proc: RuntimeProcess, *, port: int, timeout: float) -> None:
+        """`_launch`, again after faults with exponential backoff until `retry_for` seconds have passed.
+        Raises ModelLoadError at once, RuntimeFault once the time is up or the process is being stopped."""
+        deadline = time.monotonic() + self.retry_for
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                self._launch(proc, port=port, timeout=timeout)
+                return
+            except RuntimeFault as fault:
+                remaining = deadline - time.monotonic()
+                if proc._stopping.is_set() or remaining <= 0:
+                    raise
+                log.warning("runtime %s did not start (%s); retrying in %.1fs", proc.key, fault, delay)
+                if proc._stopping.wait(min(delay, remaining)):
+                    raise
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                with self._lock:
+                    proc.restarts += 1
+
     def _launch(self, proc: RuntimeProcess, *, port: int, timeout: float) -> None:
-        """Spawns the runtime server and waits for its READY line."""
+        """Spawns the runtime server and waits for its READY line. Raises ModelLoadError for the model's
+        load error, RuntimeFault for anything else."""
         cmd = [
             self.python,
             "-m",
@@ -228,7 +269,7 @@ class Supervisor:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise ModelLoadError(f"cannot start the runtime process: {exc}") from exc
+            raise RuntimeFault(f"cannot start the runtime process: {exc}") from exc
         proc._stderr_tail.clear()
         announcements: queue.Queue[str | None] = queue.Queue()
         stdout_drain = threading.Thread(
@@ -247,14 +288,13 @@ class Supervisor:
             proc.pid = popen.pid
         if proc._stopping.is_set():  # stop() raced with a restart: it may not have seen this process
             self._kill(proc)
-            raise ModelLoadError(f"runtime {proc.key!r} was stopped while starting")
+            raise RuntimeFault(f"runtime {proc.key!r} was stopped while starting")
         try:
             line = announcements.get(timeout=timeout)
         except queue.Empty:
             self._kill(proc)
-            raise ModelLoadError(
-                self._reason(proc, f"runtime did not become ready within {timeout:g}s")
-            ) from None
+            reason = f"runtime did not become ready within {timeout:g}s"
+            raise RuntimeFault(self._reason(proc, reason)) from None
         if line is not None and line.startswith(READY):
             location = line.removeprefix(READY).strip()
             with self._lock:
@@ -267,10 +307,11 @@ class Supervisor:
             self._kill(proc)
         stderr_drain.join(timeout=1.0)
         if line is not None:
-            reason = line.removeprefix(LOAD_ERROR).strip()
-        else:
-            reason = f"runtime exited with code {popen.returncode} before it was ready"
-        raise ModelLoadError(self._reason(proc, reason))
+            raise ModelLoadError(self._reason(proc, line.removeprefix(LOAD_ERROR).strip()))
+        if popen.returncode == LISTEN_ERROR_EXIT_CODE:
+            raise RuntimeFault(self._reason(proc, f"runtime could not listen on port {port} (taken?)"))
+        reason = f"runtime exited with code {popen.returncode} before it was ready"
+        raise RuntimeFault(self._reason(proc, reason))
 
     def _drain_stdout(
         self, proc: RuntimeProcess, popen: subprocess.Popen[str], announcements: queue.Queue[str | None]
@@ -299,8 +340,11 @@ class Supervisor:
 
     @staticmethod
     def _reason(proc: RuntimeProcess, reason: str) -> str:
+        """`reason`, for callers and clients; the stderr tail (tracebacks, paths) goes to the log only."""
         tail = "\n".join(proc._stderr_tail)
-        return f"{reason}\n--- runtime stderr (last lines) ---\n{tail}" if tail else reason
+        if tail:
+            log.warning("runtime %s: %s\n--- runtime stderr (last lines) ---\n%s", proc.key, reason, tail)
+        return reason
 
     def _kill(self, proc: RuntimeProcess) -> None:
         self._terminate([proc], grace=0.0)
@@ -338,7 +382,9 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         stream.close()
 
-    def _set_state(self, proc: RuntimeProcess, state: State, failure: str | None = None) -> bool:
+    def _set_state(
+        self, proc: RuntimeProcess, state: State, failure: str | None = None, *, by_fault: bool = False
+    ) -> bool:
         """Moves `proc` to `state`; False (and no change) once it is STOPPED."""
         with self._changed:
             if proc.state is State.STOPPED:
@@ -346,6 +392,7 @@ class Supervisor:
             proc.state = state
             if failure is not None:
                 proc.failure = failure
+                proc.failed_by_fault = by_fault
             self._changed.notify_all()
             return True
 
@@ -404,29 +451,20 @@ class Supervisor:
         return bool(results) and results[0].body.to_pybytes() == b"ok"
 
     def _restart(self, proc: RuntimeProcess, load_timeout: float) -> bool:
-        """Restarts on the same port with exponential backoff; returns False once the process failed
-        for good or is being stopped."""
+        """Restarts on the same port, retrying faults (see `_launch_retrying`); returns False once the
+        process failed for good or is being stopped."""
         self._set_state(proc, State.RESTARTING)
-        load_failures = 0
-        delay = 0.1
-        while not proc._stopping.is_set():
-            self._kill(proc)
-            with self._lock:
-                proc.restarts += 1
-            try:
-                self._launch(proc, port=proc.port, timeout=load_timeout)
-            except ModelLoadError as exc:
-                if proc._stopping.is_set():
-                    return False
-                load_failures += 1
-                if load_failures >= self.max_load_failures:
-                    log.error("runtime %s failed for good: %s", proc.key, exc)
-                    if self._set_state(proc, State.FAILED, failure=str(exc)):
-                        self._report_failure(proc.key, str(exc))
-                    return False
-                proc._stopping.wait(delay)
-                delay = min(delay * 4, 10.0)
-                continue
-            self._set_state(proc, State.HEALTHY)
-            return True
-        return False
+        self._kill(proc)
+        with self._lock:
+            proc.restarts += 1
+        try:
+            self._launch_retrying(proc, port=proc.port, timeout=load_timeout)
+        except (ModelLoadError, RuntimeFault) as exc:
+            if proc._stopping.is_set():
+                return False
+            log.error("runtime %s failed for good: %s", proc.key, exc)
+            if self._set_state(proc, State.FAILED, failure=str(exc), by_fault=isinstance(exc, RuntimeFault)):
+                self._report_failure(proc.key, str(exc))
+            return False
+        self._set_state(proc, State.HEALTHY)
+        return True

@@ -1,34 +1,45 @@
-"""The Flight front door: one address for every deployment. A client opens
+"""The Flight front door: one address for every deployment. Descriptors it accepts (PATH descriptors only):
 
     do_exchange(FlightDescriptor.for_path(name))             -> envelopes: time, in.*, out.*, check_failures
+    do_exchange(FlightDescriptor.for_path(name, "envelope")) -> the same
     do_exchange(FlightDescriptor.for_path(name, "outputs"))  -> out.* columns only
 
-and gets one result batch per request batch on the same stream. The front door runs the route's steps
-in order and builds the envelope itself from the request batch as received (no copy), so runtimes send
-back only their outputs.
+and gets one result batch per request batch on the same stream (a zero-row batch gets a zero-row result).
+The front door runs the route's steps in order and builds the envelope itself from the request batch as
+received (no copy), so runtimes send back only their outputs. The "raw" mode is for chaining runtime
+servers and is refused here; a descriptor without a deployment name is INVALID_ARGUMENT.
+
+get_flight_info / get_schema on the same descriptors give the result schema. FlightInfo has NO endpoints:
+Flight clients must consume every endpoint with do_get, and nothing is served by do_get; inference is
+do_exchange on the same descriptor at this server. Runtime servers are not advertised (a deployment's
+steps and their locations are in the control plane's Deployment). list_flights gives one FlightInfo per
+deployment (descriptor for_path(name), envelope schema, no endpoints).
 
 Each client stream is handled batch by batch on its handler thread: memory stays bounded by the batch
 size whatever the request size, and an error surfaces on the batch that caused it. (Reading the client
 stream from a helper thread would let a failing batch leave that thread blocked on a call the server
-has already finished.)
+has already finished.) Once the front door is closing, a stream ends at its next batch with UNAVAILABLE.
 
-Errors clients see: NOT_FOUND (ArrowKeyError) for an unknown deployment, INVALID_ARGUMENT for data that
-breaks the first step's rules (the message names the column), UNAVAILABLE when a runtime process died
-(retry once the supervisor restarted it), INTERNAL when a model failed."""
+Errors clients see (short messages only; see `flightline/runtimes/flight_service.py`): NOT_FOUND for an
+unknown deployment, INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the
+message names the column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
+it) or the server is shutting down, INTERNAL "step N of 'name' failed: ...; see the server log" when a
+model failed, with the detail in the server log."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightline.runtimes import flight_service
 from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.envelope import envelope, envelope_schema
-from flightline.runtimes.host import parse_mode
+from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, InvalidArgument, Unimplemented
+from flightline.runtimes.host import MODES as ALL_MODES
 from flightline.runtimes.rules import is_open
 from flightline.runtimes.server import conform
 from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
@@ -40,9 +51,9 @@ ACTIONS = {"healthcheck": "Returns b'ok' while the front door serves."}
 log = logging.getLogger(__name__)
 
 
-class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
+class FrontDoor(FlightService):
     """Listens from construction; `serve()` blocks, or use it as a context manager in tests. `close()`
-    stops it without waiting forever for clients that keep streams open."""
+    (from FlightService) stops it without waiting forever for clients that keep streams open."""
 
     def __init__(self, router: Router, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
@@ -72,6 +83,7 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
                 result_schema = envelope_schema(reader.schema, output_schema, echo)
                 writer.begin(result_schema)
             for chunk in reader:
+                self.check_open()
                 batch = chunk.data
                 if batch is None:  # a metadata-only message carries nothing to infer
                     continue
@@ -88,21 +100,6 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
         finally:
             for stream in streams:
                 stream.close()
-
-    def close(self, grace: float = 5.0) -> bool:
-        """Stops taking calls and waits up to `grace` seconds for open streams to end; True if they did.
-
-        Flight's shutdown() waits for every open stream, and a client may hold one open indefinitely, so
-        it runs on a daemon thread that is left behind after the grace (it ends with the last stream)."""
-        closer = threading.Thread(target=self.shutdown, daemon=True, name="frontdoor-shutdown")
-        closer.start()
-        closer.join(grace)
-        if closer.is_alive():
-            log.warning(
-                "front door closed with client streams still open after %gs; not waiting for them", grace
-            )
-            return False
-        return True
 
     # -- metadata -----------------------------------------------------------------------------------
 
@@ -133,45 +130,41 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         if action.type == "healthcheck":
             return iter([b"ok"])
-        raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
+        raise Unimplemented(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
     def _info(self, route: Route, descriptor: flight.FlightDescriptor, echo: bool) -> flight.FlightInfo:
+        # No endpoints: a Flight client must consume every endpoint with do_get, which serves nothing here.
         schema = envelope_schema(route.input_schema, route.output_schema, echo)
-        ticket = route.name.encode()
-        # The front door first; then each step's runtime server, which clients may also call directly.
-        endpoints = [
-            flight.FlightEndpoint(ticket, [location]) for location in [self.location, *route.locations]
-        ]
-        return flight.FlightInfo(schema, descriptor, endpoints, -1, -1)
+        return flight.FlightInfo(schema, descriptor, [], -1, -1)
 
     def _route(self, name: str) -> Route:
         try:
             return self.router.get(name)
         except NotFound as error:
-            raise pa.ArrowKeyError(str(error)) from None  # Flight sends KeyError as NOT_FOUND
+            raise flight_service.NotFound(str(error)) from None
 
 
 def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:
     """(deployment name, echo inputs?) named by a descriptor path: [name] or [name, mode]."""
     path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
-    if not path or len(path) > 2:
-        raise pa.ArrowInvalid(
+    if not path or len(path) > 2 or not path[0]:
+        raise InvalidArgument(
             "expected FlightDescriptor.for_path(deployment) or "
             f"for_path(deployment, mode) with mode one of {list(MODES)}"
         )
-    try:
-        mode = parse_mode(path[1] if len(path) == 2 else None)
-    except ValueError as error:
-        raise pa.ArrowInvalid(str(error)) from None
+    mode = path[1].decode(errors="replace") if len(path) == 2 else "envelope"
     if mode not in MODES:
-        raise pa.ArrowInvalid(
-            f"response mode {mode!r} is served by runtime servers only; the front door serves {list(MODES)}"
-        )
-    return path[0].decode(), mode == "envelope"
+        if mode in ALL_MODES:
+            raise InvalidArgument(
+                f"response mode {mode!r} is served by runtime servers only; "
+                f"the front door serves {list(MODES)}"
+            )
+        raise InvalidArgument(f"unknown response mode {mode!r}; expected one of {list(MODES)}")
+    return path[0].decode(errors="replace"), mode == "envelope"
 
 
 def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The last step's raw outputs; each step's error told in terms of the deployment."""
+    """The last step's raw outputs; each step's error told in terms of the deployment, its detail logged."""
     data = batch
     for index, stream in enumerate(streams):
         try:
@@ -179,15 +172,14 @@ def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -
         except InvalidInput as error:
             if index == 0:  # the request itself breaks the rules; the message names the column
                 raise
-            raise flight.FlightInternalError(
-                f"{_step_name(route, index)} rejected the outputs of step {index}: {error}"
-            ) from None
+            step = _step_name(route, index)
+            raise Fault(f"{step} rejected the outputs of step {index}: {error}") from error
         except Unavailable as error:
-            raise flight.FlightUnavailableError(
-                f"runtime for {_step_name(route, index)} died; it is being restarted, retry ({error})"
-            ) from None
+            raise flight_service.Unavailable(
+                f"runtime for {_step_name(route, index)} died; it is being restarted, retry"
+            ) from error
         except StepFailed as error:
-            raise flight.FlightInternalError(f"{_step_name(route, index)} failed: {error}") from None
+            raise Fault(f"{_step_name(route, index)} failed: {error.public}{SEE_LOG}") from error
     return data
 
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.runtimes.base import InvalidInput
-from flightline.runtimes.host import Host
+from flightline.runtimes.flight_service import SEE_LOG
+from flightline.runtimes.host import Host, ModelOutputError
 from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
 
@@ -33,7 +34,12 @@ CLIENT_OPTIONS: Final = [
 
 
 class StepFailed(Exception):
-    """A runtime failed a batch for a reason that is not the client's (its model raised, bad outputs)."""
+    """A runtime failed a batch for a reason that is not the client's (its model raised, bad outputs).
+    `public` is what a client may read (no paths, no model text); the cause holds the detail, for the log."""
+
+    def __init__(self, public: str) -> None:
+        super().__init__(public)
+        self.public = public
 
 
 class StepStream(ABC):
@@ -81,8 +87,10 @@ class _LocalStream(StepStream):
             return self._host.run(batch)
         except InvalidInput:  # the client's data breaks the rules; any other error is the model's
             raise
-        except Exception as error:
-            raise StepFailed(f"the model failed: {type(error).__name__}: {error}") from None
+        except ModelOutputError as error:  # our own words about the model's contract
+            raise StepFailed(str(error)) from error
+        except Exception as error:  # the model's own message may hold anything: the log gets it
+            raise StepFailed("the model failed") from error
 
     def close(self) -> None:
         pass
@@ -156,9 +164,9 @@ class _RemoteStream(StepStream):
         except pa.ArrowInvalid as error:  # INVALID_ARGUMENT: the runtime named what is wrong with the data
             self._abandon()
             raise InvalidInput(remote_error_message(error)) from None
-        except flight.FlightInternalError as error:
+        except flight.FlightInternalError as error:  # the runtime's message is short already (RuntimeServer)
             self._abandon()
-            raise StepFailed(remote_error_message(error)) from None
+            raise StepFailed(remote_error_message(error).removesuffix(SEE_LOG)) from error
         except (flight.FlightError, OSError, StopIteration) as error:
             # The stream broke under us: the runtime died or cannot be reached.
             client = self._client
@@ -168,7 +176,7 @@ class _RemoteStream(StepStream):
             raise Unavailable(
                 f"runtime at {self._step.location} is unavailable: "
                 f"{remote_error_message(error) if str(error) else type(error).__name__}"
-            ) from None
+            ) from error
         if result is None:
             raise StepFailed("the runtime answered with a metadata-only message instead of a batch")
         return result

@@ -16,7 +16,7 @@ from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
-from flightline.server.errors import FailedPrecondition, FlightlineError
+from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
 from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.store.artifacts import ArtifactStore
@@ -28,7 +28,7 @@ from flightline.server.store.records import (
     ModelStatus,
     ModelVersion,
 )
-from flightline.server.supervisor import Supervisor
+from flightline.server.supervisor import RuntimeFault, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,16 @@ class DeploymentService:
             return self._live.get(name)
 
     def resume(self) -> None:
-        """At start-up: bring back what was running before the server stopped."""
+        """At start-up: bring back what was running before the server stopped, and retry what FAILED by a
+        fault (a runtime's port taken, a crash): those may well start now. A deployment whose model failed
+        stays FAILED."""
         for deployment in self.store.list_deployments():
-            if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
+            retry = deployment.status is DeploymentStatus.FAILED and deployment.failed_by_fault
+            if retry or deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
                 with self._name_lock(deployment.name):
+                    if retry:
+                        log.info("retrying deployment %s (%s)", deployment.name, deployment.status_reason)
+                        self.store.update_deployment(deployment.name, DeploymentStatus.DEPLOYING)
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
                     self._start(deployment, versions)
 
@@ -102,8 +108,14 @@ class DeploymentService:
             deployment = self.store.get_deployment(name)
             if deployment.status is not DeploymentStatus.RUNNING:
                 return
+            try:
+                by_fault = self.supervisor.get(key).failed_by_fault
+            except NotFound:  # stopped meanwhile; then the deployment is no longer RUNNING either
+                by_fault = True
             self._stop(name, len(deployment.steps))
-            self.store.update_deployment(name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}")
+            self.store.update_deployment(
+                name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -133,7 +145,9 @@ class DeploymentService:
             self._stop(name, len(versions))
             if not isinstance(exc, (ModelLoadError, FlightlineError)):
                 log.exception("deploying %s failed", name)
-            return self.store.update_deployment(name, DeploymentStatus.FAILED, str(exc))
+            return self.store.update_deployment(
+                name, DeploymentStatus.FAILED, str(exc), by_fault=_by_fault(exc)
+            )
         route = Route.of(name, steps)
         with self._lock:
             self._live[name] = Live(route, tuple(v.runtime for v in versions))
@@ -150,9 +164,9 @@ class DeploymentService:
         )
         try:
             process = self.supervisor.start(f"{name}.{index}", version.runtime, spec)
-        except ModelLoadError as exc:
+        except (ModelLoadError, RuntimeFault) as exc:
             what = f"step {index + 1} ({version.model_name} v{version.version})"
-            raise ModelLoadError(f"{what}: {exc}") from exc
+            raise type(exc)(f"{what}: {exc}") from exc
         # Data artifacts on the server's packages also run inside the front door, saving a hop (see
         # the README benchmark); user code (a pickle, a Python step) stays in its own process.
         if self.in_process_native and plugin(version.runtime).in_front_door:
@@ -180,3 +194,11 @@ class DeploymentService:
             self._live.pop(name, None)
         for index in range(count):
             self.supervisor.stop(f"{name}.{index}")
+
+
+def _by_fault(error: Exception) -> bool:
+    """Whether a failed start may succeed later: a fault (a runtime that could not start, an unreachable
+    store, a bug) rather than the model (a load error) or the request (e.g. a missing version)."""
+    if isinstance(error, ModelLoadError):
+        return False
+    return isinstance(error, Unavailable) or not isinstance(error, FlightlineError)

@@ -375,6 +375,7 @@ class MetadataStore:
                 workspace_id=workspace_id,
                 status=DeploymentStatus.DEPLOYING.value,
                 status_reason="",
+                failed_by_fault=False,
                 created_at=utc_now(),
                 steps=[
                     DeploymentStepRow(position=i, model_id=step.model_id, version=step.version)
@@ -387,11 +388,17 @@ class MetadataStore:
 
         return self._write(create)
 
-    def update_deployment(self, name: str, status: DeploymentStatus, status_reason: str = "") -> Deployment:
+    def update_deployment(
+        self, name: str, status: DeploymentStatus, status_reason: str = "", *, by_fault: bool = False
+    ) -> Deployment:
+        """Sets the status; `by_fault` marks a FAILED deployment as failed by a fault (retried at start-up)
+        rather than by its model, and is ignored for other statuses."""
+
         def update(session: Session) -> Deployment:
             row = _deployment_row(session, name)
             row.status = DeploymentStatus(status).value
             row.status_reason = status_reason
+            row.failed_by_fault = by_fault and status is DeploymentStatus.FAILED
             session.flush()
             return _deployment(row)
 
@@ -603,4 +610,5 @@ def _deployment(row: DeploymentRow) -> Deployment:
         status_reason=row.status_reason,
         steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
         created_at=row.created_at,
+        failed_by_fault=row.failed_by_fault,
     )

@@ -96,3 +96,4 @@ class Deployment:
     status_reason: str
     steps: tuple[DeploymentStep, ...]
     created_at: datetime
+    failed_by_fault: bool = False  # FAILED by a fault, not by the model: start-up retries it

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -139,6 +140,9 @@ class DeploymentRow(Base):
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
     status: Mapped[str] = mapped_column(String(32))
     status_reason: Mapped[str]
+    # FAILED by a fault (a runtime that crashed, timed out or found its port taken), not by the model:
+    # start-up retries such deployments. False for every other status.
+    failed_by_fault: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
     steps: Mapped[list[DeploymentStepRow]] = relationship(
         cascade="all, delete-orphan", order_by="DeploymentStepRow.position"
