@@ -135,9 +135,12 @@ def test_lane_refusal_carries_the_grpc_retry_pushback(small_app: App) -> None:
             assert call.exception() is not None
 
 
-def test_download_stops_at_the_deadline_and_stores_nothing(app: App, client: Client) -> None:
-    """A registry that answers, slowly: the download would finish after the client's deadline. The old
-    server finished it anyway and committed a version nobody was waiting for."""
+@pytest.mark.parametrize("client_goes", ["deadline", "cancel"])
+def test_download_stops_when_the_client_goes_and_stores_nothing(
+    app: App, client: Client, client_goes: str
+) -> None:
+    """A registry that answers, slowly: the download would finish after the client has gone (its deadline
+    passed, or it cancelled). The old server finished it anyway and committed a version nobody awaited."""
     data = np.random.default_rng(1).bytes(3 * 1024 * 1024 + 5)  # four DBFS reads
     slow = DbfsRegistry(token="dapi-t", model="wine", files={"model.pkl": data}, delay_s=0.3)
     with dbfs_server(slow) as databricks:
@@ -151,9 +154,14 @@ def test_download_stops_at_the_deadline_and_stores_nothing(app: App, client: Cli
             conversion=model_pb2.Conversion(framework="sklearn"),
         )
         with responsive(app.grpc_address, workspace_id) as watch:
-            with pytest.raises(grpc.RpcError) as late:
-                client.models.UploadFromRegistry(request, timeout=1.0)
-            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            if client_goes == "deadline":
+                with pytest.raises(grpc.RpcError) as late:
+                    client.models.UploadFromRegistry(request, timeout=1.0)
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            else:
+                call = client.models.UploadFromRegistry.future(request)
+                assert wait_until(lambda: slow.reads >= 1, timeout=5.0)
+                assert call.cancel()
             assert wait_until(lambda: app.slow_lane.in_use == 0, timeout=1.0)
             requests_after_deadline = slow.requests
             # Had the server carried on, the remaining reads and the commit would land in this time.

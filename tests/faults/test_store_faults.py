@@ -67,7 +67,8 @@ def corrupt_zip(method: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("method", "reason"), [(zipfile.ZIP_STORED, "CRC mismatch"), (zipfile.ZIP_DEFLATED, "bad compressed data")]
+    ("method", "reason"),
+    [(zipfile.ZIP_STORED, "CRC mismatch"), (zipfile.ZIP_DEFLATED, "bad compressed data")],
 )
 def test_corrupt_zip_member_is_invalid_argument_naming_it(
     app: App, client: Client, tmp_path: Path, method: int, reason: str
