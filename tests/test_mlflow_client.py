@@ -409,7 +409,7 @@ def test_failing_file_read_is_tried_retries_plus_one_times(
     try:
         with MlflowRegistryClient(proxy.url, retries=2) as through_proxy:
             pkl = by_name(through_proxy.list_artifacts(populated["multi_version_model"], "3"))["model.pkl"]
-            with pytest.raises(Unavailable, match=r"HTTP 503: busy \(tried 3 times\)"):
+            with pytest.raises(Unavailable, match=r"HTTP 503 \(tried 3 times\)"):
                 through_proxy.download(pkl.path, tmp_path)
     finally:
         proxy.close()

@@ -8,9 +8,11 @@ from concurrent import futures
 from types import TracebackType
 
 import grpc
+import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flightline.server.api import reflection
+from flightline.server.api.calls import CallInterceptor, SlowLane
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
 from flightline.server.api.registries import RegistryServicer
@@ -56,7 +58,19 @@ class App:
         self.store = MetadataStore(settings.metadata_url)
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.workspaces = WorkspaceService(self.store)
-        self.registries = RegistryService(self.store, timeout=settings.registry_timeout)
+        if not 1 <= settings.slow_lane < settings.grpc_workers:
+            raise ValueError(
+                f"slow_lane ({settings.slow_lane}) must be at least 1 and below grpc_workers "
+                f"({settings.grpc_workers}), so health checks and reads always find a worker"
+            )
+        self.slow_lane = SlowLane(settings.slow_lane)
+        timeouts = httpx.Timeout(
+            connect=settings.registry_connect_timeout,
+            read=settings.registry_timeout,
+            write=settings.registry_write_timeout,
+            pool=settings.registry_pool_timeout,
+        )
+        self.registries = RegistryService(self.store, timeout=timeouts)
         self.models = ModelService(self.store, self.artifacts, self.registries, data / "work")
         self.router = Router()
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
@@ -108,8 +122,9 @@ class App:
 
     def _grpc_server(self) -> grpc.Server:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
-            interceptors=[ErrorInterceptor()],
+            futures.ThreadPoolExecutor(max_workers=self.settings.grpc_workers, thread_name_prefix="grpc"),
+            # Outermost first: errors raised by the call plumbing get their status codes too.
+            interceptors=[ErrorInterceptor(), CallInterceptor(self.slow_lane)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -29,3 +29,15 @@ class Unavailable(FlightlineError):
 
 class FailedPrecondition(FlightlineError):
     """The thing exists but is in the wrong state, e.g. deploying a model version that is not READY."""
+
+
+class ResourceExhausted(FlightlineError):
+    """The server is at a capacity limit (e.g. its slow lane is full); retrying later may help."""
+
+
+class DeadlineExceeded(FlightlineError):
+    """The calling client's deadline passed; the work stopped and nothing was changed."""
+
+
+class Cancelled(FlightlineError):
+    """The calling client cancelled (or went away); the work stopped and nothing was changed."""

@@ -21,11 +21,25 @@ class Settings:
     flight_port: int = 8815  # 0 picks a free port
     # Native runtimes (onnx, python) also run inside the front door: one network hop instead of two.
     in_process_native: bool = True
+    # Registry HTTP timeouts (seconds; httpx's four parts), each also cut to the calling RPC's deadline.
+    # read: the longest silence allowed between bytes of an answer; a DBFS chunk (1 MiB) or a listing of a
+    #   busy registry takes seconds, so 30 s only ends a registry that has stopped answering.
+    # connect: a reachable host connects in milliseconds; 5 s tells "down or firewalled" quickly.
+    # write: requests are small GETs, so sending one never legitimately takes long.
+    # pool: each call has its own client, so waiting for a pooled connection would mean a bug.
     registry_timeout: float = 30.0
     # How long a runtime that cannot start for a fault (port taken, crash) is retried before its deployment
     # FAILS; and how long SIGTERM waits for Flight clients' open streams before the process exits anyway.
     runtime_retry_seconds: float = 60.0
     shutdown_grace: float = 5.0
+    registry_connect_timeout: float = 5.0
+    registry_write_timeout: float = 10.0
+    registry_pool_timeout: float = 5.0
+    # gRPC worker threads, and how many of them slow, remote-bound calls (registry listings and downloads,
+    # uploads) may hold at once. The difference (24) is kept for health checks, reads and writes, which
+    # therefore never queue behind slow work; a slow call beyond the lane is refused with a retry hint.
+    grpc_workers: int = 32
+    slow_lane: int = 8
 
     @property
     def metadata_url(self) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import posixpath
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,12 @@ class DbfsRegistry:
     # Counters and knobs the tests read and set; guarded by `lock`.
     reads: int = 0
     failures_to_inject: int = 0
+    # Fault knobs: every answer waits `delay_s`; with `error_status`, every call answers that status with
+    # `error_body` as it is (JSON or not), as a registry or a proxy in front of it might.
+    delay_s: float = 0.0
+    requests: int = 0  # every request, counted on arrival
+    error_status: int = 0
+    error_body: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -98,11 +105,16 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {key: values[0] for key, values in parse_qs(parts.query).items()}
         with self.registry.lock:
+            self.registry.requests += 1
             inject = self.registry.failures_to_inject > 0
             if inject:
                 self.registry.failures_to_inject -= 1
+        if self.registry.delay_s:
+            time.sleep(self.registry.delay_s)
         if inject:
             return self._send(503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try again"})
+        if self.registry.error_status:
+            return self._send_raw(self.registry.error_status, self.registry.error_body.encode())
         if self.headers.get("Authorization") != f"Bearer {self.registry.token}":
             return self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})
         routes = {
@@ -120,12 +132,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        self._send_raw(status, json.dumps(body).encode())
+
+    def _send_raw(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up; fine
+            self.wfile.write(data)
 
     def _missing(self, what: str) -> tuple[int, dict[str, Any]]:
         return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"{what} does not exist."}

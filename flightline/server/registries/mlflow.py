@@ -8,12 +8,18 @@ Two kinds of registry speak the same registry API and differ only in where a ver
 
 In MLflow 3 a version's `source` is often `models:/m-<id>` (a logged model), not a file location, so files are
 always found through `model-versions/get-download-uri`, which resolves every kind of source.
+
+Every request is bounded twice: by the client's own httpx timeouts (connect, read, write, pool), and by
+the deadline of the call it serves (`flightline.server.calls`), so registry work ends when its caller's
+deadline does. A registry's error bodies are logged, never put in an error message: they are remote text
+that a caller could otherwise use to read services the server can reach.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import posixpath
 import shutil
@@ -28,6 +34,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 
+from flightline.server import calls
 from flightline.server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,12 +44,16 @@ from flightline.server.errors import (
     Unavailable,
 )
 
+log = logging.getLogger(__name__)
+
 _PROXY_API = "/api/2.0/mlflow-artifacts/artifacts"
 _DBFS_READ_API = "/api/2.0/dbfs/read"
 # DBFS refuses reads over 1 MiB (MAX_READ_SIZE_EXCEEDED).
 _DBFS_MAX_READ = 1024 * 1024
 _BACKOFF_SECONDS = 0.25
 _BACKOFF_CAP_SECONDS = 4.0
+# How much of a remote error body goes to the log: enough to diagnose, bounded against a flood.
+_LOGGED_BODY_CHARS = 2000
 _PATH_FORMS = (
     "models:/<name>/<version>, models:/m-<id>, runs:/<run_id>/<path>, mlflow-artifacts:/<path>, "
     "dbfs:/<path>, /<dbfs path>, or a full_path URL of this registry"
@@ -116,13 +127,12 @@ class _Progress:
 class _Http:
     """GETs against one registry: Bearer token, bounded retries with backoff, failures as domain errors."""
 
-    def __init__(self, url: str, token: str, timeout: float, retries: int) -> None:
+    def __init__(self, url: str, token: str, timeouts: httpx.Timeout, retries: int) -> None:
         self.url = url
         self._retries = retries
+        self._timeouts = timeouts
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        # A host that never answers should fail fast on connect, while a slow large read may take `timeout`.
-        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._client = httpx.Client(base_url=url, headers=headers, timeout=limits)
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeouts)
 
     def close(self) -> None:
         self._client.close()
@@ -154,7 +164,7 @@ class _Http:
         failure = ""
         for attempt in range(self._retries + 1):
             if attempt:
-                time.sleep(self.backoff(attempt))
+                self.pause(attempt)
             outcome = self.send_once(path, params, what, headers=headers, stream=stream)
             if isinstance(outcome, httpx.Response):
                 return outcome
@@ -175,7 +185,9 @@ class _Http:
     ) -> httpx.Response | str:
         """One GET: the response, or why it failed when a retry may succeed (connection failure, 429, 5xx).
         Raises the domain error of any other failed answer. A streamed response must be closed."""
-        request = self._client.build_request("GET", path, params=params, headers=headers)
+        request = self._client.build_request(
+            "GET", path, params=params, headers=headers, timeout=self.timeouts(f"asking for {what}")
+        )
         try:
             response = self._client.send(request, stream=stream)
         except httpx.TransportError as exc:
@@ -184,47 +196,54 @@ class _Http:
             return response
         response.read()
         response.close()
+        log.warning(
+            "registry at %s answered HTTP %d for %s: %r",
+            self.url,
+            response.status_code,
+            what,
+            response.text[:_LOGGED_BODY_CHARS],
+        )
         if response.status_code == 429 or response.status_code >= 500:
-            return f"HTTP {response.status_code}: {_error_message(response)}"
+            return f"HTTP {response.status_code}"
         raise self._client_error(response, what)
 
-    def backoff(self, attempt: int) -> float:
-        return float(min(_BACKOFF_SECONDS * 2 ** (attempt - 1), _BACKOFF_CAP_SECONDS))
+    def timeouts(self, before: str) -> httpx.Timeout:
+        """The client's timeouts, each cut to what is left of the calling RPC's deadline."""
+        calls.check(before)
+        left = calls.remaining()
+        if left is None:
+            return self._timeouts
+        parts = (self._timeouts.connect, self._timeouts.read, self._timeouts.write, self._timeouts.pool)
+        connect, read, write, pool = (left if t is None else min(t, left) for t in parts)
+        return httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
+
+    def pause(self, attempt: int) -> None:
+        """Backs off before a retry, never past the calling RPC's deadline."""
+        backoff = float(min(_BACKOFF_SECONDS * 2 ** (attempt - 1), _BACKOFF_CAP_SECONDS))
+        left = calls.remaining()
+        time.sleep(backoff if left is None else max(0.0, min(backoff, left)))
+        calls.check("retrying the registry")
 
     @property
     def retries(self) -> int:
         return self._retries
 
     def _client_error(self, response: httpx.Response, what: str) -> Exception:
-        status, message = response.status_code, _error_message(response)
+        # The status and what was asked for only; the body went to the log (see the module docstring).
+        status = response.status_code
         if status in (401, 403):
             return Unauthenticated(
-                f"registry at {self.url} refused the token (HTTP {status}: {message}); "
+                f"registry at {self.url} refused the token (HTTP {status}); "
                 "set a valid personal access token on the registry"
             )
-        code = _error_code(response)
-        if code == "RESOURCE_DOES_NOT_EXIST":
-            return NotFound(f"{what} not found in registry at {self.url}: {message}")
+        if _error_code(response) == "RESOURCE_DOES_NOT_EXIST":
+            return NotFound(f"{what} not found in registry at {self.url} (HTTP {status})")
         if status == 404:
             return NotFound(
-                f"{what} not found: {self.url} answered HTTP 404 ({message}); check that it is the base URL "
+                f"{what} not found: {self.url} answered HTTP 404; check that it is the base URL "
                 "of an MLflow server or Databricks workspace"
             )
-        return InvalidArgument(
-            f"registry at {self.url} rejected the request for {what} (HTTP {status}): {message}"
-        )
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            if body.get(key):
-                return str(body[key])
-    return str(body)[:300]
+        return InvalidArgument(f"registry at {self.url} rejected the request for {what} (HTTP {status})")
 
 
 def _error_code(response: httpx.Response) -> str:
@@ -285,7 +304,7 @@ class _ProxyStore:
         written, failure = 0, ""
         for attempt in range(self._http.retries + 1):
             if attempt:
-                time.sleep(self._http.backoff(attempt))
+                self._http.pause(attempt)
             # After a broken transfer, resume where it stopped rather than fetch the file again.
             # Identity encoding, so Range offsets count the bytes written.
             headers = {"Accept-Encoding": "identity"}
@@ -304,6 +323,7 @@ class _ProxyStore:
                     out.truncate()
                     written = 0
                 for chunk in response.iter_bytes():
+                    calls.check(f"reading more of {what}")
                     out.write(chunk)
                     written += len(chunk)
                     progress.written(written)
@@ -391,7 +411,8 @@ class _DbfsStore:
 def _safe_name(name: str, url: str) -> str:
     """A listed name must stay one path component, so nothing written from a listing can escape `dest`."""
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise InvalidArgument(f"registry at {url} listed an unsafe file name {name!r}; refusing to use it")
+        log.warning("registry at %s listed an unsafe file name %r", url, name[:_LOGGED_BODY_CHARS])
+        raise InvalidArgument(f"registry at {url} listed an unsafe file name; refusing to use it")
     return name
 
 
@@ -441,12 +462,21 @@ def _model(item: dict[str, Any]) -> RegisteredModel:
 class MlflowRegistryClient:
     """Lists registered models, versions and version files of one registry, and downloads files to disk."""
 
-    def __init__(self, url: str, token: str = "", *, timeout: float = 30.0, retries: int = 3) -> None:
+    def __init__(
+        self, url: str, token: str = "", *, timeout: float | httpx.Timeout = 30.0, retries: int = 3
+    ) -> None:
+        """`timeout` is an httpx.Timeout, or one number for every part of it but connect (at most 10 s)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidArgument(f"registry URL {url!r} is not an http(s) URL")
-        if retries < 0 or timeout <= 0:
-            raise InvalidArgument("registry client needs retries >= 0 and a positive timeout")
+        if not isinstance(timeout, httpx.Timeout):
+            if timeout <= 0:
+                raise InvalidArgument("registry client needs a positive timeout")
+            # A host that never answers should fail fast on connect, while a slow large read may take longer.
+            timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        limits = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        if retries < 0 or any(t is None or t <= 0 for t in limits):
+            raise InvalidArgument("registry client needs retries >= 0 and positive timeouts")
         self.url = url.rstrip("/")
         self._http = _Http(self.url, token, timeout, retries)
         self._proxy = _ProxyStore(self._http)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from flightline.server.errors import InvalidArgument
@@ -16,11 +17,28 @@ def check_zip(path: Path) -> None:
                 parts = PurePosixPath(name.replace("\\", "/")).parts
                 if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                     raise InvalidArgument(f"archive entry {name!r} escapes the archive folder")
-            bad = archive.testzip()
+            for info in archive.infolist():
+                _check_member(archive, info)
     except zipfile.BadZipFile as exc:
         raise InvalidArgument(f"{path.name} is not a readable zip archive: {exc}") from exc
-    if bad is not None:
-        raise InvalidArgument(f"archive entry {bad!r} is corrupt (CRC mismatch)")
+
+
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Reads one member through: a CRC mismatch, corrupt or truncated compressed data and an unsupported
+    compression method are all the uploader's broken archive, named by the member."""
+    try:
+        with archive.open(info) as member:
+            while member.read(1 << 20):
+                pass
+    except zipfile.BadZipFile as exc:
+        reason = "CRC mismatch" if "CRC" in str(exc) else "unreadable"
+        raise InvalidArgument(f"archive entry {info.filename!r} is corrupt ({reason})") from exc
+    except (zlib.error, EOFError) as exc:
+        raise InvalidArgument(f"archive entry {info.filename!r} is corrupt (bad compressed data)") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # zipfile's words for these two
+        raise InvalidArgument(
+            f"archive entry {info.filename!r} is encrypted or uses an unsupported compression"
+        ) from exc
 
 
 def extract_zip(path: Path, dest: Path) -> Path:

@@ -56,7 +56,7 @@ class ModelService:
             )
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             report = progress or _log_progress(f"{name} from registry {registry_id}")
-            local = self.registries.download(registry_id, path, Path(tmp) / "download", report)
+            local = self.registries.download(registry_id, workspace_id, path, Path(tmp) / "download", report)
             if local.is_dir():
                 local = zip_dir(local, Path(tmp) / f"{local.name}.zip")
             check_artifact(framework, local)

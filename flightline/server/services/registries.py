@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flightline.server.errors import InvalidArgument
+import httpx
+
+from flightline.server.errors import InvalidArgument, NotFound
 from flightline.server.registries.mlflow import (
     ArtifactInfo,
     MlflowRegistryClient,
@@ -19,7 +21,9 @@ from flightline.server.store.records import Registry
 
 
 class RegistryService:
-    def __init__(self, store: MetadataStore, *, timeout: float = 30.0, retries: int = 3) -> None:
+    def __init__(
+        self, store: MetadataStore, *, timeout: float | httpx.Timeout = 30.0, retries: int = 3
+    ) -> None:
         self.store = store
         self.timeout = timeout
         self.retries = retries
@@ -66,15 +70,25 @@ class RegistryService:
             return client.list_artifacts(name, version)
 
     def download(
-        self, registry_id: str, path: str, dest: Path, progress: Callable[[int], None] | None = None
+        self,
+        registry_id: str,
+        workspace_id: int,
+        path: str,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
     ) -> Path:
+        """Downloads `path` for use in `workspace_id`, which the registry must be attached to."""
         dest.mkdir(parents=True, exist_ok=True)
-        with self._client(registry_id) as client:
+        with self._client(registry_id, workspace_id) as client:
             return client.download(path, dest, progress)
 
     @contextmanager
-    def _client(self, registry_id: str) -> Iterator[MlflowRegistryClient]:
+    def _client(self, registry_id: str, workspace_id: int | None = None) -> Iterator[MlflowRegistryClient]:
+        """A client of the registry; with `workspace_id`, only if the registry is attached to it (every
+        operation that names a workspace passes it)."""
         registry = self.store.get_registry(registry_id)
+        if workspace_id is not None and workspace_id not in registry.workspace_ids:
+            raise NotFound(f"registry {registry_id} is not attached to workspace {workspace_id}")
         client = MlflowRegistryClient(
             registry.url, registry.token, timeout=self.timeout, retries=self.retries
         )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,12 +23,17 @@ from uuid import uuid4
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from flightline.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from flightline.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 COPY_CHUNK_BYTES = 1 << 20
 # Temporary objects older than this are left over from a crash (uploads stream for minutes, not hours).
 STALE_TEMP_S = 6 * 3600
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# What a client hears when the store refuses a write (read-only, full, no permission): a server fault it
+# cannot fix, so no path or OS detail; the operator finds those in the log.
+UNWRITABLE = "the artifact store cannot be written; the operator has been told in the log"
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,20 @@ class ArtifactStore:
     def put(
         self, chunks: Iterable[bytes], *, expected_size: int | None = None, expected_sha256: str | None = None
     ) -> StoredArtifact:
-        """Stores the concatenated chunks; the same bytes stored twice are kept once."""
+        """Stores the concatenated chunks; the same bytes stored twice are kept once. Raises Unavailable
+        when the store cannot be written."""
+        source = _Source(chunks)
+        try:
+            return self._put(source, expected_size, expected_sha256)
+        except OSError as exc:
+            if source.failed:  # the bytes' source broke (a client went away), not the store
+                raise
+            log.error("artifact store %s cannot be written: %s", self._root, exc)
+            raise Unavailable(UNWRITABLE) from exc
+
+    def _put(
+        self, chunks: Iterable[bytes], expected_size: int | None, expected_sha256: str | None
+    ) -> StoredArtifact:
         if expected_sha256 is not None:
             expected_sha256 = _checked_sha256(expected_sha256)
         temp = f"{self._temp_dir}/{uuid4().hex}"
@@ -151,6 +170,23 @@ class ArtifactStore:
         for info in self._fs.get_file_info(pafs.FileSelector(self._temp_dir, allow_not_found=True)):
             if info.type is pafs.FileType.File and info.mtime is not None and info.mtime.timestamp() < cutoff:
                 self._delete_if_present(info.path)
+
+
+class _Source(Iterator[bytes]):
+    """Chunks to store, remembering whether an error came from them rather than from the store."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self.failed = False
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise
+        except BaseException:
+            self.failed = True
+            raise
 
 
 def _checked_sha256(sha256: str) -> str:

@@ -7,6 +7,7 @@ race between concurrent writers is retried, so e.g. two uploads of one name neve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +17,11 @@ from uuid import uuid4
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, make_url, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound
+from flightline.server import calls
+from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from flightline.server.store.records import (
     Conversion,
     Deployment,
@@ -43,9 +45,14 @@ from flightline.server.store.tables import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# How long a writer waits for another's SQLite write lock, at most; a call waits no longer than its deadline
+# allows, less LOCK_WAIT_MARGIN_S so that its UNAVAILABLE reaches the client before the deadline does.
 SQLITE_BUSY_TIMEOUT_S = 30
+LOCK_WAIT_MARGIN_S = 0.1
+BUSY = "the metadata store is busy with another writer; retry shortly"
 WRITE_OPTION = "flightline_write"  # execution option that makes a SQLite transaction BEGIN IMMEDIATE
 CONFLICT_ATTEMPTS = 5
 VISIBILITIES = ("private", "public")
@@ -438,14 +445,24 @@ class MetadataStore:
         """Runs `work` in one write transaction, again if a concurrent writer won a unique-constraint race."""
         attempt = 1
         while True:
+            calls.check("writing")
             try:
                 with self._sessions.begin() as session:
                     session.connection(execution_options={WRITE_OPTION: True})
-                    return work(session)
+                    result = work(session)
+                    # The one check that a write's client is still there: if not, leaving the block
+                    # rolls the transaction back, so a caller that gave up never finds it committed.
+                    calls.check("committing")
+                    return result
             except IntegrityError:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
                 attempt += 1
+            except OperationalError as exc:
+                if not _is_lock_wait(exc):
+                    raise
+                log.warning("metadata write gave up waiting for the database lock: %s", exc.orig)
+                raise Unavailable(BUSY) from exc
 
     def _upgrade_schema(self) -> None:
         config = Config()
@@ -492,7 +509,22 @@ def _begin_sqlite_transaction(connection: Any) -> None:
     # A deferred transaction that reads then writes fails (SQLITE_BUSY_SNAPSHOT) if another writer got in
     # between; IMMEDIATE makes writers queue on the busy timeout instead.
     write = connection.get_execution_options().get(WRITE_OPTION, False)
+    if write:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(_lock_wait_s() * 1000)}")
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _lock_wait_s() -> float:
+    left = calls.remaining()
+    if left is None:
+        return SQLITE_BUSY_TIMEOUT_S
+    return max(0.0, min(SQLITE_BUSY_TIMEOUT_S, left - LOCK_WAIT_MARGIN_S))
+
+
+def _is_lock_wait(exc: OperationalError) -> bool:
+    # SQLite's SQLITE_BUSY / SQLITE_LOCKED; PostgreSQL's lock_timeout (55P03) when an operator sets one.
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database table is locked" in text or "lock timeout" in text
 
 
 # -- row lookups that raise NotFound with the missing thing named
