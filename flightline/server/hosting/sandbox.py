@@ -300,7 +300,9 @@ class Sandbox:
         except OSError as error:  # exec itself refused: the file or a folder above it is off limits
             detail = error.strerror or str(error)
         if detail:
-            blocked = _untraversable_ancestor(Path(os.path.realpath(python)))
+            blocked = _untraversable_ancestor(Path(python)) or _untraversable_ancestor(
+                Path(os.path.realpath(python))
+            )
             hint = (
                 f"; grant it traverse on {blocked} (e.g. `setfacl -m u:{self.user}:x {blocked}`, "
                 "as .ci/setup does)"
