@@ -18,6 +18,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -51,9 +52,14 @@ SERVICES = [
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        data = settings.data_dir.resolve()
-        data.mkdir(parents=True, exist_ok=True)
+        # Owner-only: user code runs as another user (see hosting/sandbox.py) and must not read the
+        # metadata database (registry tokens) nor the artifacts of other models.
+        data = private_dir(settings.data_dir.resolve())
         self.store = MetadataStore(settings.metadata_url)
+        if not settings.database_url:
+            private_file(data / "flightline.db")
+        # Outside the data folder, which the sandbox user cannot traverse: runtimes' specs and artifacts.
+        self.sandbox = Sandbox.temporary()
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.workspaces = WorkspaceService(self.store)
         self.registries = RegistryService(self.store, timeout=settings.registry_timeout)
@@ -63,9 +69,10 @@ class App:
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
         supervisor = Supervisor(
-            data / "runtimes",
+            self.sandbox.root / "runtimes",
             host=settings.host,
             on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
+            sandbox=self.sandbox,
         )
         self.deployments = DeploymentService(
             self.store,
@@ -94,6 +101,7 @@ class App:
         self.grpc_server.stop(grace=2).wait()
         self.front_door.close(grace=5.0)
         self.deployments.close()
+        self.sandbox.close()
 
     def __enter__(self) -> App:
         return self.start()

@@ -27,6 +27,7 @@ user and could read whatever that user can. `Sandbox.isolates_user` says which c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import re
@@ -50,13 +51,23 @@ _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 GIB: Final = 1 << 30
 
-# Runs as the sandboxed user before the target: lowers the limits (always allowed), then becomes it.
+# Runs between fork and the target, as the server's user: sets the limits, drops to the sandbox user
+# (supplementary groups first, then gid, then uid, so none survives), then becomes the target. Doing this
+# here rather than with Popen(user=...) keeps Popen on vfork: a plain fork() of the threaded server
+# (gRPC, onnxruntime) crashes in the child.
 _LAUNCHER: Final = (
     "import os, resource, sys\n"
-    "for item in filter(None, sys.argv[1].split(',')):\n"
+    "limits, ids, target = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+    "for item in filter(None, limits.split(',')):\n"
     "    name, soft, hard = item.split(':')\n"
     "    resource.setrlimit(getattr(resource, 'RLIMIT_' + name), (int(soft), int(hard)))\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
+    "if ids:\n"
+    "    uid, gid = map(int, ids.split(':'))\n"
+    "    os.setgroups([])\n"
+    "    os.setgid(gid)\n"
+    "    os.setuid(uid)\n"
+    "    os.umask(0o077)\n"
+    "os.execv(target[0], target)\n"
 )
 
 
@@ -201,11 +212,14 @@ class Sandbox:
         folder.chmod(0o700)
         return folder
 
-    def share(self, source: Path, name: str) -> Path:
+    def share(self, source: Path, name: str, *, into: Path | None = None) -> Path:
         """A read-only hand-over of `source` (file or folder): the path of a server-owned,
-        world-readable copy in a folder the sandbox user can reach. Files are hard-linked when they are
-        world-readable and on the same file system (no copy of a large model), else copied."""
-        target_dir = self.root / "shared" / f"{_checked(name)}-{secrets.token_hex(8)}"
+        world-readable copy in a folder the sandbox user can reach (`shared/<name>-<random>/`, or the
+        new folder `into`, which must lie where the user can traverse). Files are hard-linked when they
+        are world-readable and on the same file system (no copy of a large model), else copied."""
+        target_dir = into or self.root / "shared" / f"{_checked(name)}-{secrets.token_hex(8)}"
+        if into is not None:
+            shutil.rmtree(into, ignore_errors=True)  # left over from a process that died mid-way
         target_dir.mkdir(mode=0o755)
         target_dir.chmod(0o755)
         target = target_dir / source.name
@@ -218,6 +232,16 @@ class Sandbox:
         else:
             _link_or_copy(str(source), str(target))
         return target
+
+    @staticmethod
+    def readable(folder: Path) -> None:
+        """Makes a folder the server wrote (e.g. a runtime's spec) and the files directly in it readable
+        by the sandbox user, whatever the server's umask: 0755 / 0644. Not recursive, so that sub-folders
+        made by `share()` keep their modes (a shared file may be a hard link to the stored original)."""
+        folder.chmod(0o755)
+        for path in folder.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o644)
 
     def unshare(self, shared: Path) -> None:
         """Removes a hand-over made by `share()`."""
@@ -243,17 +267,8 @@ class Sandbox:
             os.environ, home=workdir, bin_dir=Path(python).parent, extra=extra_env or {}
         )
         return Launch(
-            args=[
-                python,
-                "-I",
-                "-S",
-                "-c",
-                _LAUNCHER,
-                (limits or self.limits).launcher_arg(),
-                python,
-                *argv[1:],
-            ],
-            kwargs=self._popen_kwargs(env, workdir),
+            args=self._launcher(python, limits or self.limits, [python, *argv[1:]]),
+            kwargs={"env": env, "cwd": str(workdir), "start_new_session": True, "close_fds": True},
             workdir=workdir,
         )
 
@@ -265,17 +280,16 @@ class Sandbox:
         """Removes the sandbox root with everything in it."""
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _popen_kwargs(self, env: dict[str, str], workdir: Path) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "env": env,
-            "cwd": str(workdir),
-            "start_new_session": True,
-            "close_fds": True,
-        }
-        if self._account is not None:
-            # extra_groups=[] drops root's supplementary groups; umask keeps what the process writes its own.
-            kwargs.update(user=self._account.pw_uid, group=self._account.pw_gid, extra_groups=[], umask=0o077)
-        return kwargs
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _launcher(self, python: str, limits: Limits, target: list[str]) -> list[str]:
+        account = self._account
+        ids = f"{account.pw_uid}:{account.pw_gid}" if account is not None else ""
+        return [python, "-I", "-S", "-c", _LAUNCHER, limits.launcher_arg(), ids, *target]
 
     def _check_runnable(self, python: str) -> None:
         """Fails clearly when the sandbox user cannot execute `python`, e.g. a pyenv interpreter
@@ -283,21 +297,18 @@ class Sandbox:
         with self._lock:
             if python in self._runnable:
                 return
-        assert self._account is not None
         try:
             probe = subprocess.run(
-                [python, "-I", "-S", "-c", "pass"],
+                self._launcher(python, self.limits, [python, "-I", "-S", "-c", "pass"]),
                 capture_output=True,
                 text=True,
                 check=False,
                 cwd="/",
                 env={"PATH": SYSTEM_PATH},
-                user=self._account.pw_uid,
-                group=self._account.pw_gid,
-                extra_groups=[],
             )
-            detail = probe.stderr.strip() if probe.returncode != 0 else ""
-        except OSError as error:  # exec itself refused: the file or a folder above it is off limits
+            lines = probe.stderr.strip().splitlines()
+            detail = (lines[-1] if lines else f"exit code {probe.returncode}") if probe.returncode else ""
+        except OSError as error:  # exec itself refused (the launcher runs as the server: a missing file)
             detail = error.strerror or str(error)
         if detail:
             blocked = _untraversable_ancestor(Path(python)) or _untraversable_ancestor(
@@ -312,6 +323,31 @@ class Sandbox:
             raise SandboxError(f"the sandbox user {self.user!r} cannot run {python}: {detail}{hint}")
         with self._lock:
             self._runnable.add(python)
+
+
+def safe_name(text: str) -> str:
+    """`text` if it is a valid sandbox name, else a stable name derived from it."""
+    if _NAME.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text)[:100].lstrip('.-_') or 'x'}-{digest}"
+
+
+def take_back(written: Path, target: Path) -> list[Path]:
+    """Copies the regular files a sandboxed process wrote in its folder `written` into the server's
+    `target`, keeping relative paths. Symlinks are skipped, never followed: the process could point one
+    at a file only the server may read."""
+    copied = []
+    for folder, _dirs, files in os.walk(written):  # os.walk does not descend into symlinked folders
+        for name in files:
+            source = Path(folder, name)
+            if source.is_symlink() or not source.is_file():
+                continue
+            destination = target / source.relative_to(written)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination, follow_symlinks=False)
+            copied.append(destination)
+    return copied
 
 
 def _checked(name: str) -> str:
@@ -329,7 +365,9 @@ def _absolute(program: str) -> str:
 
 def _link_or_copy(source: str, target: str) -> str:
     """Hard link when the file is already world-readable (modes are per inode: a link must not
-    change the original's), else a copy made world-readable."""
+    change the original's), else a copy made world-readable. A symlink is followed: a linked symlink
+    would still point into the owner-only folder."""
+    source = os.path.realpath(source)
     if os.stat(source).st_mode & stat.S_IROTH:
         with contextlib.suppress(OSError):  # another file system, or links not allowed
             os.link(source, target)

@@ -17,10 +17,12 @@ import pyarrow as pa
 from flightline.runtimes import RUNTIMES
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
+from flightline.server.hosting.sandbox import Limits, Sandbox, take_back
 from flightline.server.services.archives import check_zip
 
 ZIPPED_FRAMEWORKS = frozenset({"tensorflow", "custom", "mlflow"})
 CONVERT_TIMEOUT = 600  # seconds
+CONVERT_LIMITS = Limits(cpu_seconds=CONVERT_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,11 @@ def _convert(
     output_schema: pa.Schema | None,
     options: dict[str, str],
 ) -> tuple[Path | None, str]:
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
+    # The converter unpickles user files: it runs sandboxed (hosting/sandbox.py), reads read-only
+    # hand-overs of the artifact and schemas, writes only into its own folder, and the server copies the
+    # regular files it wrote there back into `work`.
+    with tempfile.TemporaryDirectory(dir=work) as tmp, Sandbox.temporary() as sandbox:
+        out = sandbox.workdir("convert-out")  # apart from its HOME, where libraries may leave caches
         args = [
             sys.executable,
             "-m",
@@ -102,9 +108,9 @@ def _convert(
             "--framework",
             framework,
             "--artifact",
-            str(artifact),
+            str(sandbox.share(artifact, "artifact")),
             "--out",
-            str(work),
+            str(out),
             "--options",
             json.dumps(options),
         ]
@@ -112,11 +118,14 @@ def _convert(
             if schema is not None:
                 file = Path(tmp) / f"{flag.strip('-')}.arrow"
                 file.write_bytes(schema.serialize().to_pybytes())
-                args += [flag, str(file)]
+                args += [flag, str(sandbox.share(file, "schema"))]
         try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=CONVERT_TIMEOUT, check=False)
+            launch = sandbox.launch(args, name="convert", limits=CONVERT_LIMITS)
+            kwargs = {**launch.kwargs, "capture_output": True, "text": True, "check": False}
+            proc = subprocess.run(launch.args, timeout=CONVERT_TIMEOUT, **kwargs)
         except subprocess.TimeoutExpired:
             raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
+        take_back(out, work)
     lines = proc.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -127,7 +136,8 @@ def _convert(
         raise ModelLoadError(result["error"])
     if not result["onnx_path"]:
         return None, result["note"]
-    converted = Path(result["onnx_path"]).resolve()
-    if not converted.is_relative_to(work.resolve()):  # the subprocess ran the user's pickle: trust nothing
+    written = Path(result["onnx_path"])
+    converted = (work / written.relative_to(out)).resolve() if written.is_relative_to(out) else written
+    if not converted.is_relative_to(work.resolve()) or not converted.is_file():  # it ran user code
         raise ModelLoadError(f"the converter wrote outside its work folder: {converted}")
     return converted, result["note"]
