@@ -253,3 +253,16 @@ def test_without_root_no_user_is_chosen(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert box.user is None and not box.isolates_user
     with pytest.raises(SandboxError, match="needs root"):
         Sandbox(tmp_path / "other", user=DEFAULT_USER)
+
+
+@needs_root
+def test_a_reused_workdir_is_left_alone(sandbox: Sandbox, world: Path) -> None:
+    # The process owns its folder and may plant a symlink there; the server's chown on a restart would
+    # follow it and hand the target (any file of the server) to the sandbox user.
+    victim = world / "victim"
+    victim.write_text("server file")
+    folder = sandbox.workdir("again")
+    shutil.rmtree(folder / "tmp")
+    (folder / "tmp").symlink_to(victim)
+    assert sandbox.workdir("again") == folder
+    assert victim.stat().st_uid == 0

@@ -204,11 +204,15 @@ class Sandbox:
     def workdir(self, name: str) -> Path:
         """The private working folder of `name` (created, owned by the sandbox user, 0700)."""
         folder = self.root / "work" / _checked(name)
-        folder.mkdir(exist_ok=True)
-        (folder / "tmp").mkdir(exist_ok=True)
+        if folder.is_dir():  # a restart: the folder is the process's own now; touch nothing inside it
+            return folder
+        # Built as the server and handed over last, so the process never had a chance to plant a
+        # symlink where the server chowns (root's chown follows symlinks; lchown is used anyway).
+        folder.mkdir(mode=0o700)
+        (folder / "tmp").mkdir(mode=0o700)
         if self._account is not None:
-            for path in (folder, folder / "tmp"):
-                os.chown(path, self._account.pw_uid, self._account.pw_gid)
+            for path in (folder / "tmp", folder):
+                os.chown(path, self._account.pw_uid, self._account.pw_gid, follow_symlinks=False)
         folder.chmod(0o700)
         return folder
 
@@ -224,7 +228,8 @@ class Sandbox:
         target_dir.chmod(0o755)
         target = target_dir / source.name
         if source.is_dir():
-            shutil.copytree(source, target, copy_function=_link_or_copy, symlinks=False)
+            # Symlinks stay symlinks: the process follows them with its own rights, never the server's.
+            shutil.copytree(source, target, copy_function=_link_or_copy, symlinks=True)
             for folder, dirs, _files in os.walk(target):
                 for d in dirs:
                     Path(folder, d).chmod(0o755)
