@@ -17,7 +17,8 @@ from support.mlp import build_mlp
 from support.wait import wait_until
 
 from flightline.runtimes.base import ModelLoadError, ModelSpec
-from flightline.server.supervisor import State, Supervisor, runtime_environment
+from flightline.server.hosting.sandbox import SYSTEM_PATH, sandbox_environment
+from flightline.server.supervisor import State, Supervisor
 
 
 def healthcheck(location: str) -> bytes:
@@ -124,13 +125,15 @@ def test_stop_ends_the_process_and_close_ends_the_rest(tmp_path: Path, model: Pa
     assert sup.keys() == []
 
 
-def test_runtime_environment_withholds_settings_and_secrets() -> None:
+def test_runtime_environment_is_an_allow_list() -> None:
+    # The contract changed from a deny-list to an allow-list (issue 7): OMP_NUM_THREADS and KEYBOARD, which
+    # the deny-list let through, no longer arrive either; the caller passes what a runtime needs.
     environ = {
-        "PATH": "/usr/bin",
+        "PATH": "/home/flightline/bin:/usr/bin",
         "HOME": "/home/flightline",
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "2",
-        "KEYBOARD": "us",  # "KEY" only as a prefix: not a key
+        "KEYBOARD": "us",
         "FLIGHTLINE_METADATA_URL": "postgresql://flightline:pw@db/flightline",
         "flightline_data_dir": "/var/lib/flightline",
         "DATABRICKS_TOKEN": "dapi-123",
@@ -142,13 +145,16 @@ def test_runtime_environment_withholds_settings_and_secrets() -> None:
         "OPENAI_API_KEY": "sk-1",
         "stripe_key": "sk-2",
     }
-    assert runtime_environment(environ) == {
-        "PATH": "/usr/bin",
-        "HOME": "/home/flightline",
+    home = Path("/srv/sandbox/work/a.0")
+    assert sandbox_environment(environ, home=home, extra={"OMP_NUM_THREADS": "1"}) == {
+        "PATH": SYSTEM_PATH,
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
         "LANG": "C.UTF-8",
-        "OMP_NUM_THREADS": "2",
-        "KEYBOARD": "us",
+        "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
 
 
@@ -178,8 +184,8 @@ def test_runtime_process_gets_the_filtered_environment(
             writer.write_batch(batch)
             names = set(reader.read_chunk().data.column("names")[0].as_py().split(","))
             writer.done_writing()
-    assert {"MODEL_THREADS", "PATH", "PYTHONUNBUFFERED"} <= names
-    assert not {"FLIGHTLINE_GRPC_PORT", "REGISTRY_TOKEN"} & names
+    assert {"PATH", "HOME", "PYTHONUNBUFFERED"} <= names
+    assert not {"FLIGHTLINE_GRPC_PORT", "REGISTRY_TOKEN", "MODEL_THREADS"} & names  # an allow-list now
 
 
 CONTROL_PLANE = textwrap.dedent("""

@@ -20,6 +20,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -53,9 +54,14 @@ SERVICES = [
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        data = settings.data_dir.resolve()
-        data.mkdir(parents=True, exist_ok=True)
+        # Owner-only: user code runs as another user (see hosting/sandbox.py) and must not read the
+        # metadata database (registry tokens) nor the artifacts of other models.
+        data = private_dir(settings.data_dir.resolve())
         self.store = MetadataStore(settings.metadata_url)
+        if not settings.database_url:
+            private_file(data / "flightline.db")
+        # Outside the data folder, which the sandbox user cannot traverse: runtimes' specs and artifacts.
+        self.sandbox = Sandbox.temporary()
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.workspaces = WorkspaceService(self.store)
         if not 1 <= settings.slow_lane < settings.grpc_workers:
@@ -77,10 +83,11 @@ class App:
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
         supervisor = Supervisor(
-            data / "runtimes",
+            self.sandbox.root / "runtimes",
             host=settings.host,
             retry_for=settings.runtime_retry_seconds,
             on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
+            sandbox=self.sandbox,
         )
         self.deployments = DeploymentService(
             self.store,
@@ -112,6 +119,7 @@ class App:
         closed = self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
         self.deployments.close()
+        self.sandbox.close()
         return closed
 
     def __enter__(self) -> App:

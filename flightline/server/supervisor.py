@@ -13,7 +13,10 @@ ran and died is restarted the same way; one that crashes soon after each start b
 
 A runtime must not outlive the control plane nor see its secrets: each one exits at the end of its stdin,
 a pipe whose write end this process keeps open (so it closes when this process dies, even by SIGKILL),
-and gets the environment without FLIGHTLINE_* settings or anything that looks like a credential."""
+and is started by the `Sandbox` (allow-listed environment, limits, its own session and working folder,
+an unprivileged user when the server runs as root). Its spec folder and a read-only hand-over of its
+artifact lie under `workdir`, which must be traversable by the sandbox user (the App puts it in the
+sandbox's root). Without a sandbox argument, one that keeps the server's user is made under `workdir`."""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -29,8 +31,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import IO
@@ -41,6 +43,7 @@ import pyarrow.flight as flight
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.server import EXIT_WITH_STDIN, LISTEN_ERROR_EXIT_CODE, LOAD_ERROR, READY
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
+from flightline.server.hosting.sandbox import Sandbox, SandboxError, safe_name
 
 STDERR_TAIL_LINES = 20
 # A taken port or a crash at start is usually over within seconds; a minute of retries covers a slow
@@ -48,8 +51,6 @@ STDERR_TAIL_LINES = 20
 RETRY_FOR_SECONDS = 60.0
 FIRST_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 5.0
-# Model code is user code: it gets no control-plane settings and nothing that looks like a credential.
-_WITHHELD_VARIABLE = re.compile(r"^FLIGHTLINE_|TOKEN|SECRET|PASSWORD|CREDENTIAL|_KEY$", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ class RuntimeProcess:
         return self.state is State.HEALTHY
 
 
-def runtime_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a runtime process gets: `environ` without FLIGHTLINE_* variables and without any
-    whose name contains TOKEN, SECRET, PASSWORD or CREDENTIAL or ends with _KEY (in any case)."""
-    env = {name: value for name, value in environ.items() if not _WITHHELD_VARIABLE.search(name)}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 class Supervisor:
     """Owns runtime processes keyed by a caller-chosen key (e.g. `<deployment>/<step>`).
 
@@ -121,8 +114,10 @@ class Supervisor:
         retry_for: float = RETRY_FOR_SECONDS,
         stop_grace: float = 5.0,
         on_failure: Callable[[str, str], None] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.workdir = workdir
+        self.sandbox = sandbox or Sandbox(workdir / ".sandbox", user=None)
         self.host = host
         self.python = python
         self.check_interval = check_interval
@@ -148,7 +143,10 @@ class Supervisor:
             proc = RuntimeProcess(key=key, runtime=runtime, spec_dir=spec_dir)
             self._procs[key] = proc
         try:
+            spec_dir.mkdir(parents=True, exist_ok=True)
+            spec = replace(spec, artifact=self.sandbox.share(spec.artifact, key, into=spec_dir / "artifact"))
             spec.save(spec_dir)
+            self.sandbox.readable(spec_dir)
             self._launch_retrying(proc, port=0, timeout=timeout)
         except BaseException:
             with self._lock:
@@ -203,6 +201,7 @@ class Supervisor:
         if proc is not None:
             self._shutdown([proc])
             shutil.rmtree(proc.spec_dir, ignore_errors=True)
+            self.sandbox.release(safe_name(key))
 
     def close(self) -> None:
         with self._lock:
@@ -258,16 +257,18 @@ class Supervisor:
         # Own session = own process group, so a stop reaches whatever the runtime spawned. The stdin pipe
         # stays open (unwritten) for the process's life: its end is the runtime's signal to exit.
         try:
+            launch = self.sandbox.launch(cmd, name=safe_name(proc.key))
             popen = subprocess.Popen(
-                cmd,
+                launch.args,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 bufsize=1,
-                env=runtime_environment(os.environ),
-                start_new_session=True,
+                **launch.kwargs,
             )
+        except SandboxError as exc:
+            raise ModelLoadError(f"cannot start the runtime process: {exc}") from exc
         except OSError as exc:
             raise RuntimeFault(f"cannot start the runtime process: {exc}") from exc
         proc._stderr_tail.clear()

@@ -23,6 +23,7 @@ from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
 from flightline.runtimes.plugins import for_framework, plugin
 from flightline.runtimes.prepare import INPUT_SCHEMA_FILE, OUTPUT_SCHEMA_FILE
+from flightline.server.hosting.sandbox import Limits, Sandbox, take_back
 from flightline.server.services.archives import check_zip
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,11 @@ def prepare(
     """Raises ModelLoadError when the artifact cannot be served, with the reason."""
     for_framework(framework.name)  # no process to start for a framework no plug-in serves
     out = Path(tempfile.mkdtemp(dir=work, prefix="prepared-"))
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
+    # The subprocess may unpickle user files: it runs sandboxed (hosting/sandbox.py), reads read-only
+    # hand-overs of the artifact and schemas, writes only into its own folder, and the server copies the
+    # regular files it wrote there back into `out`.
+    with tempfile.TemporaryDirectory(dir=work) as tmp, Sandbox.temporary() as sandbox:
+        written = sandbox.workdir("prepare-out")
         args = [
             sys.executable,
             "-m",
@@ -74,9 +79,9 @@ def prepare(
             "--framework",
             framework.name,
             "--artifact",
-            str(artifact),
+            str(sandbox.share(artifact, "artifact")),
             "--out",
-            str(out),
+            str(written),
             "--options",
             json.dumps(options),
         ]
@@ -84,11 +89,14 @@ def prepare(
             if schema is not None:
                 file = Path(tmp) / f"{flag.strip('-')}.arrow"
                 file.write_bytes(schema.serialize().to_pybytes())
-                args += [flag, str(file)]
+                args += [flag, str(sandbox.share(file, "schema"))]
         try:
-            proc = run_preparation(args, memory_limit=memory_limit, timeout=timeout, logs=Path(tmp))
+            proc = run_preparation(
+                sandbox, args, memory_limit=memory_limit, timeout=timeout, logs=Path(tmp)
+            )
         except subprocess.TimeoutExpired:
             raise ModelLoadError(f"preparing the {framework.name} model took over {timeout:g} s") from None
+        take_back(written, out)
     reply = _reply(framework.name, proc)
     runtime = plugin(str(reply.get("runtime", "")))  # ModelLoadError for a name no plug-in has
     served = artifact if not reply.get("artifact") else _inside(out, str(reply["artifact"]))
@@ -103,18 +111,22 @@ def prepare(
 
 
 def run_preparation(
-    args: list[str], *, memory_limit: int, timeout: float, logs: Path
+    sandbox: Sandbox, args: list[str], *, memory_limit: int, timeout: float, logs: Path
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the preparation subprocess. The one place it is started, so that a sandboxed launcher
-    (hosting/sandbox.py) can replace it.
+    """Runs the preparation subprocess in `sandbox`, the one place it is started: an allow-listed
+    environment, the sandbox user when the server is root, CPU and address-space limits.
 
-    The child limits its own address space (`--memory-limit`) before it touches the artifact: a
-    `preexec_fn` would run Python between fork and exec in this multi-threaded gRPC server, which
-    crashes the child (gRPC skips its fork handlers). Its output goes to files in `logs`, of which only
-    the tails are read: a pickle printing gigabytes must not grow the control plane's memory."""
+    The limits are set by the sandbox's launcher before the program starts, never by a `preexec_fn`
+    (Python between fork and exec in this multi-threaded gRPC server crashes the child); the program
+    also caps its own address space (`--memory-limit`) when run by hand. Its output goes to files in
+    `logs`, of which only the tails are read: a pickle printing gigabytes must not grow the control
+    plane's memory."""
     with (logs / "stdout").open("w+b") as stdout, (logs / "stderr").open("w+b") as stderr:
+        limits = Limits(memory_bytes=memory_limit, cpu_seconds=int(timeout))
+        launch = sandbox.launch([*args, "--memory-limit", str(memory_limit)], name="prepare", limits=limits)
         done = subprocess.run(
-            [*args, "--memory-limit", str(memory_limit)],
+            launch.args,
+            **launch.kwargs,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

@@ -1,0 +1,98 @@
+"""A Python step deployed through the real server (gRPC upload, deploy, Flight inference) reports what it
+could see of the server: its secret environment variable, /proc/<server>/environ, the metadata database
+and the data folder. It sees none of them, and cannot change its own artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import settings_for
+
+from flightline.server.app import App
+from flightline.server.client import Client, infer
+from flightline.v1 import model_pb2, workspace_pb2
+
+SECRET = "e2e-secret-the-step-must-not-see"
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="not root: the step runs as the server's own user, which may read its own files and /proc",
+)
+
+STEP = textwrap.dedent("""
+    import json, os
+    import pandas as pd
+
+    def attempt(action):
+        try:
+            return action()
+        except OSError as error:
+            return "denied:" + type(error).__name__
+
+    def wallaroo_json(data: pd.DataFrame):
+        seen = {{
+            "env": dict(os.environ),
+            "uid": os.getuid(),
+            "parent_environ": attempt(lambda: open(f"/proc/{{os.getppid()}}/environ", "rb").read().hex()),
+            "database": attempt(lambda: open({database!r}, "rb").read().decode("latin-1")),
+            "data_dir": attempt(lambda: os.listdir({data!r})),
+            "own_artifact_write": attempt(lambda: open(__file__, "a").write("# tampered")),
+        }}
+        return pd.DataFrame({{"seen": [json.dumps(seen)] * len(data)}})
+""")
+
+
+@pytest.fixture
+def world() -> Iterator[Path]:
+    # The data folder must be where any user could reach it, or the denials would only prove that
+    # pytest's own tmp_path is owner-only.
+    base = Path(tempfile.mkdtemp(prefix="flightline-e2e-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_deployed_python_step_cannot_see_the_servers_secrets(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLIGHTLINE_E2E_SECRET", SECRET)
+    monkeypatch.setenv("REGISTRY_TOKEN", SECRET)
+    data = world / "data"
+    with App(settings_for(data)) as app, Client(app.grpc_address) as client:
+        database = data.resolve() / "flightline.db"
+        assert database.is_file()
+        script = tmp_path / "probe.py"
+        script.write_text(STEP.format(database=str(database), data=str(data.resolve())))
+        workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="e2e"))
+        meta = model_pb2.UploadMetadata(
+            name="probe", workspace_id=workspace.id, conversion=model_pb2.Conversion(framework="python")
+        )
+        uploaded = client.upload_file(script, meta)
+        assert uploaded.version.status == model_pb2.MODEL_STATUS_READY, uploaded.version.status_reason
+        deployment = client.deploy(workspace.id, "probe", uploaded.model_id)
+        result = infer(deployment.flight_location, "probe", pa.table({"n": [1]}), mode="outputs")
+        text = result.column("out.seen")[0].as_py()
+        assert SECRET not in text
+        seen = json.loads(text)
+        assert not {"FLIGHTLINE_E2E_SECRET", "REGISTRY_TOKEN"} & set(seen["env"])
+        if os.geteuid() == 0:
+            assert seen["uid"] == app.sandbox.uid != 0
+            assert seen["parent_environ"] == "denied:PermissionError"
+            assert seen["database"] == "denied:PermissionError"
+            assert seen["data_dir"] == "denied:PermissionError"
+            assert seen["own_artifact_write"] == "denied:PermissionError"
+        # Owner-only on disk, whoever runs the server.
+        assert (data.stat().st_mode & 0o777, database.stat().st_mode & 0o777) == (0o700, 0o600)
+
+
+@needs_root
+def test_uid_isolation_is_on_as_root(world: Path) -> None:
+    with App(settings_for(world / "data")) as app:
+        assert app.sandbox.isolates_user and app.sandbox.uid != 0
