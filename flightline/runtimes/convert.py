@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -27,6 +28,7 @@ from onnx import helper
 from flightline.runtimes import sklearn as pickles
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
+from flightline.runtimes.parent import EXIT_WITH_STDIN, on_end_of_stdin
 
 DEFAULT_TARGET_OPSET = 17
 ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17
@@ -34,6 +36,7 @@ CONVERTED_FILE = "model.onnx"
 _CORE_INPUT = "inputs_core"
 _EXIT_LOAD_ERROR = 3
 _EXIT_INVALID_ARGUMENT = 2
+_EXIT_PARENT_GONE = 4
 
 
 @dataclass(frozen=True)
@@ -380,7 +383,14 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
     parser.add_argument("--input-schema", help="file with an Arrow IPC serialized schema")
     parser.add_argument("--output-schema", help="file with an Arrow IPC serialized schema")
     parser.add_argument("--options", default="{}", help='JSON object of strings, e.g. {"target_opset": "17"}')
+    parser.add_argument(
+        EXIT_WITH_STDIN,
+        action="store_true",
+        help="exit at once at the end of stdin, i.e. when the parent holding its pipe closes it or dies",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_stdin:  # before unpickling anything: a user's pickle may hang or spin forever
+        on_end_of_stdin(lambda: os._exit(_EXIT_PARENT_GONE))
     try:
         options = json.loads(args.options)
         if not isinstance(options, dict):

@@ -18,6 +18,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -57,7 +58,15 @@ class App:
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.workspaces = WorkspaceService(self.store)
         self.registries = RegistryService(self.store, timeout=settings.registry_timeout)
-        self.models = ModelService(self.store, self.artifacts, self.registries, data / "work")
+        changes = Changes()  # one notifier: watches of versions and deployments wake on either
+        self.models = ModelService(
+            self.store,
+            self.artifacts,
+            self.registries,
+            data / "work",
+            workers=settings.prepare_workers,
+            changes=changes,
+        )
         self.router = Router()
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
@@ -74,6 +83,8 @@ class App:
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,
+            workers=settings.deploy_workers,
+            changes=changes,
         )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -83,7 +94,11 @@ class App:
         return f"{self.settings.host}:{self.grpc_port}"
 
     def start(self) -> App:
+        # What a crash interrupted: versions still preparing end ERROR; their work folders and
+        # upload temps go now (converter children died with the old server: they exit with its pipe).
         self.models.fail_interrupted()
+        self.models.clean_work()
+        self.artifacts.clean_temps()
         self.grpc_server.start()
         self.deployments.resume()
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
@@ -92,6 +107,7 @@ class App:
     def stop(self) -> None:
         # Clients first (bounded), then the runtimes their streams may still be using.
         self.grpc_server.stop(grace=2).wait()
+        self.models.close()
         self.front_door.close(grace=5.0)
         self.deployments.close()
 

@@ -22,6 +22,10 @@ class Settings:
     # Native runtimes (onnx, python) also run inside the front door: one network hop instead of two.
     in_process_native: bool = True
     registry_timeout: float = 30.0
+    # Model preparations (conversions) and deployment starts run at most this many at a time each:
+    # both are CPU- or memory-heavy child processes, and 2 keeps a small machine responsive.
+    prepare_workers: int = 2
+    deploy_workers: int = 2
 
     @property
     def metadata_url(self) -> str:

@@ -7,7 +7,8 @@ import shutil
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from flightline.runtimes.host import Host
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError
 from flightline.server.services.archives import extract_zip, unwrap
+from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import ZIPPED_FRAMEWORKS
 from flightline.server.store.artifacts import ArtifactStore
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 # Runtimes that also run inside the front door, saving a hop (see the README benchmark). Only ONNX:
 # a Python step is user code and stays in its own process, away from the control plane.
 IN_PROCESS_RUNTIMES = frozenset({"onnx"})
+# States that need no more work from the server; a watch ends after one.
+SETTLED = frozenset({DeploymentStatus.RUNNING, DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class DeploymentService:
         work_dir: Path,
         *,
         in_process_native: bool = True,
+        workers: int = 2,
+        changes: Changes | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -66,20 +72,36 @@ class DeploymentService:
         self._lock = threading.Lock()
         # One deploy or undeploy at a time per name, so an undeploy cannot interleave with a deploy.
         self._name_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self.changes = changes or Changes()
+        # Starting runtimes takes seconds to minutes (model loads): a bounded pool, not the RPC thread.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy")
 
     def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+        """Checks the request and records the deployment DEPLOYING; its runtimes start in the background."""
         check_dns_name("deployment", name)
-        with self._name_lock(name):
-            versions = [self._ready_version(s) for s in steps]
-            pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
-            deployment = self.store.create_deployment(workspace_id, name, pinned)
-            return self._start(deployment, versions)
+        versions = [self._ready_version(s) for s in steps]
+        pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+        deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
+        self.changes.notify()
+        self._pool.submit(self._start_in_background, deployment, versions)
+        return deployment
 
     def undeploy(self, name: str) -> Deployment:
         with self._name_lock(name):
             deployment = self.store.get_deployment(name)
             self._stop(name, len(deployment.steps))
-            return self.store.update_deployment(name, DeploymentStatus.STOPPED)
+            stopped = self.store.update_deployment(name, DeploymentStatus.STOPPED)
+        self.changes.notify()
+        return stopped
+
+    def watch(self, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
+        """The deployment's current state, then each change, until RUNNING, FAILED or STOPPED."""
+        return self.changes.watch(
+            lambda: self.store.get_deployment(name),
+            lambda d: (d.id, d.status, d.status_reason),
+            lambda d: d.status in SETTLED,
+            active=active,
+        )
 
     def get(self, name: str) -> Deployment:
         return self.store.get_deployment(name)
@@ -92,12 +114,14 @@ class DeploymentService:
             return self._live.get(name)
 
     def resume(self) -> None:
-        """At start-up: bring back what was running before the server stopped."""
+        """At start-up: bring back what was running, or being deployed, before the server stopped
+        (a deploy a crash interrupted is started again; it ends RUNNING or FAILED like any other)."""
         for deployment in self.store.list_deployments(0):
             if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
                 with self._name_lock(deployment.name):
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
                     self._start(deployment, versions)
+        self.changes.notify()
 
     def runtime_failed(self, key: str, reason: str) -> None:
         """The supervisor gave up on a step's runtime: the deployment cannot serve any more."""
@@ -108,8 +132,10 @@ class DeploymentService:
                 return
             self._stop(name, len(deployment.steps))
             self.store.update_deployment(name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}")
+        self.changes.notify()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)  # queued ones stay DEPLOYING: resumed at start
         with self._lock:
             names = list(self._live)
         for name in names:
@@ -128,6 +154,18 @@ class DeploymentService:
                 + (f": {version.status_reason}" if version.status_reason else "")
             )
         return version
+
+    def _start_in_background(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> None:
+        try:
+            with self._name_lock(deployment.name):
+                current = self.store.get_deployment(deployment.name)
+                # Undeployed (or replaced) while queued: nothing to start.
+                if current.id == deployment.id and current.status is DeploymentStatus.DEPLOYING:
+                    self._start(current, versions)
+        except Exception:  # the store itself failed; the deployment is resumed at the next start
+            log.exception("deploying %s failed", deployment.name)
+        finally:
+            self.changes.notify()
 
     def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
         name = deployment.name

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ import pyarrow as pa
 from flightline.runtimes import RUNTIMES
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
+from flightline.runtimes.parent import EXIT_WITH_STDIN
 from flightline.server.services.archives import check_zip
 
 ZIPPED_FRAMEWORKS = frozenset({"tensorflow", "custom", "mlflow"})
@@ -107,21 +110,19 @@ def _convert(
             str(work),
             "--options",
             json.dumps(options),
+            EXIT_WITH_STDIN,
         ]
         for flag, schema in (("--input-schema", input_schema), ("--output-schema", output_schema)):
             if schema is not None:
                 file = Path(tmp) / f"{flag.strip('-')}.arrow"
                 file.write_bytes(schema.serialize().to_pybytes())
                 args += [flag, str(file)]
-        try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=CONVERT_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
-    lines = proc.stdout.strip().splitlines()
+        stdout, stderr = _run_converter(args, Path(tmp), framework)
+    lines = stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = proc.stderr.strip().splitlines()[-3:]
+        tail = stderr.strip().splitlines()[-3:]
         raise ModelLoadError(f"conversion of {framework} model crashed: {' | '.join(tail)}") from None
     if "error" in result:
         raise ModelLoadError(result["error"])
@@ -131,3 +132,28 @@ def _convert(
     if not converted.is_relative_to(work.resolve()):  # the subprocess ran the user's pickle: trust nothing
         raise ModelLoadError(f"the converter wrote outside its work folder: {converted}")
     return converted, result["note"]
+
+
+def _run_converter(args: list[str], tmp: Path, framework: str) -> tuple[str, str]:
+    """Runs the converter and returns its (stdout, stderr). It dies with this process: it holds the
+    read end of a pipe only we write to (never), and exits at its end (`--exit-with-stdin`), so a
+    SIGKILLed server leaves no converter behind. Its own session lets a timeout kill what it spawned.
+    Output goes to files, not pipes, so a chatty converter cannot block on a full pipe."""
+    out_path, err_path = tmp / "stdout", tmp / "stderr"
+    with out_path.open("w+") as out, err_path.open("w+") as err:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=CONVERT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
+        finally:
+            if proc.poll() is None:  # interrupted some other way: do not leave it running
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            assert proc.stdin is not None
+            proc.stdin.close()
+    return out_path.read_text(), err_path.read_text()
