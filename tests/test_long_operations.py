@@ -473,3 +473,12 @@ def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> Non
                 server.kill()
         for pid in converters(data_dir):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_cli_upload_waits_for_preparation(client: Client, app: App, tmp_path: Path) -> None:
+    ws = workspace(client)
+    path = build_mlp(tmp_path / "m.onnx")
+    command = [sys.executable, "-m", "flightline.server.cli", "upload", str(path), "--name", "cli"]
+    command += ["--framework", "onnx", "--workspace-id", str(ws), "--server", app.grpc_address]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert "version 1: MODEL_STATUS_READY on runtime onnx" in " ".join(done.stdout.split())

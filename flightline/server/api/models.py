@@ -13,7 +13,6 @@ from flightline.server.services.models import ModelService
 from flightline.v1 import model_pb2 as pb
 from flightline.v1 import model_pb2_grpc
 
-
 # How long the end of an upload stream waits for a cancellation notice (see _chunks): long enough for
 # a loaded server's gRPC thread to deliver it, short next to any real upload.
 CANCEL_NOTICE_S = 0.25
