@@ -482,3 +482,18 @@ def test_cli_upload_waits_for_preparation(client: Client, app: App, tmp_path: Pa
     command += ["--framework", "onnx", "--workspace-id", str(ws), "--server", app.grpc_address]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert "version 1: MODEL_STATUS_READY on runtime onnx" in " ".join(done.stdout.split())
+
+
+def test_deploying_deployment_is_resumed_at_start(tmp_path: Path) -> None:
+    from flightline.server.store.records import DeploymentStep
+
+    settings = settings_for(tmp_path / "data")
+    with App(settings) as first, Client(first.grpc_address) as client:
+        ws = workspace(client)
+        model = client.upload_file(build_mlp(tmp_path / "m.onnx"), meta("m", ws, "onnx")).model_id
+        # As a crash right after Deploy recorded it leaves it: DEPLOYING, with no runtime started.
+        first.store.create_deployment(ws, "halfway", (DeploymentStep(model, 1),))
+    with App(settings) as second, Client(second.grpc_address) as client:
+        resumed = client.wait_deployment("halfway", timeout=60)
+        assert resumed.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, resumed.status_reason
+        assert second.deployments.live("halfway") is not None
