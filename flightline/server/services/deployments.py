@@ -72,6 +72,7 @@ class DeploymentService:
         self._lock = threading.Lock()
         # One deploy or undeploy at a time per name, so an undeploy cannot interleave with a deploy.
         self._name_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._create_lock = threading.Lock()
         self.changes = changes or Changes()
         # Starting runtimes takes seconds to minutes (model loads): a bounded pool, not the RPC thread.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy")
@@ -81,7 +82,10 @@ class DeploymentService:
         check_dns_name("deployment", name)
         versions = [self._ready_version(s) for s in steps]
         pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
-        deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
+        # Short and never held while runtimes start (that is the name lock's job), so two Deploys of
+        # one name get ALREADY_EXISTS at once rather than racing on the table's unique name.
+        with self._create_lock:
+            deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
         self.changes.notify()
         self._pool.submit(self._start_in_background, deployment, versions)
         return deployment

@@ -19,7 +19,7 @@ from flightline.server.errors import InvalidArgument
 from flightline.server.services.archives import zip_dir
 from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
-from flightline.server.services.prepare import check_artifact, prepare
+from flightline.server.services.prepare import Converters, check_artifact, prepare
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.artifacts import ArtifactStore, StoredArtifact
 from flightline.server.store.metadata import VISIBILITIES, MetadataStore
@@ -54,6 +54,8 @@ class ModelService:
         self.changes = changes or Changes()
         work_dir.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+        self._converters = Converters()
+        self._closing = False
 
     @property
     def prepare_dir(self) -> Path:
@@ -66,8 +68,12 @@ class ModelService:
         self.prepare_dir.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
-        """Drops queued preparations (they end ERROR at the next start) and waits for running ones."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Drops queued preparations and ends running conversions: those versions stay as they are
+        and end ERROR ("interrupted by a server restart") at the next start."""
+        self._closing = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._converters.kill_all()
+        self._pool.shutdown(wait=True)
 
     def frameworks(self) -> tuple[FrameworkSpec, ...]:
         return FRAMEWORKS
@@ -250,9 +256,12 @@ class ModelService:
                     input_schema=parse_schema("input_schema", conversion.input_schema),
                     output_schema=parse_schema("output_schema", conversion.output_schema),
                     options=dict(conversion.options),
+                    converters=self._converters,
                 )
                 stored = self.artifacts.put_file(prepared.artifact.resolve())
         except Exception as exc:  # whatever happened, the version must not stay CONVERTING
+            if self._closing:  # killed by close(): the next start says "interrupted"
+                return version
             if not isinstance(exc, ModelLoadError):
                 log.exception("preparing model %s v%d failed", version.model_name, version.version)
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"internal error: {type(exc).__name__}"

@@ -5,12 +5,14 @@ untrusted files or a crashing converter cannot take the control plane down."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +52,14 @@ def prepare(
     input_schema: pa.Schema | None,
     output_schema: pa.Schema | None,
     options: dict[str, str],
+    converters: Converters | None = None,
 ) -> Prepared:
-    """Raises ModelLoadError when the artifact cannot be served, with the reason."""
+    """Raises ModelLoadError when the artifact cannot be served, with the reason. `converters`
+    tracks the converter process while it runs, so that a stopping server can end it."""
     if framework.converts_to_onnx:
-        converted, note = _convert(framework.name, artifact, work, input_schema, output_schema, options)
+        converted, note = _convert(
+            framework.name, artifact, work, input_schema, output_schema, options, converters or Converters()
+        )
         if converted is not None:
             return _onnx(converted, input_schema, output_schema)
         runtime = framework.fallback_runtime
@@ -96,6 +102,7 @@ def _convert(
     input_schema: pa.Schema | None,
     output_schema: pa.Schema | None,
     options: dict[str, str],
+    converters: Converters,
 ) -> tuple[Path | None, str]:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         args = [
@@ -117,7 +124,7 @@ def _convert(
                 file = Path(tmp) / f"{flag.strip('-')}.arrow"
                 file.write_bytes(schema.serialize().to_pybytes())
                 args += [flag, str(file)]
-        stdout, stderr = _run_converter(args, Path(tmp), framework)
+        stdout, stderr = _run_converter(args, Path(tmp), framework, converters)
     lines = stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -134,7 +141,42 @@ def _convert(
     return converted, result["note"]
 
 
-def _run_converter(args: list[str], tmp: Path, framework: str) -> tuple[str, str]:
+class Converters:
+    """The converter processes running now; kill_all() ends them (a server stopping does not wait
+    minutes for a conversion: the version is marked interrupted at the next start)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self._closed = False
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.add(proc)
+            closed = self._closed
+        if closed:  # started while kill_all() ran
+            _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def kill_all(self) -> None:
+        """Ends the running converters, and any started from now on."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run_converter(args: list[str], tmp: Path, framework: str, converters: Converters) -> tuple[str, str]:
     """Runs the converter and returns its (stdout, stderr). It dies with this process: it holds the
     read end of a pipe only we write to (never), and exits at its end (`--exit-with-stdin`), so a
     SIGKILLed server leaves no converter behind. Its own session lets a timeout kill what it spawned.
@@ -144,16 +186,17 @@ def _run_converter(args: list[str], tmp: Path, framework: str) -> tuple[str, str
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True, start_new_session=True
         )
+        converters.add(proc)
         try:
             proc.wait(timeout=CONVERT_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc)
             proc.wait()
             raise ModelLoadError(f"conversion of {framework} model took over {CONVERT_TIMEOUT} s") from None
         finally:
-            if proc.poll() is None:  # interrupted some other way: do not leave it running
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            converters.discard(proc)
+            _kill_group(proc)  # interrupted some other way: do not leave it running
+            proc.wait()
             assert proc.stdin is not None
             proc.stdin.close()
     return out_path.read_text(), err_path.read_text()
