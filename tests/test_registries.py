@@ -139,10 +139,13 @@ def test_upload_from_registry_then_serve(client: Client, mlflow_registry: Regist
         conversion=model_pb2.Conversion(framework="sklearn", input_schema=schema.serialize().to_pybytes()),
     )
     uploaded = client.models.UploadFromRegistry(request)
-    version = uploaded.version
+    assert uploaded.version.status == model_pb2.MODEL_STATUS_PENDING_CONVERSION  # prepared after the RPC
+    version = client.wait_version(uploaded.model_id, uploaded.version.version)
     assert version.status == model_pb2.MODEL_STATUS_READY, version.status_reason
     assert version.runtime == "onnx" and version.source.startswith(f"registry:{registry.id}:")
-    assert client.models.UploadFromRegistry(request).version.version == 2  # same name: a new version
+    again = client.models.UploadFromRegistry(request)
+    assert again.version.version == 2  # same name: a new version
+    client.wait_version(again.model_id, 2)  # deploy takes the latest, so it must be READY
 
     deployment = client.deploy(workspace_id, "iris", uploaded.model_id)
     probe = np.asarray(logged["probe"], dtype=np.float64)
@@ -213,6 +216,7 @@ def test_databricks_token_over_grpc(app: App, client: Client, tmp_path: Path) ->
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert not client.models.ListModels(model_pb2.ListModelsRequest(workspace_id=workspace_id)).models
         request.registry_id = good.id
-        version = client.models.UploadFromRegistry(request).version
+        uploaded = client.models.UploadFromRegistry(request)
+        version = client.wait_version(uploaded.model_id, uploaded.version.version)
     assert version.status == model_pb2.MODEL_STATUS_READY and version.runtime == "onnx"
     assert version.original_sha256 == hashlib.sha256(files["model.pkl"]).hexdigest()

@@ -157,7 +157,9 @@ def test_cancelled_upload_stores_nothing(app: App, client: Client, workspace_id:
     sent, release = threading.Event(), threading.Event()
 
     def requests() -> Iterator[model_pb2.UploadModelRequest]:
-        yield model_pb2.UploadModelRequest(metadata=meta("gone", workspace_id, "onnx"))
+        head = meta("gone", workspace_id, "onnx")
+        head.size_bytes = 2 << 20
+        yield model_pb2.UploadModelRequest(metadata=head)
         yield model_pb2.UploadModelRequest(chunk=b"x" * (1 << 20))
         sent.set()
         release.wait(10)
@@ -250,24 +252,16 @@ def test_refused_upload_keeps_bytes_an_earlier_version_stored(
     app: App, client: Client, workspace_id: int
 ) -> None:
     data = b"def wallaroo_json(data):\n    return data\n"
+    step, byop = meta("step", workspace_id, "python"), meta("byop", workspace_id, "custom")
+    step.size_bytes = byop.size_bytes = len(data)
     first = client.models.UploadModel(
-        iter(
-            [
-                model_pb2.UploadModelRequest(metadata=meta("step", workspace_id, "python")),
-                model_pb2.UploadModelRequest(chunk=data),
-            ]
-        )
+        iter([model_pb2.UploadModelRequest(metadata=step), model_pb2.UploadModelRequest(chunk=data)])
     )
-    assert first.version.status == model_pb2.MODEL_STATUS_READY
+    assert client.wait_version(first.model_id, 1).status == model_pb2.MODEL_STATUS_READY
     # The same bytes as a "custom" archive are refused (not a zip), without a sha256 declared.
     with pytest.raises(grpc.RpcError) as refused:
         client.models.UploadModel(
-            iter(
-                [
-                    model_pb2.UploadModelRequest(metadata=meta("byop", workspace_id, "custom")),
-                    model_pb2.UploadModelRequest(chunk=data),
-                ]
-            )
+            iter([model_pb2.UploadModelRequest(metadata=byop), model_pb2.UploadModelRequest(chunk=data)])
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert app.artifacts.exists(first.version.sha256)

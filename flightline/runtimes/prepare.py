@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,12 +29,14 @@ import pyarrow as pa
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
+from flightline.runtimes.parent import EXIT_WITH_STDIN, on_end_of_stdin
 from flightline.runtimes.plugins import CONVERTED_FRAMEWORK, Plugin, for_framework, load_attribute
 
 INPUT_SCHEMA_FILE = "input_schema.arrow"
 OUTPUT_SCHEMA_FILE = "output_schema.arrow"
 EXIT_INVALID_ARGUMENT = 2
 EXIT_LOAD_ERROR = 3
+EXIT_PARENT_GONE = 4  # the control plane closed our stdin or died
 
 
 class InvalidPrepareRequest(ValueError):
@@ -133,7 +136,14 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
     parser.add_argument(
         "--memory-limit", type=int, help="address-space limit in bytes, set before anything loads"
     )
+    parser.add_argument(
+        EXIT_WITH_STDIN,
+        action="store_true",
+        help="exit at once at the end of stdin, i.e. when the parent holding its pipe closes it or dies",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_stdin:  # before unpickling anything: a user's pickle may hang or spin forever
+        on_end_of_stdin(lambda: os._exit(EXIT_PARENT_GONE))
     if args.memory_limit:
         _limit_memory(args.memory_limit)
     reply: dict[str, Any]

@@ -297,3 +297,24 @@ class BatchRules:
 def check_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """One-off form of `BatchRules(schema).check(batch)`."""
     return BatchRules(schema).check(batch)
+
+
+def check_schema(what: str, schema: pa.Schema) -> None:
+    """A declared schema must describe what the rules above accept, so a model is never registered
+    with a contract no batch can meet: tensors of a fixed shape (nested fixed-size lists; a
+    variable-size list allows ragged rows) and of one dtype (no union, struct or map)."""
+    for field in schema:
+        column_type = field.type
+        while True:
+            if _is_mixed(column_type):
+                raise InvalidInput(
+                    f"{what}: field '{field.name}' mixes value types ({field.type}); a tensor holds one dtype"
+                )
+            if pt.is_list(column_type) or pt.is_large_list(column_type):
+                raise InvalidInput(
+                    f"{what}: field '{field.name}' is a variable-size list ({field.type}); tensors have a "
+                    "fixed shape: use a fixed-size list, e.g. pa.list_(pa.float32(), 29)"
+                )
+            if not pt.is_fixed_size_list(column_type):
+                break
+            column_type = column_type.value_type

@@ -21,6 +21,7 @@ from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
+from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -77,7 +78,15 @@ class App:
             pool=settings.registry_pool_timeout,
         )
         self.registries = RegistryService(self.store, timeout=timeouts)
-        self.models = ModelService(self.store, self.artifacts, self.registries, data / "work")
+        changes = Changes()  # one notifier: watches of versions and deployments wake on either
+        self.models = ModelService(
+            self.store,
+            self.artifacts,
+            self.registries,
+            data / "work",
+            workers=settings.prepare_workers,
+            changes=changes,
+        )
         self.router = Router()
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
@@ -96,6 +105,8 @@ class App:
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,
+            workers=settings.deploy_workers,
+            changes=changes,
         )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -105,7 +116,11 @@ class App:
         return f"{self.settings.host}:{self.grpc_port}"
 
     def start(self) -> App:
+        # What a crash interrupted: versions still preparing end ERROR; their work folders and
+        # upload temps go now (converter children died with the old server: they exit with its pipe).
         self.models.fail_interrupted()
+        self.models.clean_work()
+        self.artifacts.clean_temps()
         self.grpc_server.start()
         self.deployments.resume()
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
@@ -118,6 +133,7 @@ class App:
         grpc_stopped = self.grpc_server.stop(grace=2)
         closed = self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
+        self.models.close()
         self.deployments.close()
         self.sandbox.close()
         return closed

@@ -76,7 +76,8 @@ def upload(
     ] = None,
     server: Annotated[str, typer.Option(help="Control plane address.")] = "127.0.0.1:50051",
 ) -> None:
-    """Uploads a model file with a progress bar; prints the new version."""
+    """Uploads a model file with a progress bar, waits for its preparation (conversion) while showing
+    its state, and prints the new version."""
     conversion = model_pb2.Conversion(
         framework=framework,
         input_schema=input_schema.read_bytes() if input_schema else b"",
@@ -84,10 +85,13 @@ def upload(
     )
     meta = model_pb2.UploadMetadata(name=name, workspace_id=workspace_id, conversion=conversion)
     columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Client(server) as client, Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
-        response = client.upload_file(file, meta, lambda sent: progress.update(task, completed=sent))
-    version = response.version
+    with Client(server) as client:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
+            response = client.upload_file(
+                file, meta, lambda sent: progress.update(task, completed=sent), wait=False
+            )
+        version = wait_with_status(client, response.model_id, response.version.version)
     status = model_pb2.ModelStatus.Name(version.status)
     console.print(
         f"model {version.model_name} (id {response.model_id}) version {version.version}: {status} "
@@ -95,6 +99,17 @@ def upload(
     )
     if version.input_schema:
         console.print(pa.ipc.read_schema(pa.py_buffer(version.input_schema)))
+
+
+def wait_with_status(client: Client, model_id: int, version: int) -> model_pb2.ModelVersion:
+    """Follows a version's preparation with a spinner that names its current state."""
+    with console.status("waiting for the server") as spinner:
+
+        def show(current: model_pb2.ModelVersion) -> None:
+            state = model_pb2.ModelStatus.Name(current.status).removeprefix("MODEL_STATUS_").lower()
+            spinner.update(f"model {current.model_name} version {current.version}: {state}")
+
+        return client.wait_version(model_id, version, on_status=show)
 
 
 runtimes = typer.Typer(

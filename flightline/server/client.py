@@ -4,10 +4,11 @@ Other languages use the .proto files directly; nothing here is needed to talk to
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import pyarrow as pa
@@ -22,8 +23,24 @@ from flightline.v1 import (
     workspace_pb2_grpc,
 )
 
+
+class _Stateful(Protocol):  # a ModelVersion or a Deployment message
+    @property
+    def status(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Stateful)
+
 CHUNK = 1 << 20
 MAX_MESSAGE = 64 * 1024 * 1024
+MODEL_DONE = frozenset({model_pb2.MODEL_STATUS_READY, model_pb2.MODEL_STATUS_ERROR})
+DEPLOYMENT_DONE = frozenset(
+    {
+        deployment_pb2.DEPLOYMENT_STATUS_RUNNING,
+        deployment_pb2.DEPLOYMENT_STATUS_FAILED,
+        deployment_pb2.DEPLOYMENT_STATUS_STOPPED,
+    }
+)
 
 
 class Client:
@@ -55,8 +72,13 @@ class Client:
         metadata: model_pb2.UploadMetadata,
         progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
+        *,
+        wait: bool = True,
+        on_status: Callable[[model_pb2.ModelVersion], None] | None = None,
     ) -> model_pb2.UploadModelResponse:
-        """Streams a file in 1 MiB chunks, with size and sha256 so the server can refuse a truncated copy."""
+        """Streams a file in 1 MiB chunks, with size and sha256 so the server can refuse a truncated copy.
+        With `wait` (the default), then follows the new version until READY or ERROR (see
+        wait_version) and returns the response with that final version."""
         digest = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(CHUNK):
@@ -78,14 +100,82 @@ class Client:
                         progress(sent)
 
         response: model_pb2.UploadModelResponse = self.models.UploadModel(requests(), timeout=timeout)
+        if wait:
+            response.version.CopyFrom(
+                self.wait_version(response.model_id, response.version.version, on_status=on_status)
+            )
         return response
 
-    def deploy(self, workspace_id: int, name: str, *model_ids: int) -> deployment_pb2.Deployment:
-        """Deploys the latest version of each model, as a pipeline in the given order."""
+    def wait_version(
+        self,
+        model_id: int,
+        version: int = 0,
+        *,
+        on_status: Callable[[model_pb2.ModelVersion], None] | None = None,
+        timeout: float | None = None,
+    ) -> model_pb2.ModelVersion:
+        """Follows WatchModelVersion until the version is READY or ERROR and returns it; `on_status`
+        sees every state on the way. Watches again when a stream ends early (its lifetime is bounded)."""
+        request = model_pb2.WatchModelVersionRequest(model_id=model_id, version=version)
+        found: model_pb2.ModelVersion = _follow(
+            lambda left: self.models.WatchModelVersion(request, timeout=left), MODEL_DONE, on_status, timeout
+        )
+        return found
+
+    def deploy(
+        self,
+        workspace_id: int,
+        name: str,
+        *model_ids: int,
+        wait: bool = True,
+        on_status: Callable[[deployment_pb2.Deployment], None] | None = None,
+        timeout: float | None = None,
+    ) -> deployment_pb2.Deployment:
+        """Deploys the latest versions of `model_ids` as a pipeline. With `wait` (the default), follows
+        WatchDeployment until it is RUNNING or FAILED and returns that state; else returns DEPLOYING."""
         steps = [deployment_pb2.StepSpec(model_id=m) for m in model_ids]
         request = deployment_pb2.DeployRequest(workspace_id=workspace_id, name=name, steps=steps)
         deployment: deployment_pb2.Deployment = self.deployments.Deploy(request)
-        return deployment
+        if not wait:
+            return deployment
+        return self.wait_deployment(name, on_status=on_status, timeout=timeout)
+
+    def wait_deployment(
+        self,
+        name: str,
+        *,
+        on_status: Callable[[deployment_pb2.Deployment], None] | None = None,
+        timeout: float | None = None,
+    ) -> deployment_pb2.Deployment:
+        """Follows WatchDeployment until the deployment is RUNNING, FAILED or STOPPED."""
+        request = deployment_pb2.WatchDeploymentRequest(name=name)
+        found: deployment_pb2.Deployment = _follow(
+            lambda left: self.deployments.WatchDeployment(request, timeout=left),
+            DEPLOYMENT_DONE,
+            on_status,
+            timeout,
+        )
+        return found
+
+
+def _follow(
+    watch: Callable[[float | None], Iterator[_T]],
+    done: frozenset[int],
+    on_status: Callable[[_T], None] | None,
+    timeout: float | None,
+) -> _T:
+    """The last state of a Watch stream once it is in `done`, re-watching streams that end before."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        last = None
+        for last in watch(left):
+            if on_status is not None:
+                on_status(last)
+            if last.status in done:
+                return last
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"still {last.status if last is not None else 'unknown'} after {timeout} s")
 
 
 def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:

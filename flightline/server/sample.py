@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 
 from flightline.server.client import Client, every_page, infer
@@ -32,8 +33,10 @@ def sample_batch(rows: int = 5, seed: int = 1) -> pa.Table:
     return pa.table({"inputs": column})
 
 
-def serve_sample(client: Client) -> deployment_pb2.Deployment:
-    """Idempotent: reuses the sample workspace and deployment if they exist."""
+def serve_sample(client: Client, console: Console | None = None) -> deployment_pb2.Deployment:
+    """Idempotent: reuses the sample workspace and deployment if they exist. Shows the upload's
+    preparation and the deployment's start as they happen (both run in the background)."""
+    console = console or Console(stderr=True)
     existing = {
         d.name: d
         for d in every_page(
@@ -54,10 +57,24 @@ def serve_sample(client: Client) -> deployment_pb2.Deployment:
         path = Path(tmp) / "ccfraud.pkl"
         path.write_bytes(pickle.dumps(train()))
         conversion = model_pb2.Conversion(framework="sklearn", input_schema=schema.serialize().to_pybytes())
-        uploaded = client.upload_file(
-            path, model_pb2.UploadMetadata(name=NAME, workspace_id=workspace.id, conversion=conversion)
-        )
-    return client.deploy(workspace.id, NAME, uploaded.model_id)
+        with console.status(f"uploading {NAME}") as spinner:
+
+            def version_state(v: model_pb2.ModelVersion) -> None:
+                state = model_pb2.ModelStatus.Name(v.status).removeprefix("MODEL_STATUS_").lower()
+                spinner.update(f"model {NAME} version {v.version}: {state}")
+
+            uploaded = client.upload_file(
+                path,
+                model_pb2.UploadMetadata(name=NAME, workspace_id=workspace.id, conversion=conversion),
+                on_status=version_state,
+            )
+    with console.status(f"deploying {NAME}") as spinner:
+
+        def deployment_state(d: deployment_pb2.Deployment) -> None:
+            state = deployment_pb2.DeploymentStatus.Name(d.status).removeprefix("DEPLOYMENT_STATUS_")
+            spinner.update(f"deployment {NAME}: {state.lower()}")
+
+        return client.deploy(workspace.id, NAME, uploaded.model_id, on_status=deployment_state)
 
 
 def demo(client: Client) -> pa.Table:

@@ -40,6 +40,10 @@ class Settings:
     # therefore never queue behind slow work; a slow call beyond the lane is refused with a retry hint.
     grpc_workers: int = 32
     slow_lane: int = 8
+    # Model preparations (conversions) and deployment starts run at most this many at a time each:
+    # both are CPU- or memory-heavy child processes, and 2 keeps a small machine responsive.
+    prepare_workers: int = 2
+    deploy_workers: int = 2
 
     @property
     def metadata_url(self) -> str:

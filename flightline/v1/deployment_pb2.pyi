@@ -77,6 +77,12 @@ class Deployment(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class WatchDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class UndeployRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class DeploymentServiceStub:
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.DeployRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.WatchDeployment = channel.unary_stream(
+                '/flightline.v1.DeploymentService/WatchDeployment',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+                _registered_method=True)
         self.Undeploy = channel.unary_unary(
                 '/flightline.v1.DeploymentService/Undeploy',
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.UndeployRequest.SerializeToString,
@@ -60,9 +65,21 @@ class DeploymentServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Deploy(self, request, context):
-        """Deploys a pipeline of model versions and returns when it is RUNNING or FAILED (status_reason
-        says why, e.g. the model could not load). ALREADY_EXISTS if the name is deployed;
-        FAILED_PRECONDITION if a version is not READY.
+        """Deploys a pipeline of model versions. The request is checked at once: INVALID_ARGUMENT for a
+        bad name or no steps, NOT_FOUND for an unknown workspace, model or version, ALREADY_EXISTS if
+        the name is deployed, FAILED_PRECONDITION if a version is not READY. It then returns at once
+        with the deployment DEPLOYING; its runtimes start in the background and it ends RUNNING or
+        FAILED (status_reason says why, e.g. the model could not load). Follow it with
+        WatchDeployment or poll GetDeployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDeployment(self, request, context):
+        """Streams a deployment's state: the current state first, then each change, and ends after a
+        state that needs no more work (RUNNING, FAILED or STOPPED). A stream also ends after a
+        server-chosen lifetime (10 minutes); watch again to go on. NOT_FOUND for an unknown name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +112,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
             'Deploy': grpc.unary_unary_rpc_method_handler(
                     servicer.Deploy,
                     request_deserializer=flightline_dot_v1_dot_deployment__pb2.DeployRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
+            'WatchDeployment': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeployment,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
             ),
             'Undeploy': grpc.unary_unary_rpc_method_handler(
@@ -139,6 +161,33 @@ class DeploymentService:
             target,
             '/flightline.v1.DeploymentService/Deploy',
             flightline_dot_v1_dot_deployment__pb2.DeployRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/WatchDeployment',
+            flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.SerializeToString,
             flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
             options,
             channel_credentials,

@@ -172,6 +172,14 @@ class ModelVersion(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     def __init__(self, model_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., framework: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., conversion_note: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., original_sha256: _Optional[str] = ..., source: _Optional[str] = ..., conversion: _Optional[_Union[Conversion, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class WatchModelVersionRequest(_message.Message):
+    __slots__ = ("model_id", "version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: int
+    version: int
+    def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
 class GetModelRequest(_message.Message):
     __slots__ = ("model_id",)
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]

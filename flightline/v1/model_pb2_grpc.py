@@ -44,6 +44,11 @@ class ModelServiceStub:
                 request_serializer=flightline_dot_v1_dot_model__pb2.UploadModelRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_model__pb2.UploadModelResponse.FromString,
                 _registered_method=True)
+        self.WatchModelVersion = channel.unary_stream(
+                '/flightline.v1.ModelService/WatchModelVersion',
+                request_serializer=flightline_dot_v1_dot_model__pb2.WatchModelVersionRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_model__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/flightline.v1.ModelService/GetModel',
                 request_serializer=flightline_dot_v1_dot_model__pb2.GetModelRequest.SerializeToString,
@@ -75,11 +80,18 @@ class ModelServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def UploadFromRegistry(self, request, context):
-        """Downloads a model version's artifact from a registry, stores it and prepares it for serving.
-        Returns when the new version is READY or ERROR. Uploading an existing name adds a version.
-        INVALID_ARGUMENT for a bad name, framework or schema; NOT_FOUND for an unknown registry,
-        workspace or path; UNAVAILABLE / UNAUTHENTICATED when the registry is down or refuses the
-        token. On any error nothing is stored.
+        """Downloads a model version's artifact from a registry and stores it, then returns at once with
+        the new version PENDING_CONVERSION; preparation (inspection, conversion) runs in the background
+        and ends READY or ERROR: follow it with WatchModelVersion or poll GetModelVersion. Uploading an
+        existing name adds a version.
+        Refused before anything is stored: INVALID_ARGUMENT for a bad name or framework, or a schema
+        that is not an Arrow IPC-serialized schema or breaks the data rules (a variable-size list, i.e.
+        possibly ragged tensors; union, struct or map fields, i.e. mixed dtypes); NOT_FOUND for an
+        unknown registry, workspace or path; UNAVAILABLE / UNAUTHENTICATED when the registry is down or
+        refuses the token. On any such error nothing is stored.
+        A schema that is valid but that the model cannot be served with (e.g. a feature count the model
+        does not take) is found during preparation: the version is stored and ends ERROR with
+        status_reason saying why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +99,20 @@ class ModelServiceServicer:
 
     def UploadModel(self, request_iterator, context):
         """Uploads a model file directly: the first message carries the metadata, every later one a chunk
-        of the file (1 MiB chunks suit well). A stream that ends early or is cancelled stores nothing.
+        of the file (1 MiB chunks suit well). Completeness rule: metadata.size_bytes is required, and the
+        upload is stored only when exactly that many bytes arrived (and they hash to metadata.sha256,
+        when given) and the call was still active when the client ended its stream. A stream that ends
+        early, carries too many bytes, is cancelled or outlives its deadline stores nothing.
+        Returns at once with the version PENDING_CONVERSION, and errors, like UploadFromRegistry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchModelVersion(self, request, context):
+        """Streams a model version's state: the current state first, then each change, and ends after a
+        terminal state (READY or ERROR). A stream also ends after a server-chosen lifetime (10 minutes);
+        watch again to go on. NOT_FOUND for an unknown model or version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +165,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.UploadModel,
                     request_deserializer=flightline_dot_v1_dot_model__pb2.UploadModelRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_model__pb2.UploadModelResponse.SerializeToString,
+            ),
+            'WatchModelVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchModelVersion,
+                    request_deserializer=flightline_dot_v1_dot_model__pb2.WatchModelVersionRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_model__pb2.ModelVersion.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
@@ -221,6 +251,33 @@ class ModelService:
             '/flightline.v1.ModelService/UploadModel',
             flightline_dot_v1_dot_model__pb2.UploadModelRequest.SerializeToString,
             flightline_dot_v1_dot_model__pb2.UploadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flightline.v1.ModelService/WatchModelVersion',
+            flightline_dot_v1_dot_model__pb2.WatchModelVersionRequest.SerializeToString,
+            flightline_dot_v1_dot_model__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,

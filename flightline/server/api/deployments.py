@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from flightline.server.api import messages
@@ -22,6 +24,13 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             for i, s in enumerate(request.steps)
         ]
         return self._message(self.deployments.deploy(request.workspace_id, request.name, steps))
+
+    def WatchDeployment(
+        self, request: pb.WatchDeploymentRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Deployment]:
+        context.add_callback(self.deployments.changes.notify)  # a client going away wakes its watch
+        for deployment in self.deployments.watch(request.name, context.is_active):
+            yield self._message(deployment)
 
     def Undeploy(self, request: pb.UndeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
         return self._message(self.deployments.undeploy(request.name))

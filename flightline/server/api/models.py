@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -11,6 +12,10 @@ from flightline.server.errors import InvalidArgument
 from flightline.server.services.models import ModelService
 from flightline.v1 import model_pb2 as pb
 from flightline.v1 import model_pb2_grpc
+
+# How long the end of an upload stream waits for a cancellation notice (see _chunks): long enough for
+# a loaded server's gRPC thread to deliver it, short next to any real upload.
+CANCEL_NOTICE_S = 0.25
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
@@ -43,11 +48,18 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             visibility=messages.VISIBILITY_NAMES[meta.visibility],
             conversion=messages.conversion_in(meta.conversion),
             filename=meta.filename or "model",
-            chunks=_chunks(request_iterator),
+            chunks=_chunks(request_iterator, context),
             size_bytes=meta.size_bytes or None,
             sha256=meta.sha256 or None,
         )
         return pb.UploadModelResponse(model_id=version.model_id, version=messages.model_version(version))
+
+    def WatchModelVersion(
+        self, request: pb.WatchModelVersionRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelVersion]:
+        context.add_callback(self.models.changes.notify)  # a client going away wakes its watch
+        for version in self.models.watch_version(request.model_id, request.version, context.is_active):
+            yield messages.model_version(version)
 
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
         found = self.models.get_model(request.model_id)
@@ -96,8 +108,18 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         )
 
 
-def _chunks(requests: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
+def _chunks(requests: Iterator[pb.UploadModelRequest], context: grpc.ServicerContext) -> Iterator[bytes]:
+    """The file's bytes. When a client dies or its deadline passes, gRPC ends the request iterator
+    quietly, as if the client had finished: only a call still active at the end of the stream is the
+    client's own end-of-stream. Raising here, before the store moves the bytes to their final name,
+    makes the store drop them."""
+    ended = threading.Event()  # set when the call terminates: for a cancelled call, soon after the stream
+    context.add_callback(ended.set)
     for request in requests:
         if request.HasField("metadata"):
             raise InvalidArgument("only the first UploadModel message may carry `metadata`")
         yield request.chunk
+    # A cancellation reaches the call's state a moment after the stream ends, on another thread; a
+    # client's own end-of-stream never terminates the call before we answer. Wait that moment.
+    if context.time_remaining() <= 0 or ended.wait(CANCEL_NOTICE_S) or not context.is_active():
+        raise InvalidArgument("the upload call ended before the client finished its stream")

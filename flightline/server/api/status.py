@@ -43,6 +43,16 @@ def _checked(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
+def _abort(behavior: Callable[..., Any], exc: Exception, context: grpc.ServicerContext) -> None:
+    """Ends the call with the error's code (context.abort raises)."""
+    code = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        # Unexpected errors may carry internals (SQL parameters, paths): log them, say little.
+        log.exception("internal error in %s", getattr(behavior, "__name__", "handler"))
+        context.abort(code, "internal error; see the server log")
+    context.abort(code, str(exc) or type(exc).__name__)
+
+
 def _guard(behavior: Callable[..., Any], *, streaming: bool = False) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -52,20 +62,29 @@ def _guard(behavior: Callable[..., Any], *, streaming: bool = False) -> Callable
                 limits.check(request)
             return behavior(request, context)
         except Exception as exc:
-            code = status_of(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                # Unexpected errors may carry internals (SQL parameters, paths): log them, say little.
-                log.exception("internal error in %s", getattr(behavior, "__name__", "handler"))
-                context.abort(code, "internal error; see the server log")
-            context.abort(code, str(exc) or type(exc).__name__)
+            _abort(behavior, exc, context)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """Server-streaming handlers return a generator: errors surface while it is iterated, so the
+    guard must iterate it too (an error after some messages still ends the call with its code)."""
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            limits.check(request)
+            yield from behavior(request, context)
+        except Exception as exc:
+            _abort(behavior, exc, context)
 
     return guarded
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Checks every request message against `limits` and maps `flightline.server.errors` (and runtime
-    errors) to status codes with the error's message. Every RPC of the API is unary or
-    client-streaming, so those are the handlers it wraps."""
+    errors) to status codes with the error's message. It wraps the unary, client-streaming and
+    server-streaming handlers the API has."""
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
@@ -79,5 +98,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler.stream_unary:
             return handler._replace(
                 stream_unary=_guard(handler.stream_unary, streaming=True), request_deserializer=lenient
+            )
+        if handler.unary_stream:
+            return handler._replace(
+                unary_stream=_guard_stream(handler.unary_stream), request_deserializer=lenient
             )
         return handler

@@ -7,7 +7,8 @@ import shutil
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
 from flightline.server.services.archives import extract_zip, unwrap
+from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
@@ -31,6 +33,10 @@ from flightline.server.store.records import (
 from flightline.server.supervisor import RuntimeFault, Supervisor
 
 log = logging.getLogger(__name__)
+
+# States that need no more work from the server; a watch ends after one.
+SETTLED = frozenset({DeploymentStatus.RUNNING, DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
+
 
 @dataclass(frozen=True)
 class Live:
@@ -50,6 +56,8 @@ class DeploymentService:
         work_dir: Path,
         *,
         in_process_native: bool = True,
+        workers: int = 2,
+        changes: Changes | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -61,20 +69,40 @@ class DeploymentService:
         self._lock = threading.Lock()
         # One deploy or undeploy at a time per name, so an undeploy cannot interleave with a deploy.
         self._name_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._create_lock = threading.Lock()
+        self.changes = changes or Changes()
+        # Starting runtimes takes seconds to minutes (model loads): a bounded pool, not the RPC thread.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy")
 
     def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+        """Checks the request and records the deployment DEPLOYING; its runtimes start in the background."""
         check_dns_name("deployment", name)
-        with self._name_lock(name):
-            versions = [self._ready_version(s) for s in steps]
-            pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
-            deployment = self.store.create_deployment(workspace_id, name, pinned)
-            return self._start(deployment, versions)
+        versions = [self._ready_version(s) for s in steps]
+        pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+        # Short and never held while runtimes start (that is the name lock's job), so two Deploys of
+        # one name get ALREADY_EXISTS at once rather than racing on the table's unique name.
+        with self._create_lock:
+            deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
+        self.changes.notify()
+        self._pool.submit(self._start_in_background, deployment, versions)
+        return deployment
 
     def undeploy(self, name: str) -> Deployment:
         with self._name_lock(name):
             deployment = self.store.get_deployment(name)
             self._stop(name, len(deployment.steps))
-            return self.store.update_deployment(name, DeploymentStatus.STOPPED)
+            stopped = self.store.update_deployment(name, DeploymentStatus.STOPPED)
+        self.changes.notify()
+        return stopped
+
+    def watch(self, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
+        """The deployment's current state, then each change, until RUNNING, FAILED or STOPPED."""
+        return self.changes.watch(
+            lambda: self.store.get_deployment(name),
+            lambda d: (d.id, d.status, d.status_reason),
+            lambda d: d.status in SETTLED,
+            active=active,
+        )
 
     def get(self, name: str) -> Deployment:
         return self.store.get_deployment(name)
@@ -100,6 +128,7 @@ class DeploymentService:
                         self.store.update_deployment(deployment.name, DeploymentStatus.DEPLOYING)
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
                     self._start(deployment, versions)
+        self.changes.notify()
 
     def runtime_failed(self, key: str, reason: str) -> None:
         """The supervisor gave up on a step's runtime: the deployment cannot serve any more."""
@@ -116,8 +145,10 @@ class DeploymentService:
             self.store.update_deployment(
                 name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
             )
+        self.changes.notify()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)  # queued ones stay DEPLOYING: resumed at start
         with self._lock:
             names = list(self._live)
         for name in names:
@@ -136,6 +167,18 @@ class DeploymentService:
                 + (f": {version.status_reason}" if version.status_reason else "")
             )
         return version
+
+    def _start_in_background(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> None:
+        try:
+            with self._name_lock(deployment.name):
+                current = self.store.get_deployment(deployment.name)
+                # Undeployed (or replaced) while queued: nothing to start.
+                if current.id == deployment.id and current.status is DeploymentStatus.DEPLOYING:
+                    self._start(current, versions)
+        except Exception:  # the store itself failed; the deployment is resumed at the next start
+            log.exception("deploying %s failed", deployment.name)
+        finally:
+            self.changes.notify()
 
     def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
         name = deployment.name

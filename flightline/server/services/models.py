@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
+from flightline.runtimes.rules import check_schema
 from flightline.server.errors import InvalidArgument
 from flightline.server.services.archives import zip_dir
+from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
-from flightline.server.services.prepare import check_artifact, prepare
+from flightline.server.services.prepare import Converters, check_artifact, prepare
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.artifacts import ArtifactStore, StoredArtifact
 from flightline.server.store.metadata import VISIBILITIES, MetadataStore
@@ -23,17 +27,53 @@ from flightline.server.store.records import Conversion, Model, ModelStatus, Mode
 
 log = logging.getLogger(__name__)
 
+TERMINAL = frozenset({ModelStatus.READY, ModelStatus.ERROR})
 
 
 class ModelService:
+    """Uploads store the bytes inside the RPC, then return with the version PENDING_CONVERSION while
+    preparation runs on a bounded pool (`workers` at a time; queued versions stay PENDING_CONVERSION,
+    running ones are CONVERTING). Preparation works in a folder of its own under work_dir/prepare/:
+    the input is a private copy of the stored artifact (nothing links into the store) and the
+    converter writes to a separate output folder."""
+
     def __init__(
-        self, store: MetadataStore, artifacts: ArtifactStore, registries: RegistryService, work_dir: Path
+        self,
+        store: MetadataStore,
+        artifacts: ArtifactStore,
+        registries: RegistryService,
+        work_dir: Path,
+        *,
+        workers: int = 2,
+        changes: Changes | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.registries = registries
         self.work_dir = work_dir
+        self.changes = changes or Changes()
         work_dir.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+        self._converters = Converters()
+        self._closing = False
+
+    @property
+    def prepare_dir(self) -> Path:
+        """Where preparations and upload checks work; nothing in it outlives a server run."""
+        return self.work_dir / "prepare"
+
+    def clean_work(self) -> None:
+        """At start-up: work folders of preparations a crash interrupted."""
+        shutil.rmtree(self.prepare_dir, ignore_errors=True)
+        self.prepare_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        """Drops queued preparations and ends running conversions: those versions stay as they are
+        and end ERROR ("interrupted by a server restart") at the next start."""
+        self._closing = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._converters.kill_all()
+        self._pool.shutdown(wait=True)
 
     def frameworks(self) -> tuple[FrameworkSpec, ...]:
         return FRAMEWORKS
@@ -54,11 +94,11 @@ class ModelService:
             raise InvalidArgument(
                 "path is empty: pass a path from ListModelVersionArtifacts or models:/<name>/<version>"
             )
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+        with self._folder() as tmp:
             report = progress or _log_progress(f"{name} from registry {registry_id}")
-            local = self.registries.download(registry_id, workspace_id, path, Path(tmp) / "download", report)
+            local = self.registries.download(registry_id, workspace_id, path, tmp / "download", report)
             if local.is_dir():
-                local = zip_dir(local, Path(tmp) / f"{local.name}.zip")
+                local = zip_dir(local, tmp / f"{local.name}.zip")
             check_artifact(framework, local)
             stored = self.artifacts.put_file(local)
         source = f"registry:{registry_id}:{path}"
@@ -77,10 +117,14 @@ class ModelService:
         sha256: str | None,
     ) -> ModelVersion:
         framework = self._check_request(workspace_id, name, visibility, conversion)
+        if size_bytes is None or size_bytes < 1:
+            raise InvalidArgument(
+                "metadata.size_bytes is required: the size of the whole file in bytes, at least 1"
+            )
         stored = self.artifacts.put(chunks, expected_size=size_bytes, expected_sha256=sha256)
         try:
-            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-                check_artifact(framework, self._local(stored.sha256, Path(tmp), filename))
+            with self._folder() as tmp:
+                check_artifact(framework, self._copy_in(stored.sha256, tmp / "in", filename))
         except InvalidArgument:
             if stored.created:  # never delete bytes an earlier upload stored
                 self.artifacts.delete(stored.sha256)
@@ -100,6 +144,18 @@ class ModelService:
     def get_version(self, model_id: int, version: int = 0) -> ModelVersion:
         return self.store.get_model_version(model_id, version)
 
+    def watch_version(
+        self, model_id: int, version: int, active: Callable[[], bool]
+    ) -> Iterator[ModelVersion]:
+        """The version's current state, then each change, until READY or ERROR."""
+        number = version or self.store.get_model_version(model_id, 0).version  # latest: pin it now
+        return self.changes.watch(
+            lambda: self.store.get_model_version(model_id, number),
+            lambda v: (v.status, v.status_reason, v.updated_at),
+            lambda v: v.status in TERMINAL,
+            active=active,
+        )
+
     def list_versions(self, model_id: int, limit: int, after_version: int) -> list[ModelVersion]:
         return self.store.list_model_versions(model_id, limit, after_version)
 
@@ -112,6 +168,7 @@ class ModelService:
                 status=ModelStatus.ERROR,
                 status_reason="interrupted by a server restart; upload it again",
             )
+        self.changes.notify()
 
     def _check_request(
         self, workspace_id: int, name: str, visibility: str, conversion: Conversion
@@ -123,19 +180,27 @@ class ModelService:
             framework = get_framework(conversion.framework)
         except UnknownFramework as exc:
             raise InvalidArgument(str(exc)) from exc
-        parse_schema("conversion.input_schema", conversion.input_schema)
-        parse_schema("conversion.output_schema", conversion.output_schema)
+        for field in ("input_schema", "output_schema"):
+            schema = parse_schema(f"conversion.{field}", getattr(conversion, field))
+            if schema is not None:
+                check_schema(f"conversion.{field}", schema)
         self.store.get_workspace(workspace_id)
         return framework
 
-    def _local(self, sha256: str, tmp: Path, filename: str) -> Path:
-        """A local copy named like the upload, since runtimes and converters look at suffixes."""
+    @contextlib.contextmanager
+    def _folder(self) -> Iterator[Path]:
+        self.prepare_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.prepare_dir) as tmp:
+            yield Path(tmp)
+
+    def _copy_in(self, sha256: str, folder: Path, filename: str) -> Path:
+        """A private copy named like the upload, since runtimes and converters look at suffixes. A copy,
+        never a link: whatever writes into the work folder (a converter running the user's pickle)
+        must not reach a stored artifact."""
         cached = self.artifacts.local_path(sha256, self.work_dir / "cache")
-        named = tmp / (Path(filename).name or "artifact")
-        try:
-            named.symlink_to(cached)
-        except OSError:
-            shutil.copyfile(cached, named)
+        folder.mkdir(parents=True, exist_ok=True)
+        named = folder / (Path(filename).name or "artifact")
+        shutil.copyfile(cached, named)
         return named
 
     def _record(
@@ -163,24 +228,40 @@ class ModelService:
             size_bytes=stored.size,
             original_sha256=stored.sha256,
         )
-        return self._prepare(version, framework, filename)
+        self.changes.notify()
+        self._pool.submit(self._prepare, version, framework, filename)
+        return version
 
-    def _prepare(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> ModelVersion:
+    def _prepare(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> None:
+        try:
+            self._prepared(version, framework, filename)
+        except Exception:  # the store itself failed; the version ends ERROR at the next start
+            log.exception("recording model %s v%d failed", version.model_name, version.version)
+        finally:
+            self.changes.notify()
+
+    def _prepared(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> ModelVersion:
         key = (version.model_id, version.version)
         self.store.update_model_version(*key, status=ModelStatus.CONVERTING)
+        self.changes.notify()
         conversion = version.conversion
         try:
-            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            with self._folder() as tmp:
+                output = tmp / "out"
+                output.mkdir()
                 prepared = prepare(
                     framework,
-                    self._local(version.sha256, Path(tmp), filename),
-                    Path(tmp),
+                    self._copy_in(version.sha256, tmp / "in", filename),
+                    output,
                     input_schema=parse_schema("input_schema", conversion.input_schema),
                     output_schema=parse_schema("output_schema", conversion.output_schema),
                     options=dict(conversion.options),
+                    converters=self._converters,
                 )
                 stored = self.artifacts.put_file(prepared.artifact.resolve())
         except Exception as exc:  # whatever happened, the version must not stay CONVERTING
+            if self._closing:  # killed by close(): the next start says "interrupted"
+                return version
             if not isinstance(exc, ModelLoadError):
                 log.exception("preparing model %s v%d failed", version.model_name, version.version)
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"internal error: {type(exc).__name__}"

@@ -7,12 +7,15 @@ and they are not trusted (the subprocess may have run the user's code)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +24,7 @@ import pyarrow as pa
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FrameworkSpec
+from flightline.runtimes.parent import EXIT_WITH_STDIN
 from flightline.runtimes.plugins import for_framework, plugin
 from flightline.runtimes.prepare import INPUT_SCHEMA_FILE, OUTPUT_SCHEMA_FILE
 from flightline.server.hosting.sandbox import Limits, Sandbox, take_back
@@ -63,8 +67,10 @@ def prepare(
     options: dict[str, str],
     memory_limit: int = PREPARE_MEMORY_LIMIT,
     timeout: float = PREPARE_TIMEOUT,
+    converters: Converters | None = None,
 ) -> Prepared:
-    """Raises ModelLoadError when the artifact cannot be served, with the reason."""
+    """Raises ModelLoadError when the artifact cannot be served, with the reason. `converters`
+    tracks the preparation process while it runs, so that a stopping server can end it."""
     for_framework(framework.name)  # no process to start for a framework no plug-in serves
     out = Path(tempfile.mkdtemp(dir=work, prefix="prepared-"))
     # The subprocess may unpickle user files: it runs sandboxed (hosting/sandbox.py), reads read-only
@@ -84,6 +90,7 @@ def prepare(
             str(written),
             "--options",
             json.dumps(options),
+            EXIT_WITH_STDIN,
         ]
         for flag, schema in (("--input-schema", input_schema), ("--output-schema", output_schema)):
             if schema is not None:
@@ -92,7 +99,12 @@ def prepare(
                 args += [flag, str(sandbox.share(file, "schema"))]
         try:
             proc = run_preparation(
-                sandbox, args, memory_limit=memory_limit, timeout=timeout, logs=Path(tmp)
+                sandbox,
+                args,
+                memory_limit=memory_limit,
+                timeout=timeout,
+                logs=Path(tmp),
+                converters=converters or Converters(),
             )
         except subprocess.TimeoutExpired:
             raise ModelLoadError(f"preparing the {framework.name} model took over {timeout:g} s") from None
@@ -111,7 +123,13 @@ def prepare(
 
 
 def run_preparation(
-    sandbox: Sandbox, args: list[str], *, memory_limit: int, timeout: float, logs: Path
+    sandbox: Sandbox,
+    args: list[str],
+    *,
+    memory_limit: int,
+    timeout: float,
+    logs: Path,
+    converters: Converters,
 ) -> subprocess.CompletedProcess[str]:
     """Runs the preparation subprocess in `sandbox`, the one place it is started: an allow-listed
     environment, the sandbox user when the server is root, CPU and address-space limits.
@@ -120,20 +138,28 @@ def run_preparation(
     (Python between fork and exec in this multi-threaded gRPC server crashes the child); the program
     also caps its own address space (`--memory-limit`) when run by hand. Its output goes to files in
     `logs`, of which only the tails are read: a pickle printing gigabytes must not grow the control
-    plane's memory."""
+    plane's memory.
+
+    It dies with this process: it holds the read end of a pipe only we write to (never), and exits at
+    its end (`--exit-with-stdin`), so a SIGKILLed server leaves no preparation behind. Its own session
+    lets a timeout kill whatever it spawned."""
     with (logs / "stdout").open("w+b") as stdout, (logs / "stderr").open("w+b") as stderr:
         limits = Limits(memory_bytes=memory_limit, cpu_seconds=int(timeout))
-        launch = sandbox.launch([*args, "--memory-limit", str(memory_limit)], name="prepare", limits=limits)
-        done = subprocess.run(
-            launch.args,
-            **launch.kwargs,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            timeout=timeout,
-            check=False,
+        argv = [*args, "--memory-limit", str(memory_limit), EXIT_WITH_STDIN]
+        launch = sandbox.launch(argv, name="prepare", limits=limits)
+        proc = subprocess.Popen(
+            launch.args, **launch.kwargs, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr
         )
-        return subprocess.CompletedProcess(done.args, done.returncode, _tail(stdout), _tail(stderr))
+        converters.add(proc)
+        try:
+            proc.wait(timeout=timeout)
+        finally:  # done, timed out, or interrupted some other way: leave nothing running
+            converters.discard(proc)
+            _kill_group(proc)
+            proc.wait()
+            assert proc.stdin is not None
+            proc.stdin.close()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, _tail(stdout), _tail(stderr))
 
 
 def _tail(file: BinaryIO, size: int = 64 << 10) -> str:
@@ -184,3 +210,38 @@ def _schema(path: Path) -> pa.Schema | None:
         return pa.ipc.read_schema(pa.py_buffer(path.read_bytes()))
     except pa.ArrowException:
         raise ModelLoadError("the preparation process wrote an unreadable schema") from None
+
+
+class Converters:
+    """The converter processes running now; kill_all() ends them (a server stopping does not wait
+    minutes for a conversion: the version is marked interrupted at the next start)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._closed = False
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.add(proc)
+            closed = self._closed
+        if closed:  # started while kill_all() ran
+            _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def kill_all(self) -> None:
+        """Ends the running converters, and any started from now on."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

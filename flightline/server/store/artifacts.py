@@ -3,6 +3,8 @@
 Layout under the root: `sha256/<first two hex digits>/<full hex digest>` for stored artifacts, `tmp/` for
 uploads in flight. An upload streams into a temporary object and is moved to its final name only once its
 size and hash check out, so a reader never sees half an artifact and a failed upload leaves nothing.
+Stored artifacts are never written again: in a local store their files are read-only (0444), and
+callers that need a named or writable file copy it out (nothing links into the store).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What a client hears when the store refuses a write (read-only, full, no permission): a server fault it
 # cannot fix, so no path or OS detail; the operator finds those in the log.
 UNWRITABLE = "the artifact store cannot be written; the operator has been told in the log"
+READ_ONLY = 0o444
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class ArtifactStore:
                 final = self._path(sha256)
                 self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
                 self._fs.move(temp, final)
+                if self._is_local:
+                    os.chmod(final, READ_ONLY)
         except BaseException:
             self._delete_if_present(temp)
             raise
@@ -143,6 +148,7 @@ class ArtifactStore:
                 raise FailedPrecondition(
                     f"artifact {sha256} is corrupt in the store: it hashes to {digest.hexdigest()}"
                 )
+            os.chmod(temp, READ_ONLY)
             os.replace(temp, cached)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -165,10 +171,16 @@ class ArtifactStore:
         with contextlib.suppress(FileNotFoundError):
             self._fs.delete_file(path)
 
-    def _remove_stale_temps(self) -> None:
-        cutoff = time.time() - STALE_TEMP_S
+    def clean_temps(self) -> None:
+        """At start-up: a local store belongs to one server, so every temporary object in it is left
+        over from a crash. A remote store may be shared by several servers: only stale ones go."""
+        self._remove_stale_temps(0 if self._is_local else STALE_TEMP_S)
+
+    def _remove_stale_temps(self, older_than_s: float = STALE_TEMP_S) -> None:
+        cutoff = time.time() - older_than_s
         for info in self._fs.get_file_info(pafs.FileSelector(self._temp_dir, allow_not_found=True)):
-            if info.type is pafs.FileType.File and info.mtime is not None and info.mtime.timestamp() < cutoff:
+            stale = info.mtime is not None and info.mtime.timestamp() <= cutoff
+            if info.type is pafs.FileType.File and stale:
                 self._delete_if_present(info.path)
 
 
