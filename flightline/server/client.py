@@ -109,13 +109,14 @@ class Client:
     def wait_version(
         self,
         model_id: int,
-        version: int = 0,
+        version: int | None = None,
         *,
         on_status: Callable[[model_pb2.ModelVersion], None] | None = None,
         timeout: float | None = None,
     ) -> model_pb2.ModelVersion:
-        """Follows WatchModelVersion until the version is READY or ERROR and returns it; `on_status`
-        sees every state on the way. Watches again when a stream ends early (its lifetime is bounded)."""
+        """Follows WatchModelVersion until the version (None: the latest) is READY or ERROR and returns
+        it; `on_status` sees every state on the way. Watches again when a stream ends early (its lifetime
+        is bounded)."""
         request = model_pb2.WatchModelVersionRequest(model_id=model_id, version=version)
         found: model_pb2.ModelVersion = _follow(
             lambda left: self.models.WatchModelVersion(request, timeout=left), MODEL_DONE, on_status, timeout

@@ -276,7 +276,10 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
     return message
 
 
-def requested_version(request: model_pb2.GetModelVersionRequest | deployment_pb2.StepSpec, field: str) -> int:
+def requested_version(
+    request: model_pb2.GetModelVersionRequest | model_pb2.WatchModelVersionRequest | deployment_pb2.StepSpec,
+    field: str,
+) -> int:
     """An `optional int32 version`: the number asked for, or 0 (the store's "latest") when absent."""
     if not request.HasField("version"):
         return 0

@@ -58,7 +58,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: pb.WatchModelVersionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelVersion]:
         context.add_callback(self.models.changes.notify)  # a client going away wakes its watch
-        for version in self.models.watch_version(request.model_id, request.version, context.is_active):
+        wanted = messages.requested_version(request, "version")
+        for version in self.models.watch_version(request.model_id, wanted, context.is_active):
             yield messages.model_version(version)
 
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
