@@ -19,6 +19,7 @@ class RunContext:
     budget: Budget
     sizes: list[int]
     work_dir: Path
+    client_processes: int = 4  # client processes of the concurrent cells
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     _expected: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
