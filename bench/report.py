@@ -347,28 +347,7 @@ def serving_checks(table: Table) -> list[Check]:
 
 def baseline_checks(table: Table, sizes: list[int], baseline: Table | None) -> list[Check]:
     """Issue 7: memory against an earlier run, and no large-batch regression against it."""
-    now = _memory_total(table)
-    memory = f"{serving.MEMORY_MODELS} sklearn-pickle models use < 0.5x the resident memory of the baseline"
-    then = _memory_total(baseline) if baseline is not None else None
-    if now is None:
-        memory_check = Check(memory, None, "not measured")
-    elif then is None:
-        memory_check = Check(
-            memory,
-            None,
-            f"now {now[0]:,.0f} MB in {now[1]} runtime processes + the server; no baseline "
-            "(--baseline OLD.csv)"
-            if baseline is None
-            else "the baseline has no memory cells",
-        )
-    else:
-        memory_check = Check(
-            memory,
-            now[0] < 0.5 * then[0],
-            f"now {now[0]:,.0f} MB ({now[1]} runtime processes + the server), baseline {then[0]:,.0f} MB "
-            f"({then[1]} runtime processes + the server): {now[0] / then[0]:.2f}x",
-        )
-    checks = [memory_check]
+    checks = [memory_check(table, baseline)]
     name = "large-batch figures within 0.9x of the baseline (models A and B, Flightline paths, every size)"
     if baseline is None:
         return [*checks, Check(name, None, "no baseline (--compare OLD.csv)")]
@@ -382,6 +361,28 @@ def baseline_checks(table: Table, sizes: list[int], baseline: Table | None) -> l
         *checks,
         _compare(table, name, pairs, 0.9, lambda cell: f"{cell.model} {cell.path} {cell.rows:,} rows"),
     ]
+
+
+def memory_check(table: Table, baseline: Table | None) -> Check:
+    """The memory of the same number of sklearn-pickle deployments, now against the baseline."""
+    now = _memory_total(table)
+    models = now[2] if now is not None else 20
+    name = f"{models} sklearn-pickle models use < 0.5x the resident memory of the baseline"
+    if now is None:
+        return Check(name, None, "not measured")
+    figure = f"now {now[0]:,.0f} MB ({now[1]} runtime processes + the server)"
+    then = _memory_total(baseline) if baseline is not None else None
+    if then is None:
+        missing = "no baseline (--baseline OLD.csv)" if baseline is None else "no memory cells in it"
+        return Check(name, None, f"{figure}; {missing}")
+    if then[2] != now[2]:
+        return Check(name, None, f"{figure}; the baseline deployed {then[2]} models, not {now[2]}")
+    return Check(
+        name,
+        now[0] < 0.5 * then[0],
+        f"{figure}, baseline {then[0]:,.0f} MB ({then[1]} runtime processes + the server): "
+        f"{now[0] / then[0]:.2f}x",
+    )
 
 
 def comparison(table: Table, baseline: Table) -> list[str]:
@@ -405,15 +406,15 @@ def comparison(table: Table, baseline: Table) -> list[str]:
     return lines or ["  no cell of this run is in the baseline"]
 
 
-def _memory_total(table: Table | None) -> tuple[float, int] | None:
-    """(runtime processes' RSS + the server's, MB; runtime process count) of a run's memory cells."""
+def _memory_total(table: Table | None) -> tuple[float, int, int] | None:
+    """(runtime processes' RSS + the server's in MB, runtime process count, deployments) of a run."""
     if table is None:
         return None
     runtimes = table.memory(serving.MEMORY_MODEL, serving.MEMORY_RUNTIMES)
     server = table.memory(serving.MEMORY_MODEL, serving.MEMORY_FRONT_DOOR)
     if runtimes is None or server is None or runtimes.rss_mb is None or server.rss_mb is None:
         return None
-    return runtimes.rss_mb + server.rss_mb, runtimes.requests
+    return runtimes.rss_mb + server.rss_mb, runtimes.requests, runtimes.rows
 
 
 def _latency(name: str, cell: Cell | None, reference: Cell | None, maximum: float) -> Check:

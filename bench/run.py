@@ -47,7 +47,7 @@ ServingRunner = Callable[[list[BenchModel], RunContext], list[Cell]]
 SERVING: dict[str, tuple[str, ServingRunner]] = {
     "concurrent": ("64 concurrent 1-row clients, ONNX in and out of process", serving.run_concurrent),
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
-    "memory": ("resident memory of 20 sklearn-pickle deployments", serving.run_memory),
+    "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
 }
 KEYS = [*PATHS, *SERVING]
 
@@ -74,7 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--client-procs", type=int, default=4, help="client processes the concurrent cells' clients run in"
     )
+    parser.add_argument(
+        "--memory-models", type=int, help="deployments of the memory cell (default 20, 5 with --quick)"
+    )
     args = parser.parse_args(argv)
+    if args.memory_models is None:
+        args.memory_models = 5 if args.quick else 20
     args.paths = [key.strip() for key in args.paths.split(",") if key.strip()]
     unknown = [key for key in args.paths if key not in KEYS]
     if unknown:
@@ -160,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             work_dir = Path(work)
             print("building models", flush=True)
             models = build_models(work_dir / "models", "".join(args.models))
-            ctx = RunContext(processes, budget, args.sizes, work_dir, args.client_procs)
+            ctx = RunContext(
+                processes, budget, args.sizes, work_dir, args.client_procs, args.memory_models
+            )
             cells = run_paths(models, args.paths, ctx)
             serving_cells = run_serving(models, args.paths, ctx)
     except KeyboardInterrupt:

@@ -52,7 +52,6 @@ BATCHING_MISSING = "batching: not available in this build"
 MEMORY_MODEL = "S"  # sklearn pickles served by the sklearn runtime
 MEMORY_RUNTIMES = "memory-runtimes"
 MEMORY_FRONT_DOOR = "memory-front-door"
-MEMORY_MODELS = 20
 SETTLE_SECONDS = 2.0  # after the last deploy, for preparation subprocesses to exit before RSS is read
 
 
@@ -244,10 +243,12 @@ def batch_call(ctx: RunContext, location: str, name: str, inputs: np.ndarray, sc
 
 
 def run_memory(models: list[BenchModel], ctx: RunContext) -> list[Cell]:
-    """20 distinct sklearn pickles (KernelRidge: served by the sklearn runtime, not converted), each
-    deployed and answering once; then the resident memory of the runtime processes below the server
-    (however many it runs) and of the server process itself (control plane and front door)."""
-    print(f"== model {MEMORY_MODEL} (sklearn pickles), memory of {MEMORY_MODELS} deployments", flush=True)
+    """`ctx.memory_models` (20; 5 with --quick) distinct sklearn pickles (KernelRidge: served by the
+    sklearn runtime, not converted), each deployed and answering once; then the resident memory of
+    the runtime processes below the server (however many it runs) and of the server process itself
+    (control plane and front door)."""
+    count = ctx.memory_models
+    print(f"== model {MEMORY_MODEL} (sklearn pickles), memory of {count} deployments", flush=True)
     server = start_server(ctx.processes, ctx.work_dir / "memory", "flightline-memory")
     try:
         with Session(server) as deployer:
@@ -266,18 +267,18 @@ def run_memory(models: list[BenchModel], ctx: RunContext) -> list[Cell]:
             started = time.monotonic()
             # Two at a time: uploads and deploys are mostly interpreter start-ups, two cores here.
             with ThreadPoolExecutor(max_workers=2) as pool:
-                list(pool.map(deploy, range(MEMORY_MODELS)))
-            print(f"  deployed {MEMORY_MODELS} models in {time.monotonic() - started:.0f} s", flush=True)
+                list(pool.map(deploy, range(count)))
+            print(f"  deployed {count} models in {time.monotonic() - started:.0f} s", flush=True)
         time.sleep(SETTLE_SECONDS)  # a polling pause: preparation subprocesses exit on their own
         pids = server.runtime_pids()
         runtimes_mb = sum(rss_kib(pid) for pid in pids) / 1024
         server_mb = rss_kib(server.pid) / 1024
-        note = f"{MEMORY_MODELS} sklearn-pickle deployments"
+        note = f"{count} sklearn-pickle deployments"
         cells = [
             Cell(
                 MEMORY_MODEL,
                 MEMORY_RUNTIMES,
-                MEMORY_MODELS,
+                count,
                 len(pids),
                 None,
                 None,
@@ -288,7 +289,7 @@ def run_memory(models: list[BenchModel], ctx: RunContext) -> list[Cell]:
             Cell(
                 MEMORY_MODEL,
                 MEMORY_FRONT_DOOR,
-                MEMORY_MODELS,
+                count,
                 1,
                 None,
                 None,
