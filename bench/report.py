@@ -393,8 +393,8 @@ def comparison(table: Table, baseline: Table) -> list[str]:
             old = baseline.memory(cell.model, cell.path)
             if old is not None and old.rss_mb:
                 lines.append(
-                    f"  {cell.model} {cell.path:<28} RSS {cell.rss_mb:,.0f} MB ({cell.requests} processes) "
-                    f"vs {old.rss_mb:,.0f} MB ({old.requests} processes): {cell.rss_mb / old.rss_mb:.2f}x"
+                    f"  {cell.model} {cell.path:<28} RSS {cell.rss_mb:,.0f} MB ({_processes(cell.requests)}) "
+                    f"vs {old.rss_mb:,.0f} MB ({_processes(old.requests)}): {cell.rss_mb / old.rss_mb:.2f}x"
                 )
             continue
         old = baseline.find(cell.model, cell.path, cell.rows)
@@ -423,6 +423,10 @@ def _latency(name: str, cell: Cell | None, reference: Cell | None, maximum: floa
         return Check(name, None, "not measured")
     ratio = cell.p99_ms / reference.p99_ms
     return Check(name, ratio <= maximum, f"p99 {cell.p99_ms:.2f} vs {reference.p99_ms:.2f} ms: {ratio:.2f}x")
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 def _float(raw: str | None) -> float | None:

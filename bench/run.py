@@ -134,7 +134,7 @@ def run_serving(models: list[BenchModel], keys: list[str], ctx: RunContext) -> l
 
 
 def run_flightline(models: list[BenchModel], keys: list[str], ctx: RunContext) -> list[Cell]:
-    selected = {PATHS[key][0] for key in keys if PATHS[key][1] is None}
+    selected = {PATHS[key][0] for key in keys if key in PATHS and PATHS[key][1] is None}
     if not selected:
         return []
     print(f"== Flightline: {', '.join(sorted(selected))}", flush=True)
