@@ -40,9 +40,14 @@ def has_setting(name: str) -> bool:
     return name in {field.name for field in dataclasses.fields(Settings)}
 
 
+# DeployRequest's optional batching message (built concurrently); read by name, so this module type-checks
+# against generated code with or without it.
+BATCHING_FIELD = "batching"
+
+
 def batching_supported() -> bool:
     """Whether DeployRequest has the optional `batching {max_batch_rows, max_delay_ms}` message."""
-    field = deployment_pb2.DeployRequest.DESCRIPTOR.fields_by_name.get("batching")
+    field = deployment_pb2.DeployRequest.DESCRIPTOR.fields_by_name.get(BATCHING_FIELD)
     if field is None or field.message_type is None:
         return False
     return {"max_batch_rows", "max_delay_ms"} <= set(field.message_type.fields_by_name)
@@ -160,8 +165,9 @@ class Deployer:
         if batching is not None:
             if not batching_supported():
                 raise NotInThisBuild("DeployRequest has no batching field in this build")
-            request.batching.max_batch_rows = batching.max_batch_rows  # type: ignore[attr-defined]
-            request.batching.max_delay_ms = batching.max_delay_ms  # type: ignore[attr-defined]
+            message = getattr(request, BATCHING_FIELD)
+            message.max_batch_rows = batching.max_batch_rows
+            message.max_delay_ms = batching.max_delay_ms
         deployment: deployment_pb2.Deployment = self.client.deployments.Deploy(request, timeout=WAIT_SECONDS)
         deadline = time.monotonic() + WAIT_SECONDS
         while _status_name(deployment_pb2.DeploymentStatus, deployment.status) == "DEPLOYING":

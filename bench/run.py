@@ -182,15 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     checks = target_checks(table, args.sizes, baseline)
     print(f"\n{table.date} | {table.machine}\n")
     print(table.console())
-    if baseline is not None:
+    compared = comparison(table, baseline) if baseline is not None else None
+    if baseline is not None and compared is not None:
         print(f"\nagainst {args.compare} ({baseline.date} | {baseline.machine}):\n")
-        print("\n".join(comparison(table, baseline)))
+        print("\n".join(compared))
     print()
     for check in checks:
         print(check.line())
     args.results.mkdir(parents=True, exist_ok=True)
     descriptions = {model.key: model.description for model in models}
-    (args.results / "bench.md").write_text(table.markdown(descriptions, checks))
+    (args.results / "bench.md").write_text(table.markdown(descriptions, checks, compared))
     table.write_csv(args.results / "bench.csv")
     print(f"\nwritten: {args.results / 'bench.md'}, {args.results / 'bench.csv'}")
     return 0

@@ -108,7 +108,8 @@ def run_concurrent(models: list[BenchModel], ctx: RunContext) -> list[Cell]:
     process (the front door forwarding to a runtime server: the path every user-code model takes)."""
     model = next((m for m in models if m.key == "A"), None)
     if model is None:
-        return []
+        print("  concurrent: needs model A (--models A)", flush=True)
+        return [Cell.skipped("A", CONCURRENT_FRONT_DOOR, 1, "skipped: needs model A (--models A)")]
     variants: list[tuple[str, dict[str, object], str]] = [
         (CONCURRENT_FRONT_DOOR, {}, "ONNX in the front door"),
         (CONCURRENT_OUT_OF_PROCESS, {IN_PROCESS_SETTING: False}, "ONNX in a runtime server"),
