@@ -370,7 +370,7 @@ def memory_check(table: Table, baseline: Table | None) -> Check:
     name = f"{models} sklearn-pickle models use < 0.5x the resident memory of the baseline"
     if now is None:
         return Check(name, None, "not measured")
-    figure = f"now {now[0]:,.0f} MB ({now[1]} runtime processes + the server)"
+    figure = f"now {now[0]:,.0f} MB ({_processes(now[1], 'runtime ')} + the server)"
     then = _memory_total(baseline) if baseline is not None else None
     if then is None:
         missing = "no baseline (--baseline OLD.csv)" if baseline is None else "no memory cells in it"
@@ -380,7 +380,7 @@ def memory_check(table: Table, baseline: Table | None) -> Check:
     return Check(
         name,
         now[0] < 0.5 * then[0],
-        f"{figure}, baseline {then[0]:,.0f} MB ({then[1]} runtime processes + the server): "
+        f"{figure}, baseline {then[0]:,.0f} MB ({_processes(then[1], 'runtime ')} + the server): "
         f"{now[0] / then[0]:.2f}x",
     )
 
@@ -425,8 +425,8 @@ def _latency(name: str, cell: Cell | None, reference: Cell | None, maximum: floa
     return Check(name, ratio <= maximum, f"p99 {cell.p99_ms:.2f} vs {reference.p99_ms:.2f} ms: {ratio:.2f}x")
 
 
-def _processes(count: int) -> str:
-    return f"{count} process" if count == 1 else f"{count} processes"
+def _processes(count: int, kind: str = "") -> str:
+    return f"{count} {kind}process" if count == 1 else f"{count} {kind}processes"
 
 
 def _float(raw: str | None) -> float | None:

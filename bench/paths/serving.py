@@ -284,7 +284,7 @@ def run_memory(models: list[BenchModel], ctx: RunContext) -> list[Cell]:
                 None,
                 None,
                 None,
-                f"{note}; {len(pids)} runtime processes",
+                f"{note}; {len(pids)} runtime process{'' if len(pids) == 1 else 'es'}",
                 runtimes_mb,
             ),
             Cell(
