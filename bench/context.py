@@ -19,6 +19,8 @@ class RunContext:
     budget: Budget
     sizes: list[int]
     work_dir: Path
+    client_processes: int = 4  # client processes of the concurrent cells
+    memory_models: int = 20  # deployments of the memory cell
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     _expected: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 

@@ -46,6 +46,7 @@ class Cell:
     p50_ms: float | None
     p99_ms: float | None
     note: str = ""
+    rss_mb: float | None = None  # memory cells: resident memory, MB (their rows_per_s is None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

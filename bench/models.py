@@ -111,3 +111,47 @@ def build_model_b(folder: Path) -> BenchModel:
 def build_models(folder: Path, keys: str = "AB") -> list[BenchModel]:
     builders = {"A": build_model_a, "B": build_model_b}
     return [builders[key](folder) for key in keys]
+
+
+# A Python step whose per-call cost dominates: a fixed sort (a few ms, independent of the rows) stands
+# for the per-call overhead of a model that batching amortises; its answer per row is exact to check.
+PYTHON_STEP = '''
+import numpy as np
+import pandas as pd
+
+_WORK = np.random.default_rng(7).standard_normal(60_000)
+
+
+def wallaroo_json(data: pd.DataFrame) -> pd.DataFrame:
+    np.sort(_WORK)  # the fixed per-call cost
+    rows = np.stack(data["inputs"].to_numpy())
+    return pd.DataFrame({"score": rows.sum(axis=1, dtype=np.float64)})
+'''
+STEP_WIDTH = 29
+
+
+def python_step_score(inputs: np.ndarray) -> np.ndarray:
+    """What the Python step answers for `inputs`: the float64 sum of each row."""
+    scores: np.ndarray = inputs.sum(axis=1, dtype=np.float64)
+    return scores
+
+
+def build_python_step(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fixed_cost_step.py"
+    path.write_text(PYTHON_STEP)
+    return path
+
+
+def build_kernel_ridge(folder: Path, index: int) -> Path:
+    """A distinct sklearn KernelRidge pickle (skl2onnx has no converter for it, so Flightline serves the
+    pickle in its sklearn runtime): each index trains on other data, so every upload is another model."""
+    from sklearn.kernel_ridge import KernelRidge
+
+    rng = np.random.default_rng(SEED + index)
+    features = rng.standard_normal((300, 6))
+    model = KernelRidge().fit(features, features[:, 0] + features[:, 1] > 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"kernel-ridge-{index}.pkl"
+    path.write_bytes(pickle.dumps(model))
+    return path

@@ -8,6 +8,7 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,6 +18,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+# The folder of the interpreter running the bench: first on every server's PATH, so tools a server starts
+# by name (`mlflow models serve` runs `uvicorn`) come from this environment without activating it.
+BIN_DIR = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -111,6 +115,10 @@ class ServerProcess:
         self._log.close()
 
 
+def with_first(folder: Path, path: str) -> str:
+    return os.pathsep.join([str(folder), *(entry for entry in path.split(os.pathsep) if entry)])
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid`, read from /proc (empty where there is no /proc)."""
     parents: dict[int, list[int]] = {}
@@ -152,15 +160,22 @@ class Processes:
         self._servers: list[ServerProcess] = []
 
     def start(
-        self, name: str, argv: Sequence[str], *, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path = REPO_ROOT,
+        env: dict[str, str] | None = None,
+        bin_dir: Path = BIN_DIR,
     ) -> ServerProcess:
+        """Starts `argv` with `bin_dir` (the bench's own environment unless said) first on its PATH."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_path.write_text(f"$ {' '.join(argv)}\n")
         popen = subprocess.Popen(
             list(argv),
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PATH": with_first(bin_dir, os.environ.get("PATH", "")), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_path.open("a"),

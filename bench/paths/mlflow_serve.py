@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -32,11 +31,14 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
         pickle.loads(model.sklearn_pickle.read_bytes()), str(model_dir), skops_trusted_types=trusted
     )
     port = free_port()
-    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    # `python -m mlflow`, not the `mlflow` script (its shebang may name another interpreter); the
+    # uvicorn it starts is found on the PATH Processes.start puts this environment first on.
     server = ctx.processes.start(
         f"mlflow-serve-{model.key}",
         [
-            mlflow_cli,
+            sys.executable,
+            "-m",
+            "mlflow",
             "models",
             "serve",
             "-m",

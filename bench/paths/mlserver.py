@@ -47,7 +47,7 @@ def run(model: BenchModel, ctx: RunContext) -> list[Cell]:
     np.save(inputs_path, model.inputs(largest))
     np.save(labels_path, ctx.expected(model, largest)["label"])
     server = ctx.processes.start(
-        "mlserver", [str(python.with_name("mlserver")), "start", str(repo)], cwd=repo
+        "mlserver", [str(python.with_name("mlserver")), "start", str(repo)], cwd=repo, bin_dir=python.parent
     )
     try:
         server.wait_for_http(
