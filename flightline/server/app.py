@@ -13,11 +13,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from flightline.server.api import reflection
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
+from flightline.server.api.observe import ObserveInterceptor
 from flightline.server.api.registries import RegistryServicer
 from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.observability import Observer
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -51,6 +53,7 @@ SERVICES = [
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.observer = Observer()  # this App's logs and metrics (a registry of its own)
         data = settings.data_dir.resolve()
         data.mkdir(parents=True, exist_ok=True)
         self.store = MetadataStore(settings.metadata_url)
@@ -75,8 +78,11 @@ class App:
             data / "work",
             in_process_native=settings.in_process_native,
         )
+        self.models.observer = self.deployments.observer = self.front_door.observer = self.observer
+        supervisor.observer = self.observer
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self.metrics_port = self.observer.metrics.serve(settings.host, settings.metrics_port)  # -1: off
 
     @property
     def grpc_address(self) -> str:
@@ -87,6 +93,8 @@ class App:
         self.grpc_server.start()
         self.deployments.resume()
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
+        if self.metrics_port > 0:
+            log.info("serving metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         return self
 
     def stop(self) -> None:
@@ -94,6 +102,7 @@ class App:
         self.grpc_server.stop(grace=2).wait()
         self.front_door.close(grace=5.0)
         self.deployments.close()
+        self.observer.close()
 
     def __enter__(self) -> App:
         return self.start()
@@ -104,7 +113,7 @@ class App:
     def _grpc_server(self) -> grpc.Server:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ObserveInterceptor(self.observer), ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),

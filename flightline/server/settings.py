@@ -22,6 +22,8 @@ class Settings:
     # Native runtimes (onnx, python) also run inside the front door: one network hop instead of two.
     in_process_native: bool = True
     registry_timeout: float = 30.0
+    metrics_port: int = 9464  # Prometheus /metrics; 0 picks a free port, -1 turns it off
+    log_format: str = "text"  # or "json": one JSON object per line (used by `flightline serve`)
 
     @property
     def metadata_url(self) -> str:

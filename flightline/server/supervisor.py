@@ -34,6 +34,7 @@ import pyarrow.flight as flight
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.server import EXIT_WITH_STDIN, LOAD_ERROR, READY
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
+from flightline.server.observability import DEFAULT, Observer
 
 STDERR_TAIL_LINES = 20
 # Model code is user code: it gets no control-plane settings and nothing that looks like a credential.
@@ -91,6 +92,8 @@ class Supervisor:
     `on_failure(key, reason)` is called (from a watcher thread, outside the supervisor's lock) when a
     runtime failed for good: it could not be restarted and is left FAILED."""
 
+    observer: Observer = DEFAULT  # the App sets its own
+
     def __init__(
         self,
         workdir: Path,
@@ -137,6 +140,7 @@ class Supervisor:
             self._kill(proc)
             raise
         self._set_state(proc, State.HEALTHY)
+        self.observer.runtime_started(proc.key, proc.runtime, proc.pid)
         proc._watcher = threading.Thread(
             target=self._watch, args=(proc, timeout), daemon=True, name=f"supervise-{key}"
         )
@@ -364,7 +368,7 @@ class Supervisor:
             popen = proc._popen
             if popen is None or popen.poll() is not None:
                 code = None if popen is None else popen.returncode
-                log.warning("runtime %s exited with code %s; restarting", proc.key, code)
+                self.observer.runtime_exited(proc.key, proc.runtime, code)
             else:
                 if client is None:
                     client = flight.connect(proc.location)
@@ -374,7 +378,7 @@ class Supervisor:
                 missed += 1
                 if missed < self.health_failures:
                     continue
-                log.warning("runtime %s failed %d healthchecks; restarting", proc.key, missed)
+                self.observer.runtime_unhealthy(proc.key, proc.runtime, missed)
             missed = 0
             if client is not None:
                 client.close()
@@ -420,7 +424,7 @@ class Supervisor:
                     return False
                 load_failures += 1
                 if load_failures >= self.max_load_failures:
-                    log.error("runtime %s failed for good: %s", proc.key, exc)
+                    self.observer.runtime_failed(proc.key, proc.runtime, str(exc))
                     if self._set_state(proc, State.FAILED, failure=str(exc)):
                         self._report_failure(proc.key, str(exc))
                     return False
@@ -428,5 +432,6 @@ class Supervisor:
                 delay = min(delay * 4, 10.0)
                 continue
             self._set_state(proc, State.HEALTHY)
+            self.observer.runtime_restarted(proc.key, proc.runtime, proc.pid, proc.restarts)
             return True
         return False

@@ -16,6 +16,7 @@ from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError
+from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import ZIPPED_FRAMEWORKS
@@ -46,6 +47,8 @@ class Live:
 
 
 class DeploymentService:
+    observer: Observer = DEFAULT  # the App sets its own
+
     def __init__(
         self,
         store: MetadataStore,
@@ -73,7 +76,7 @@ class DeploymentService:
             versions = [self._ready_version(s) for s in steps]
             pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
             deployment = self.store.create_deployment(workspace_id, name, pinned)
-            return self._start(deployment, versions)
+            return self.observer.deployed(self._start(deployment, versions))
 
     def undeploy(self, name: str) -> Deployment:
         with self._name_lock(name):

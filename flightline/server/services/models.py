@@ -13,6 +13,7 @@ import pyarrow as pa
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
 from flightline.server.errors import InvalidArgument
+from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import zip_dir
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import check_artifact, prepare
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelService:
+    observer: Observer = DEFAULT  # the App sets its own
+
     def __init__(
         self, store: MetadataStore, artifacts: ArtifactStore, registries: RegistryService, work_dir: Path
     ) -> None:
@@ -163,7 +166,7 @@ class ModelService:
             size_bytes=stored.size,
             original_sha256=stored.sha256,
         )
-        return self._prepare(version, framework, filename)
+        return self.observer.upload_finished(self._prepare(version, framework, filename), stored.size)
 
     def _prepare(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> ModelVersion:
         key = (version.model_id, version.version)
