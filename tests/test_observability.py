@@ -236,9 +236,20 @@ def test_version_flag() -> None:
     assert done.stdout.strip() == __version__
 
 
+def test_serve_refuses_an_unknown_log_format(tmp_path: Path) -> None:
+    done = subprocess.run(
+        _cli("serve", "--data-dir", str(tmp_path), "--log-format", "xml"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "log format must be one of" in done.stderr
+
+
 def test_serve_logs_one_json_object_per_line_without_tokens(tmp_path: Path) -> None:
-    env = {**os.environ, "FLIGHTLINE_LOG_FORMAT": "json", "FLIGHTLINE_REGISTRY_TIMEOUT": "2"}
-    ports = ("--grpc-port", "0", "--flight-port", "0", "--metrics-port", "0")
+    # The flag wins over the environment.
+    env = {**os.environ, "FLIGHTLINE_LOG_FORMAT": "text", "FLIGHTLINE_REGISTRY_TIMEOUT": "2"}
+    ports = ("--grpc-port", "0", "--flight-port", "0", "--metrics-port", "0", "--log-format", "json")
     server = subprocess.Popen(
         _cli("serve", "--data-dir", str(tmp_path / "data"), "--host", "127.0.0.1", *ports),
         stdout=subprocess.PIPE,
