@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from support.mlp import build_mlp
 from support.wait import wait_until
@@ -165,6 +166,26 @@ def test_version_in_grpc_metadata_and_flight_action(app: App, client: Client) ->
         ]
         assert [r.body.to_pybytes() for r in conn.do_action(flight.Action("healthcheck", b""))] == [b"ok"]
         assert "version" in {a.type for a in conn.list_actions()}
+
+
+def test_health_per_service_and_streamed_rpcs_are_observed(app: App, client: Client) -> None:
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for service in ("", "flightline.v1.ModelService", "flightline.v1.DeploymentService"):
+        reply, call = health.Check.with_call(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert (VERSION_HEADER, __version__) in call.initial_metadata()
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="flightline.v1.ModelService"))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    assert (VERSION_HEADER, __version__) in watch.initial_metadata()
+    watch.cancel()  # a response stream is observed when it ends, here by the client going away
+    method = "grpc.health.v1.Health/Watch"
+    assert wait_until(
+        lambda: (
+            value(scrape(app.metrics_port), "flightline_grpc_requests_total", method=method, code="CANCELLED")
+            == 1
+        ),
+        timeout=10,
+    )
 
 
 @pytest.fixture

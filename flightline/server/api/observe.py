@@ -98,10 +98,10 @@ class ObserveInterceptor(grpc.ServerInterceptor):
         streamed: bool,
     ) -> Any:
         started = time.monotonic()
-        context.send_initial_metadata(_METADATA)
         if streamed:  # a response stream ends later: observe it when it does
-            return self._responses(method, behavior(request, context), context, started, workspace)
+            return self._responses(method, behavior, request, context, started, workspace)
         try:
+            context.send_initial_metadata(_METADATA)  # raises if the client is gone already
             response = behavior(request, context)
         except BaseException:
             self._done(method, context, started, workspace, failed=True)
@@ -112,14 +112,16 @@ class ObserveInterceptor(grpc.ServerInterceptor):
     def _responses(
         self,
         method: str,
-        responses: Iterator[Any],
+        behavior: Callable[..., Any],
+        request: Any,
         context: grpc.ServicerContext,
         started: float,
         workspace: int | list[int | None] | None,
     ) -> Iterator[Any]:
         failed = True
         try:
-            yield from responses
+            context.send_initial_metadata(_METADATA)
+            yield from behavior(request, context)
             failed = False
         finally:  # also when the client goes away and grpc closes the generator
             self._done(method, context, started, workspace, failed=failed)
@@ -136,9 +138,9 @@ class ObserveInterceptor(grpc.ServerInterceptor):
         code = context.code()  # set by abort() or set_code(); None means the handler left it at OK
         if isinstance(code, grpc.StatusCode):
             name = code.name
-        elif failed:
-            name = "CANCELLED" if not context.is_active() else "UNKNOWN"
+        elif not context.is_active():  # the client cancelled or its deadline passed; no status to send
+            name = "CANCELLED"
         else:
-            name = "OK"
+            name = "UNKNOWN" if failed else "OK"
         workspace_id = workspace[0] if isinstance(workspace, list) else workspace
         self.observer.rpc(method, name, time.monotonic() - started, workspace_id)

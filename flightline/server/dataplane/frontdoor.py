@@ -97,9 +97,9 @@ class FrontDoor(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships
             seen.failed(error)
             raise
         finally:
-            seen.end()
             for stream in streams:
                 stream.close()
+            seen.end()
 
     def close(self, grace: float = 5.0) -> bool:
         """Stops taking calls and waits up to `grace` seconds for open streams to end; True if they did.
