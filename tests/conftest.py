@@ -17,7 +17,7 @@ from flightline.server.settings import Settings
 
 
 def settings_for(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, grpc_port=0, flight_port=0, registry_timeout=5.0)
+    return Settings(data_dir=data_dir, grpc_port=0, flight_port=0, metrics_port=0, registry_timeout=5.0)
 
 
 @pytest.fixture

@@ -15,12 +15,14 @@ from flightline.server.api import reflection
 from flightline.server.api.calls import CallInterceptor, SlowLane
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
+from flightline.server.api.observe import ObserveInterceptor
 from flightline.server.api.registries import RegistryServicer
 from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
+from flightline.server.observability import Observer
 from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
@@ -55,6 +57,7 @@ SERVICES = [
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.observer = Observer()  # this App's logs and metrics (a registry of its own)
         # Owner-only: user code runs as another user (see hosting/sandbox.py) and must not read the
         # metadata database (registry tokens) nor the artifacts of other models.
         data = private_dir(settings.data_dir.resolve())
@@ -108,8 +111,11 @@ class App:
             workers=settings.deploy_workers,
             changes=changes,
         )
+        self.models.observer = self.deployments.observer = self.front_door.observer = self.observer
+        supervisor.observer = self.observer
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self.metrics_port = self.observer.metrics.serve(settings.host, settings.metrics_port)  # -1: off
 
     @property
     def grpc_address(self) -> str:
@@ -124,6 +130,8 @@ class App:
         self.grpc_server.start()
         self.deployments.resume()
         log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
+        if self.metrics_port > 0:
+            log.info("serving metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         return self
 
     def stop(self) -> bool:
@@ -136,6 +144,7 @@ class App:
         self.models.close()
         self.deployments.close()
         self.sandbox.close()
+        self.observer.close()
         return closed
 
     def __enter__(self) -> App:
@@ -147,8 +156,13 @@ class App:
     def _grpc_server(self) -> grpc.Server:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.grpc_workers, thread_name_prefix="grpc"),
-            # Outermost first: errors raised by the call plumbing get their status codes too.
-            interceptors=[ErrorInterceptor(), CallInterceptor(self.slow_lane)],
+            # Outermost first: the observer sees every final status code; errors raised by the call
+            # plumbing get their status codes too.
+            interceptors=[
+                ObserveInterceptor(self.observer),
+                ErrorInterceptor(),
+                CallInterceptor(self.slow_lane),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),

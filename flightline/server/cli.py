@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from flightline import __version__
+from flightline.server import observability
 from flightline.server.app import App
 from flightline.server.client import Client
 from flightline.server.settings import Settings
@@ -26,23 +28,59 @@ console = Console()
 log = logging.getLogger(__name__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Flightline: MLflow registries to Arrow Flight inference endpoints."""
+
+
 @app.command()
 def serve(
     data_dir: Annotated[Path | None, typer.Option(help="Folder for SQLite metadata and artifacts.")] = None,
     host: Annotated[str | None, typer.Option()] = None,
     grpc_port: Annotated[int | None, typer.Option(help="Control plane port (0: pick one).")] = None,
     flight_port: Annotated[int | None, typer.Option(help="Flight front door port (0: pick one).")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (default 9464; 0: pick one; -1: off).")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json (one JSON object per line); env FLIGHTLINE_LOG_FORMAT.")
+    ] = None,
     sample: Annotated[bool, typer.Option(help="Upload, deploy and query the sample ccfraud model.")] = False,
 ) -> None:
-    """Runs the control plane (gRPC) and the Flight front door until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env(data_dir=data_dir, host=host, grpc_port=grpc_port, flight_port=flight_port)
+    """Runs the control plane (gRPC), the Flight front door and the metrics endpoint until interrupted."""
+    settings = Settings.from_env(
+        data_dir=data_dir,
+        host=host,
+        grpc_port=grpc_port,
+        flight_port=flight_port,
+        metrics_port=metrics_port,
+        log_format=log_format,
+    )
+    try:
+        observability.configure_logging(settings.log_format, logging.INFO)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--log-format") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     running = App(settings).start()
     try:
-        print(f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location}", flush=True)
+        print(
+            f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location} "
+            f"metrics={running.metrics_port}",
+            flush=True,
+        )
         if sample:
             from flightline.server.sample import demo
 

@@ -44,6 +44,8 @@ class Settings:
     # both are CPU- or memory-heavy child processes, and 2 keeps a small machine responsive.
     prepare_workers: int = 2
     deploy_workers: int = 2
+    metrics_port: int = 9464  # Prometheus /metrics; 0 picks a free port, -1 turns it off
+    log_format: str = "text"  # or "json": one JSON object per line (used by `flightline serve`)
 
     @property
     def metadata_url(self) -> str:

@@ -44,6 +44,7 @@ from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.server import EXIT_WITH_STDIN, LISTEN_ERROR_EXIT_CODE, LOAD_ERROR, READY
 from flightline.server.errors import AlreadyExists, NotFound, Unavailable
 from flightline.server.hosting.sandbox import Sandbox, SandboxError, safe_name
+from flightline.server.observability import DEFAULT, Observer
 
 STDERR_TAIL_LINES = 20
 # A taken port or a crash at start is usually over within seconds; a minute of retries covers a slow
@@ -102,6 +103,8 @@ class Supervisor:
     `on_failure(key, reason)` is called (from a watcher thread, outside the supervisor's lock) when a
     runtime failed for good: it could not be restarted and is left FAILED (`failed_by_fault` says why)."""
 
+    observer: Observer = DEFAULT  # the App sets its own
+
     def __init__(
         self,
         workdir: Path,
@@ -154,6 +157,7 @@ class Supervisor:
             self._kill(proc)
             raise
         self._set_state(proc, State.HEALTHY)
+        self.observer.runtime_started(proc.key, proc.runtime, proc.pid)
         proc._watcher = threading.Thread(
             target=self._watch, args=(proc, timeout), daemon=True, name=f"supervise-{key}"
         )
@@ -412,7 +416,7 @@ class Supervisor:
             popen = proc._popen
             if popen is None or popen.poll() is not None:
                 code = None if popen is None else popen.returncode
-                log.warning("runtime %s exited with code %s; restarting", proc.key, code)
+                self.observer.runtime_exited(proc.key, proc.runtime, code)
             else:
                 if client is None:
                     client = flight.connect(proc.location)
@@ -422,7 +426,7 @@ class Supervisor:
                 missed += 1
                 if missed < self.health_failures:
                     continue
-                log.warning("runtime %s failed %d healthchecks; restarting", proc.key, missed)
+                self.observer.runtime_unhealthy(proc.key, proc.runtime, missed)
             missed = 0
             if client is not None:
                 client.close()
@@ -463,9 +467,10 @@ class Supervisor:
         except (ModelLoadError, RuntimeFault) as exc:
             if proc._stopping.is_set():
                 return False
-            log.error("runtime %s failed for good: %s", proc.key, exc)
+            self.observer.runtime_failed(proc.key, proc.runtime, str(exc))
             if self._set_state(proc, State.FAILED, failure=str(exc), by_fault=isinstance(exc, RuntimeFault)):
                 self._report_failure(proc.key, str(exc))
             return False
         self._set_state(proc, State.HEALTHY)
+        self.observer.runtime_restarted(proc.key, proc.runtime, proc.pid, proc.restarts)
         return True

@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flightline import __version__
 from flightline.runtimes import flight_service
 from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.envelope import envelope, envelope_schema
@@ -44,9 +45,13 @@ from flightline.runtimes.rules import is_open
 from flightline.runtimes.server import conform
 from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
 from flightline.server.errors import NotFound, Unavailable
+from flightline.server.observability import DEFAULT, Observer
 
 MODES = ("envelope", "outputs")  # "raw" outputs are for chaining runtime servers, not for clients
-ACTIONS = {"healthcheck": "Returns b'ok' while the front door serves."}
+ACTIONS = {
+    "healthcheck": "Returns b'ok' while the front door serves.",
+    "version": "Returns the server version (flightline.__version__) as UTF-8.",
+}
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ log = logging.getLogger(__name__)
 class FrontDoor(FlightService):
     """Listens from construction; `serve()` blocks, or use it as a context manager in tests. `close()`
     (from FlightService) stops it without waiting forever for clients that keep streams open."""
+
+    observer: Observer = DEFAULT  # the App sets its own
 
     def __init__(self, router: Router, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
@@ -75,6 +82,7 @@ class FrontDoor(FlightService):
         name, echo = _target(descriptor)
         route = self._route(name)
         streams = [step.open() for step in route.steps]
+        seen = self.observer.flight_stream(name)  # counts, times and logs this stream
         try:
             result_schema: pa.Schema | None = None
             output_schema: pa.Schema | None = None
@@ -82,7 +90,7 @@ class FrontDoor(FlightService):
                 output_schema = route.output_schema
                 result_schema = envelope_schema(reader.schema, output_schema, echo)
                 writer.begin(result_schema)
-            for chunk in reader:
+            for chunk in seen.count(reader):
                 self.check_open()
                 batch = chunk.data
                 if batch is None:  # a metadata-only message carries nothing to infer
@@ -97,9 +105,13 @@ class FrontDoor(FlightService):
                 writer.write_batch(envelope(batch, outputs, echo=echo, schema=result_schema))
             if result_schema is None:
                 writer.begin(envelope_schema(reader.schema, route.output_schema, echo))
+        except BaseException as error:
+            seen.failed(error)
+            raise
         finally:
             for stream in streams:
                 stream.close()
+            seen.end()
 
     # -- metadata -----------------------------------------------------------------------------------
 
@@ -130,6 +142,8 @@ class FrontDoor(FlightService):
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         if action.type == "healthcheck":
             return iter([b"ok"])
+        if action.type == "version":
+            return iter([__version__.encode()])
         raise Unimplemented(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
     def _info(self, route: Route, descriptor: flight.FlightDescriptor, echo: bool) -> flight.FlightInfo:

@@ -18,6 +18,7 @@ from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
+from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
@@ -47,6 +48,8 @@ class Live:
 
 
 class DeploymentService:
+    observer: Observer = DEFAULT  # the App sets its own
+
     def __init__(
         self,
         store: MetadataStore,
@@ -174,7 +177,7 @@ class DeploymentService:
                 current = self.store.get_deployment(deployment.name)
                 # Undeployed (or replaced) while queued: nothing to start.
                 if current.id == deployment.id and current.status is DeploymentStatus.DEPLOYING:
-                    self._start(current, versions)
+                    self.observer.deployed(self._start(current, versions))
         except Exception:  # the store itself failed; the deployment is resumed at the next start
             log.exception("deploying %s failed", deployment.name)
         finally:

@@ -16,6 +16,7 @@ from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
 from flightline.runtimes.rules import check_schema
 from flightline.server.errors import InvalidArgument
+from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import zip_dir
 from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
@@ -36,6 +37,8 @@ class ModelService:
     running ones are CONVERTING). Preparation works in a folder of its own under work_dir/prepare/:
     the input is a private copy of the stored artifact (nothing links into the store) and the
     converter writes to a separate output folder."""
+
+    observer: Observer = DEFAULT  # the App sets its own
 
     def __init__(
         self,
@@ -234,7 +237,8 @@ class ModelService:
 
     def _prepare(self, version: ModelVersion, framework: FrameworkSpec, filename: str) -> None:
         try:
-            self._prepared(version, framework, filename)
+            # `version` is the record as uploaded: its size is the upload's, not the converted artifact's.
+            self.observer.upload_finished(self._prepared(version, framework, filename), version.size_bytes)
         except Exception:  # the store itself failed; the version ends ERROR at the next start
             log.exception("recording model %s v%d failed", version.model_name, version.version)
         finally:
