@@ -433,8 +433,9 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     return server, line.split()[1].removeprefix("grpc=")
 
 
-def converters(data_dir: Path) -> list[int]:
-    """Live converter processes working on files under data_dir."""
+def converters(marker: str) -> list[int]:
+    """Live preparation processes working on a file whose name holds `marker` (they run sandboxed, on a
+    hand-over of the upload that keeps its file name, outside the data dir)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -442,14 +443,14 @@ def converters(data_dir: Path) -> list[int]:
             state = (proc / "stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        if "flightline.runtimes.convert" in cmdline and str(data_dir) in cmdline and state != "Z":
+        if "flightline.runtimes.prepare" in cmdline and marker in cmdline and state != "Z":
             found.append(int(proc.name))
     return found
 
 
 def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> None:
     data_dir = (tmp_path / "data").resolve()
-    slow = tmp_path / "slow.pkl"
+    slow = tmp_path / f"slow-{tmp_path.name}.pkl"  # names the preparation process (see converters)
     slow.write_bytes(pickle.dumps(SlowUnpickle(120)))
     server, address = start_server(data_dir)
     try:
@@ -462,10 +463,10 @@ def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> Non
                 lambda: client.models.GetModelVersion(request).status == model_pb2.MODEL_STATUS_CONVERTING,
                 timeout=30,
             )
-        assert wait_until(lambda: converters(data_dir) != [], timeout=30)
+        assert wait_until(lambda: converters(slow.name) != [], timeout=30)
         server.kill()  # SIGKILL: no cleanup code runs
         server.wait(timeout=10)
-        assert wait_until(lambda: converters(data_dir) == [], timeout=10), converters(data_dir)
+        assert wait_until(lambda: converters(slow.name) == [], timeout=10), converters(slow.name)
         assert list((data_dir / "work" / "prepare").iterdir()) != []  # the crash left its work folder
 
         server, address = start_server(data_dir)
@@ -484,7 +485,7 @@ def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> Non
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
-        for pid in converters(data_dir):
+        for pid in converters(slow.name):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -514,18 +515,18 @@ def test_deploying_deployment_is_resumed_at_start(tmp_path: Path) -> None:
 
 def test_stopping_the_server_ends_a_running_conversion(tmp_path: Path) -> None:
     data_dir = (tmp_path / "data").resolve()
-    slow = tmp_path / "slow.pkl"
+    slow = tmp_path / f"slow-{tmp_path.name}.pkl"  # names the preparation process (see converters)
     slow.write_bytes(pickle.dumps(SlowUnpickle(120)))
     app = App(settings_for(data_dir)).start()
     try:
         with Client(app.grpc_address) as client:
             pending = client.upload_file(slow, meta("slow", workspace(client), "sklearn"), wait=False)
-        assert wait_until(lambda: converters(data_dir) != [], timeout=30)
+        assert wait_until(lambda: converters(slow.name) != [], timeout=30)
     finally:
         started = time.monotonic()
         app.stop()
     assert time.monotonic() - started < 15  # not the 120 s the conversion would take
-    assert converters(data_dir) == []
+    assert converters(slow.name) == []
     with App(settings_for(data_dir)) as again, Client(again.grpc_address) as client:
         version = client.models.GetModelVersion(model_pb2.GetModelVersionRequest(model_id=pending.model_id))
         assert version.status == model_pb2.MODEL_STATUS_ERROR and "interrupted" in version.status_reason
