@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from flightline.server.app import App
+from flightline.server.app import App, build
 from flightline.server.client import Client
+from flightline.server.instance import check_role
 from flightline.server.settings import Settings
 from flightline.v1 import model_pb2
 
@@ -33,17 +34,28 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(help="Control plane port (0: pick one).")] = None,
     flight_port: Annotated[int | None, typer.Option(help="Flight front door port (0: pick one).")] = None,
     sample: Annotated[bool, typer.Option(help="Upload, deploy and query the sample ccfraud model.")] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(help="all (default): everything; control: gRPC and runtimes; frontdoor: Flight only."),
+    ] = None,
 ) -> None:
-    """Runs the control plane (gRPC) and the Flight front door until interrupted."""
+    """Runs the control plane (gRPC) and the Flight front door until interrupted (or one of them: --role)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env(data_dir=data_dir, host=host, grpc_port=grpc_port, flight_port=flight_port)
+    settings = Settings.from_env(
+        data_dir=data_dir, host=host, grpc_port=grpc_port, flight_port=flight_port, role=role
+    )
+    try:
+        check_role(settings.role)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--role") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    running = App(settings).start()
+    running = build(settings).start()
     try:
-        print(f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location}", flush=True)
-        if sample:
+        grpc_address = running.grpc_address if isinstance(running, App) else ""
+        print(f"FLIGHTLINE_SERVING grpc={grpc_address} flight={running.flight_location}", flush=True)
+        if sample and isinstance(running, App):
             from flightline.server.sample import demo
 
             with Client(running.grpc_address) as client:

@@ -16,6 +16,7 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
+from flightline.server.dataplane.discovery import placement
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
 from flightline.server.services.archives import extract_zip, unwrap
@@ -120,6 +121,8 @@ class DeploymentService:
         fault (a runtime's port taken, a crash): those may well start now. A deployment whose model failed
         stays FAILED."""
         for deployment in self.store.list_deployments():
+            if deployment.owner != self.store.owner:  # another control plane's: it resumes its own
+                continue
             retry = deployment.status is DeploymentStatus.FAILED and deployment.failed_by_fault
             if retry or deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
                 with self._name_lock(deployment.name):
@@ -195,7 +198,9 @@ class DeploymentService:
         with self._lock:
             self._live[name] = Live(route, tuple(v.runtime for v in versions))
         self.router.put(route)
-        return self.store.update_deployment(name, DeploymentStatus.RUNNING)
+        # Recorded for front doors in other processes (dataplane/discovery.py), which route the same way.
+        placements = [placement(step) for step in steps]
+        return self.store.update_deployment(name, DeploymentStatus.RUNNING, placements=placements)
 
     def _step(self, name: str, index: int, version: ModelVersion) -> Step:
         spec = ModelSpec(
