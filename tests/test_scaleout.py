@@ -159,10 +159,14 @@ def test_two_control_planes_on_one_postgresql_keep_to_their_own_work(
         interrupted = again.store.get_model_version(converting.model_id, converting.version)
         assert interrupted.status is ModelStatus.ERROR
         assert again.deployments.live("scored") is not None
-        result = infer(again.flight_location, "scored", table, mode="outputs")
-        np.testing.assert_allclose(
-            result.column("out.score").to_numpy(), expected_scores(path, values), rtol=1e-5
-        )
+        assert_scores(again.flight_location, "scored", path, seed=3)
+        # Undeployed through the other control plane: the owner stops serving it and stops its runtimes.
+        with App(b) as other, Client(other.grpc_address) as client:
+            client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="scored"))
+            # Its route goes first, then its runtime processes.
+            assert wait_until(lambda: again.deployments.supervisor.keys() == [], timeout=10)
+            assert again.deployments.live("scored") is None
+            assert not_found(again.flight_location, "scored", table)
 
 
 def test_serve_role_frontdoor_as_a_process(tmp_path: Path) -> None:

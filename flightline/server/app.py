@@ -22,7 +22,7 @@ from flightline.server.api.models import ModelServicer
 from flightline.server.api.registries import RegistryServicer
 from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
-from flightline.server.dataplane.discovery import RouteSync
+from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
@@ -132,6 +132,12 @@ class App:
             workers=settings.deploy_workers,
             changes=changes,
         )
+        # Another control plane on the same database may undeploy or replace our deployments.
+        self._follow = Poller(
+            on_route_change(self.store, self.deployments.release_others),
+            settings.route_poll_seconds,
+            "follow-deployments",
+        )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
 
@@ -149,6 +155,7 @@ class App:
         self.artifacts.clean_temps()
         self.grpc_server.start()
         self.deployments.resume()
+        self._follow.start()
         log.info(
             "instance %s (role %s) serving gRPC on %s and Flight on %s",
             self.instance_id,
@@ -165,6 +172,7 @@ class App:
         grpc_stopped = self.grpc_server.stop(grace=2)
         closed = self.front_door is None or self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
+        self._follow.close()
         self.models.close()
         self.deployments.close()
         self.sandbox.close()

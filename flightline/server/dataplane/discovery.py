@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from flightline.runtimes import load_runtime
@@ -61,6 +62,46 @@ def model_spec(version: ModelVersion, artifact: Path) -> ModelSpec:
     )
 
 
+class Poller:
+    """Calls `work` every `period` seconds on a thread of its own until closed; a failing call is logged
+    and the next one comes as usual (the metadata store may be down for a while)."""
+
+    def __init__(self, work: Callable[[], object], period: float, name: str) -> None:
+        self._work = work
+        self._period = period
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._work()
+            except Exception:
+                log.exception("%s failed", self._thread.name)
+            self._stopping.wait(self._period)
+
+
+def on_route_change(store: MetadataStore, work: Callable[[], object]) -> Callable[[], None]:
+    """A poll that runs `work` only when the route counter moved since the last poll."""
+    seen = [store.route_version()]
+
+    def poll() -> None:
+        version = store.route_version()
+        if version != seen[0]:
+            work()
+            seen[0] = version
+
+    return poll
+
+
 class RouteSync:
     def __init__(
         self,
@@ -79,21 +120,18 @@ class RouteSync:
         self._routed: dict[str, Signature] = {}
         self._seen = -1  # the route_version of the last complete pass
         self._ready = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="route-sync", daemon=True)
+        self._poller = Poller(self.sync, period, "route-sync")
 
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
 
     def start(self) -> RouteSync:
-        self._thread.start()
+        self._poller.start()
         return self
 
     def close(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self._poller.close()
         for name in list(self._routed):
             self.router.remove(name)
         self._routed.clear()
@@ -129,14 +167,6 @@ class RouteSync:
             self._seen = version
             self._ready.set()
         return complete
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.sync()
-            except Exception:  # the store is down: keep serving the routes we have, try again
-                log.exception("route sync failed")
-            self._stopping.wait(self.period)
 
     def _route(self, deployment: Deployment) -> Route:
         steps = [

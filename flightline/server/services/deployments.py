@@ -150,6 +150,28 @@ class DeploymentService:
             )
         self.changes.notify()
 
+    def release_others(self) -> None:
+        """Stops what this instance serves for deployments that are no longer its RUNNING ones: another
+        control plane on the same database undeployed or replaced them (called when routes changed)."""
+        with self._lock:
+            names = list(self._live)
+        for name in names:
+            with self._name_lock(name):  # a start or stop of ours finishes first, so states agree
+                live = self.live(name)
+                try:
+                    current: Deployment | None = self.store.get_deployment(name)
+                except NotFound:
+                    current = None
+                running = (
+                    current is not None
+                    and current.owner == self.store.owner
+                    and current.status is DeploymentStatus.RUNNING
+                )
+                if live is not None and not running:
+                    log.info("deployment %s was stopped or replaced elsewhere: stopping its runtimes", name)
+                    self._stop(name, len(live.route.steps))
+        self.changes.notify()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)  # queued ones stay DEPLOYING: resumed at start
         with self._lock:
