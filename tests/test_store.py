@@ -35,6 +35,7 @@ from flightline.server.store.records import (
     DeploymentStep,
     ModelStatus,
     ModelVersion,
+    StepPlacement,
 )
 from flightline.server.store.tables import Base
 
@@ -127,6 +128,60 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         )
     finally:
         store.close()
+
+
+def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            now = "CURRENT_TIMESTAMP"
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('w', {now})")
+            connection.exec_driver_sql(
+                "INSERT INTO deployments (name, workspace_id, status, status_reason, failed_by_fault, "
+                f"created_at) VALUES ('old', 1, 'running', '', false, {now})"
+            )
+    finally:
+        engine.dispose()
+    first, second = MetadataStore(db_url, owner="a"), MetadataStore(db_url, owner="b")
+    try:
+        assert first.get_deployment("old").owner == ""
+        assert first.route_version() == 0
+        first.claim_unowned()
+        second.claim_unowned()  # too late: every row has its owner
+        assert second.get_deployment("old").owner == "a"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_owners_placements_and_the_route_counter(db_url: str) -> None:
+    store, owned = MetadataStore(db_url), MetadataStore(db_url, owner="x")  # two instances, one database
+    ws = store.create_workspace("w")
+    mine = add_version(store, ws.id, "m", status=ModelStatus.CONVERTING)
+    assert mine.owner == store.owner == ""
+    theirs = add_version(owned, ws.id, "m", status=ModelStatus.CONVERTING)
+    assert theirs.owner == "x"
+    assert [v.version for v in store.versions_in_status(ModelStatus.CONVERTING, owner="x")] == [2]
+    assert len(store.versions_in_status(ModelStatus.CONVERTING)) == 2
+
+    start = store.route_version()
+    step = DeploymentStep(mine.model_id, 1)
+    deployment = owned.create_deployment(ws.id, "d", [step, step])
+    assert deployment.owner == "x" and deployment.placements == ()
+    placed = (StepPlacement(True), StepPlacement(False, "grpc+tcp://127.0.0.1:1", "d.1"))
+    running = store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed)
+    assert running.placements == placed == owned.get_deployment("d").placements
+    with pytest.raises(ValueError, match="1 placements for 2 steps"):
+        store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed[:1])
+    assert store.update_deployment("d", DeploymentStatus.STOPPED).placements == ()
+    store.delete_deployment("d")
+    assert owned.route_version() == start + 4  # create, RUNNING, STOPPED, delete (not the refused one)
+    store.close()
+    owned.close()
 
 
 def test_in_memory_sqlite_is_refused() -> None:
