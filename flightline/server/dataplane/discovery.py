@@ -116,7 +116,6 @@ class RouteSync:
         self.artifacts = artifacts
         self.router = router
         self.cache_dir = cache_dir
-        self.period = period
         self._routed: dict[str, Signature] = {}
         self._seen = -1  # the route_version of the last complete pass
         self._ready = threading.Event()
