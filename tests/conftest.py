@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+from support.postgres import postgres_server  # noqa: F401  (a session fixture for every test file)
+
 from flightline.server.app import App
 from flightline.server.client import Client
 from flightline.server.settings import Settings

@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -26,6 +23,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from support.postgres import new_postgres_database
 
 from flightline.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from flightline.server.store import artifacts as artifacts_module
@@ -37,6 +35,7 @@ from flightline.server.store.records import (
     DeploymentStep,
     ModelStatus,
     ModelVersion,
+    StepPlacement,
 )
 from flightline.server.store.tables import Base
 
@@ -46,64 +45,11 @@ INPUT_SCHEMA = pa.schema([("x", pa.list_(pa.float32(), 4))]).serialize().to_pyby
 OUTPUT_SCHEMA = pa.schema([("y", pa.float32())]).serialize().to_pybytes()
 
 
-# -- PostgreSQL: a throwaway server, when the machine has the binaries and psycopg is installed
-
-
-def _postgres_bin() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    found = shutil.which("initdb")
-    if found:
-        candidates.insert(0, Path(found).parent)
-    return next((c for c in candidates if (c / "initdb").exists() and (c / "pg_ctl").exists()), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """Base URL of a PostgreSQL server started for this session (`.../<database>` is appended per test)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are missing: run `bash .ci/setup`")
-    # PostgreSQL refuses to run as root; run it as the postgres user then.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    home = Path(tempfile.mkdtemp(prefix="flightline-pg-"))
-    data = home / "data"
-    if as_user:
-        shutil.chown(home, "postgres")
-    port = _free_port()
-    run: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 120}
-    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], **run)
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
-    # -w waits until the server accepts connections; -l keeps the server off our output pipes.
-    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*pg_ctl, "-l", str(home / "server.log"), "-w", "-o", options, "start"], **run)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], **run)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _new_postgres_database(server: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return f"{server}/{name}"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/meta.db"
-    return _new_postgres_database(request.getfixturevalue("postgres_server"))
+    return new_postgres_database(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture
@@ -144,7 +90,7 @@ def test_migrations_create_exactly_the_tables_of_tables_py(db_url: str) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
     engine.dispose()
     # A database already at head opens as it is.
     MetadataStore(db_url).close()
@@ -182,6 +128,60 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         )
     finally:
         store.close()
+
+
+def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            now = "CURRENT_TIMESTAMP"
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('w', {now})")
+            connection.exec_driver_sql(
+                "INSERT INTO deployments (name, workspace_id, status, status_reason, failed_by_fault, "
+                f"created_at) VALUES ('old', 1, 'running', '', false, {now})"
+            )
+    finally:
+        engine.dispose()
+    first, second = MetadataStore(db_url, owner="a"), MetadataStore(db_url, owner="b")
+    try:
+        assert first.get_deployment("old").owner == ""
+        assert first.route_version() == 0
+        first.claim_unowned()
+        second.claim_unowned()  # too late: every row has its owner
+        assert second.get_deployment("old").owner == "a"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_owners_placements_and_the_route_counter(db_url: str) -> None:
+    store, owned = MetadataStore(db_url), MetadataStore(db_url, owner="x")  # two instances, one database
+    ws = store.create_workspace("w")
+    mine = add_version(store, ws.id, "m", status=ModelStatus.CONVERTING)
+    assert mine.owner == store.owner == ""
+    theirs = add_version(owned, ws.id, "m", status=ModelStatus.CONVERTING)
+    assert theirs.owner == "x"
+    assert [v.version for v in store.versions_in_status(ModelStatus.CONVERTING, owner="x")] == [2]
+    assert len(store.versions_in_status(ModelStatus.CONVERTING)) == 2
+
+    start = store.route_version()
+    step = DeploymentStep(mine.model_id, 1)
+    deployment = owned.create_deployment(ws.id, "d", [step, step])
+    assert deployment.owner == "x" and deployment.placements == ()
+    placed = (StepPlacement(True), StepPlacement(False, "grpc+tcp://127.0.0.1:1", "d.1"))
+    running = store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed)
+    assert running.placements == placed == owned.get_deployment("d").placements
+    with pytest.raises(ValueError, match="1 placements for 2 steps"):
+        store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed[:1])
+    assert store.update_deployment("d", DeploymentStatus.STOPPED).placements == ()
+    store.delete_deployment("d")
+    assert owned.route_version() == start + 4  # create, RUNNING, STOPPED, delete (not the refused one)
+    store.close()
+    owned.close()
 
 
 def test_in_memory_sqlite_is_refused() -> None:

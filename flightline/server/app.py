@@ -1,10 +1,14 @@
 """Composition root: builds the stores, services, supervisor, front door and gRPC server from Settings.
-Everything lives on the App instance; there is no global state."""
+Everything lives on the App instance; there is no global state.
+
+`App` runs role "all" (everything in one process tree) or "control" (gRPC and the runtimes, no Flight);
+`FrontDoorApp` runs role "frontdoor" (Flight only, routes read from the metadata store); `build` picks."""
 
 from __future__ import annotations
 
 import logging
 from concurrent import futures
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -19,9 +23,11 @@ from flightline.server.api.observe import ObserveInterceptor
 from flightline.server.api.registries import RegistryServicer
 from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
+from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
+from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
 from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
@@ -54,16 +60,31 @@ SERVICES = [
 ]
 
 
+def build(settings: Settings) -> App | FrontDoorApp:
+    """The server for `settings.role`."""
+    return FrontDoorApp(settings) if check_role(settings.role) == "frontdoor" else App(settings)
+
+
+def _open_store(settings: Settings) -> tuple[Path, str, MetadataStore]:
+    """(data folder, instance id, metadata store owned by that instance)."""
+    # Owner-only: user code runs as another user (see hosting/sandbox.py) and must not read the
+    # metadata database (registry tokens) nor the artifacts of other models.
+    data = private_dir(settings.data_dir.resolve())
+    instance = instance_id(settings.instance_id, data)
+    store = MetadataStore(settings.metadata_url, owner=instance)
+    if not settings.database_url:
+        private_file(data / "flightline.db")
+    return data, instance, store
+
+
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.observer = Observer()  # this App's logs and metrics (a registry of its own)
-        # Owner-only: user code runs as another user (see hosting/sandbox.py) and must not read the
-        # metadata database (registry tokens) nor the artifacts of other models.
-        data = private_dir(settings.data_dir.resolve())
-        self.store = MetadataStore(settings.metadata_url)
-        if not settings.database_url:
-            private_file(data / "flightline.db")
+        self.role = check_role(settings.role)
+        if self.role == "frontdoor":
+            raise ValueError("role frontdoor is served by FrontDoorApp (see build())")
+        data, self.instance_id, self.store = _open_store(settings)
         # Outside the data folder, which the sandbox user cannot traverse: runtimes' specs and artifacts.
         self.sandbox = Sandbox.temporary()
         self.artifacts = ArtifactStore(settings.artifact_url)
@@ -92,8 +113,11 @@ class App:
         )
         self.router = Router()
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
-        self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
-        self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+        self.front_door: FrontDoor | None = None
+        self.flight_location = settings.public_flight_location
+        if self.role == "all":
+            self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
+            self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
         supervisor = Supervisor(
             self.sandbox.root / "runtimes",
             host=settings.host,
@@ -111,8 +135,15 @@ class App:
             workers=settings.deploy_workers,
             changes=changes,
         )
-        self.models.observer = self.deployments.observer = self.front_door.observer = self.observer
-        supervisor.observer = self.observer
+        self.models.observer = self.deployments.observer = supervisor.observer = self.observer
+        if self.front_door is not None:
+            self.front_door.observer = self.observer
+        # Another control plane on the same database may undeploy or replace our deployments.
+        self._follow = Poller(
+            on_route_change(self.store, self.deployments.release_others),
+            settings.route_poll_seconds,
+            "follow-deployments",
+        )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         self.metrics_port = self.observer.metrics.serve(settings.host, settings.metrics_port)  # -1: off
@@ -124,12 +155,21 @@ class App:
     def start(self) -> App:
         # What a crash interrupted: versions still preparing end ERROR; their work folders and
         # upload temps go now (converter children died with the old server: they exit with its pipe).
+        # Only this instance's work: rows from before ownership existed are claimed first, once.
+        self.store.claim_unowned()
         self.models.fail_interrupted()
         self.models.clean_work()
         self.artifacts.clean_temps()
         self.grpc_server.start()
         self.deployments.resume()
-        log.info("serving gRPC on %s and Flight on %s", self.grpc_address, self.flight_location)
+        self._follow.start()
+        log.info(
+            "instance %s (role %s) serving gRPC on %s and Flight on %s",
+            self.instance_id,
+            self.role,
+            self.grpc_address,
+            self.flight_location or "(none)",
+        )
         if self.metrics_port > 0:
             log.info("serving metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         return self
@@ -139,8 +179,9 @@ class App:
         (their handler threads are blocked in pyarrow: a process that wants to exit must `os._exit`)."""
         # Clients first (bounded, both servers at once), then the runtimes their streams may still be using.
         grpc_stopped = self.grpc_server.stop(grace=2)
-        closed = self.front_door.close(grace=self.settings.shutdown_grace)
+        closed = self.front_door is None or self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
+        self._follow.close()
         self.models.close()
         self.deployments.close()
         self.sandbox.close()
@@ -181,3 +222,45 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable([s.full_name for s in SERVICES] + [health.SERVICE_NAME], server)
         return server
+
+
+class FrontDoorApp:
+    """Role "frontdoor": the Flight front door alone. It starts no runtimes and changes nothing in the
+    store; `RouteSync` keeps its router equal to the RUNNING deployments, whoever deployed them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.role = "frontdoor"
+        data, self.instance_id, self.store = _open_store(settings)
+        self.artifacts = ArtifactStore(settings.artifact_url)
+        self.router = Router()
+        self.route_sync = RouteSync(
+            self.store,
+            self.artifacts,
+            self.router,
+            data / "work" / "cache",
+            period=settings.route_poll_seconds,
+        )
+        self.front_door = FrontDoor(
+            self.router,
+            f"grpc+tcp://{settings.host}:{settings.flight_port}",
+            ready=lambda: self.route_sync.ready,
+        )
+        self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+
+    def start(self) -> FrontDoorApp:
+        self.route_sync.start()
+        log.info("instance %s (role frontdoor) serving Flight on %s", self.instance_id, self.flight_location)
+        return self
+
+    def stop(self) -> bool:
+        closed = self.front_door.close(grace=self.settings.shutdown_grace)
+        self.route_sync.close()
+        self.store.close()
+        return closed
+
+    def __enter__(self) -> FrontDoorApp:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -16,8 +16,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from flightline import __version__
 from flightline.server import observability
-from flightline.server.app import App
+from flightline.server.app import App, build
 from flightline.server.client import Client
+from flightline.server.instance import check_role
 from flightline.server.settings import Settings
 from flightline.v1 import model_pb2
 
@@ -57,8 +58,13 @@ def serve(
         str | None, typer.Option(help="text or json (one JSON object per line); env FLIGHTLINE_LOG_FORMAT.")
     ] = None,
     sample: Annotated[bool, typer.Option(help="Upload, deploy and query the sample ccfraud model.")] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(help="all (default): everything; control: gRPC and runtimes; frontdoor: Flight only."),
+    ] = None,
 ) -> None:
-    """Runs the control plane (gRPC), the Flight front door and the metrics endpoint until interrupted."""
+    """Runs the control plane (gRPC), the Flight front door and the metrics endpoint until interrupted (or
+    one of the first two: --role)."""
     settings = Settings.from_env(
         data_dir=data_dir,
         host=host,
@@ -66,22 +72,28 @@ def serve(
         flight_port=flight_port,
         metrics_port=metrics_port,
         log_format=log_format,
+        role=role,
     )
     try:
         observability.configure_logging(settings.log_format, logging.INFO)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--log-format") from None
+    try:
+        check_role(settings.role)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--role") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    running = App(settings).start()
+    running = build(settings).start()
     try:
+        grpc_address = running.grpc_address if isinstance(running, App) else ""
         print(
-            f"FLIGHTLINE_SERVING grpc={running.grpc_address} flight={running.flight_location} "
-            f"metrics={running.metrics_port}",
+            f"FLIGHTLINE_SERVING grpc={grpc_address} flight={running.flight_location} "
+            f"metrics={getattr(running, 'metrics_port', -1)}",
             flush=True,
         )
-        if sample:
+        if sample and isinstance(running, App):
             from flightline.server.sample import demo
 
             with Client(running.grpc_address) as client:

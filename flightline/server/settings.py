@@ -46,6 +46,18 @@ class Settings:
     deploy_workers: int = 2
     metrics_port: int = 9464  # Prometheus /metrics; 0 picks a free port, -1 turns it off
     log_format: str = "text"  # or "json": one JSON object per line (used by `flightline serve`)
+    # What this process runs: "all" (control plane, front door and runtimes), "control" (gRPC; owns the
+    # runtime processes of the deployments it starts) or "frontdoor" (Flight only; learns the routes of
+    # RUNNING deployments from the metadata store, so several can serve the same deployments).
+    role: str = "all"
+    # Who owns the work this process starts (preparations, deployments' runtimes); "" reads it from
+    # data_dir/instance-id, created once, so a restarted instance is the same owner. Two processes must
+    # not share an id (nor, therefore, a data_dir) unless they are one instance.
+    instance_id: str = ""
+    # How often a front door of role "frontdoor" checks the metadata store for changed routes (seconds).
+    route_poll_seconds: float = 1.0
+    # The front door that clients of a role "control" server are told to use (Deployment.flight_location).
+    public_flight_location: str = ""
 
     @property
     def metadata_url(self) -> str:

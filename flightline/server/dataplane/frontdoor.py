@@ -29,7 +29,7 @@ model failed, with the detail in the server log."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -49,7 +49,8 @@ from flightline.server.observability import DEFAULT, Observer
 
 MODES = ("envelope", "outputs")  # "raw" outputs are for chaining runtime servers, not for clients
 ACTIONS = {
-    "healthcheck": "Returns b'ok' while the front door serves.",
+    "healthcheck": "Returns b'ok' while the front door serves; UNAVAILABLE until its routes are known "
+    "(a front door apart from the control plane: after its first complete sync with the metadata store).",
     "version": "Returns the server version (flightline.__version__) as UTF-8.",
 }
 
@@ -62,9 +63,17 @@ class FrontDoor(FlightService):
 
     observer: Observer = DEFAULT  # the App sets its own
 
-    def __init__(self, router: Router, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        router: Router,
+        location: str = "grpc+tcp://127.0.0.1:0",
+        *,
+        ready: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(location, **kwargs)
         self.router = router
+        self._ready = ready  # None: routes are pushed in-process, so always ready
         uri = flight.Location(location).uri.decode()
         if uri.startswith("grpc+tcp://"):  # advertise the port actually bound when asked for port 0
             uri = f"{uri.rsplit(':', 1)[0]}:{self.port}"
@@ -141,6 +150,8 @@ class FrontDoor(FlightService):
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         if action.type == "healthcheck":
+            if self._ready is not None and not self._ready():
+                raise flight_service.Unavailable("not ready: the routes have not been read yet")
             return iter([b"ok"])
         if action.type == "version":
             return iter([__version__.encode()])

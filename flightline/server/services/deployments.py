@@ -16,6 +16,7 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
+from flightline.server.dataplane.discovery import placement
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
 from flightline.server.observability import DEFAULT, Observer
@@ -123,6 +124,8 @@ class DeploymentService:
         fault (a runtime's port taken, a crash): those may well start now. A deployment whose model failed
         stays FAILED."""
         for deployment in self.store.list_deployments():
+            if deployment.owner != self.store.owner:  # another control plane's: it resumes its own
+                continue
             retry = deployment.status is DeploymentStatus.FAILED and deployment.failed_by_fault
             if retry or deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
                 with self._name_lock(deployment.name):
@@ -148,6 +151,28 @@ class DeploymentService:
             self.store.update_deployment(
                 name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
             )
+        self.changes.notify()
+
+    def release_others(self) -> None:
+        """Stops what this instance serves for deployments that are no longer its RUNNING ones: another
+        control plane on the same database undeployed or replaced them (called when routes changed)."""
+        with self._lock:
+            names = list(self._live)
+        for name in names:
+            with self._name_lock(name):  # a start or stop of ours finishes first, so states agree
+                live = self.live(name)
+                try:
+                    current: Deployment | None = self.store.get_deployment(name)
+                except NotFound:
+                    current = None
+                running = (
+                    current is not None
+                    and current.owner == self.store.owner
+                    and current.status is DeploymentStatus.RUNNING
+                )
+                if live is not None and not running:
+                    log.info("deployment %s was stopped or replaced elsewhere: stopping its runtimes", name)
+                    self._stop(name, len(live.route.steps))
         self.changes.notify()
 
     def close(self) -> None:
@@ -198,7 +223,9 @@ class DeploymentService:
         with self._lock:
             self._live[name] = Live(route, tuple(v.runtime for v in versions))
         self.router.put(route)
-        return self.store.update_deployment(name, DeploymentStatus.RUNNING)
+        # Recorded for front doors in other processes (dataplane/discovery.py), which route the same way.
+        placements = [placement(step) for step in steps]
+        return self.store.update_deployment(name, DeploymentStatus.RUNNING, placements=placements)
 
     def _step(self, name: str, index: int, version: ModelVersion) -> Step:
         spec = ModelSpec(

@@ -164,7 +164,9 @@ class ModelService:
 
     def fail_interrupted(self) -> None:
         """At start-up: uploads a crash interrupted never finish; say so rather than leave them pending."""
-        for v in self.store.versions_in_status(ModelStatus.PENDING_CONVERSION, ModelStatus.CONVERTING):
+        # Only this instance's: another server on the same database may be preparing its own right now.
+        statuses = (ModelStatus.PENDING_CONVERSION, ModelStatus.CONVERTING)
+        for v in self.store.versions_in_status(*statuses, owner=self.store.owner):
             self.store.update_model_version(
                 v.model_id,
                 v.version,

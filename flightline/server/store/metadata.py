@@ -16,7 +16,7 @@ from uuid import uuid4
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy import Engine, create_engine, event, func, make_url, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +31,7 @@ from flightline.server.store.records import (
     ModelStatus,
     ModelVersion,
     Registry,
+    StepPlacement,
     Workspace,
 )
 from flightline.server.store.tables import (
@@ -40,6 +41,7 @@ from flightline.server.store.tables import (
     ModelVersionRow,
     RegistryRow,
     RegistryWorkspaceRow,
+    RouteStateRow,
     WorkspaceRow,
     utc_now,
 )
@@ -62,7 +64,11 @@ PG_MIGRATION_LOCK = 0x466C6967
 
 
 class MetadataStore:
-    def __init__(self, url: str) -> None:
+    """`owner` is the id of the server instance using the store: new versions and deployments record it,
+    so that start-up recovery can touch only its own work when several instances share a database."""
+
+    def __init__(self, url: str, owner: str = "") -> None:
+        self.owner = owner
         self._engine = _create_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._upgrade_schema()
@@ -238,6 +244,7 @@ class MetadataStore:
                 conversion_options=dict(conversion.options),
                 created_at=now,
                 updated_at=now,
+                owner=self.owner,
             )
             session.add(row)
             session.flush()
@@ -345,13 +352,16 @@ class MetadataStore:
             model = _model_row(session, model_id)
             return [_version(row, model.name) for row in session.scalars(query)]
 
-    def versions_in_status(self, *statuses: ModelStatus) -> list[ModelVersion]:
+    def versions_in_status(self, *statuses: ModelStatus, owner: str | None = None) -> list[ModelVersion]:
+        """Versions in any of `statuses`; only those `owner` prepares unless owner is None."""
         query = (
             select(ModelVersionRow, ModelRow.name)
             .join(ModelRow)
             .where(ModelVersionRow.status.in_([ModelStatus(s).value for s in statuses]))
             .order_by(ModelVersionRow.model_id, ModelVersionRow.version)
         )
+        if owner is not None:
+            query = query.where(ModelVersionRow.owner == owner)
         with self._read() as session:
             return [_version(row, name) for row, name in session.execute(query)]
 
@@ -384,6 +394,7 @@ class MetadataStore:
                 status_reason="",
                 failed_by_fault=False,
                 created_at=utc_now(),
+                owner=self.owner,
                 steps=[
                     DeploymentStepRow(position=i, model_id=step.model_id, version=step.version)
                     for i, step in enumerate(steps)
@@ -391,22 +402,41 @@ class MetadataStore:
             )
             session.add(row)
             session.flush()
+            _routes_changed(session)
             return _deployment(row)
 
         return self._write(create)
 
     def update_deployment(
-        self, name: str, status: DeploymentStatus, status_reason: str = "", *, by_fault: bool = False
+        self,
+        name: str,
+        status: DeploymentStatus,
+        status_reason: str = "",
+        *,
+        by_fault: bool = False,
+        placements: Sequence[StepPlacement] = (),
     ) -> Deployment:
         """Sets the status; `by_fault` marks a FAILED deployment as failed by a fault (retried at start-up)
-        rather than by its model, and is ignored for other statuses."""
+        rather than by its model, and is ignored for other statuses. `placements` (one per step) say where
+        a RUNNING deployment's steps run; any other status clears them."""
+        running = status is DeploymentStatus.RUNNING
 
         def update(session: Session) -> Deployment:
             row = _deployment_row(session, name)
+            if running and placements and len(placements) != len(row.steps):
+                raise ValueError(
+                    f"deployment {name!r}: {len(placements)} placements for {len(row.steps)} steps"
+                )
             row.status = DeploymentStatus(status).value
             row.status_reason = status_reason
             row.failed_by_fault = by_fault and status is DeploymentStatus.FAILED
+            for index, step in enumerate(row.steps):
+                placed = placements[index] if running and placements else StepPlacement(False)
+                step.in_front_door = placed.in_front_door
+                step.location = placed.location
+                step.model_key = placed.model_key
             session.flush()
+            _routes_changed(session)
             return _deployment(row)
 
         return self._write(update)
@@ -431,8 +461,28 @@ class MetadataStore:
     def delete_deployment(self, name: str) -> None:
         def delete(session: Session) -> None:
             session.delete(_deployment_row(session, name))
+            _routes_changed(session)
 
         self._write(delete)
+
+    # -- instances and routes
+
+    def claim_unowned(self) -> None:
+        """Makes this store's owner the owner of versions and deployments that have none (rows from before
+        ownership existed). One conditional UPDATE each: of several instances starting at once, exactly one
+        gets each row."""
+
+        def claim(session: Session) -> None:
+            for table in (ModelVersionRow, DeploymentRow):
+                session.execute(update(table).where(table.owner == "").values(owner=self.owner))
+
+        if self.owner:
+            self._write(claim)
+
+    def route_version(self) -> int:
+        """A counter that goes up with every change of any deployment (front doors poll it)."""
+        with self._read() as session:
+            return int(session.scalar(select(RouteStateRow.version).where(RouteStateRow.id == 1)) or 0)
 
     # -- plumbing
 
@@ -630,6 +680,7 @@ def _version(row: ModelVersionRow, model_name: str) -> ModelVersion:
         ),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner=row.owner,
     )
 
 
@@ -643,4 +694,15 @@ def _deployment(row: DeploymentRow) -> Deployment:
         steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
         created_at=row.created_at,
         failed_by_fault=row.failed_by_fault,
+        owner=row.owner,
+        placements=tuple(StepPlacement(s.in_front_door, s.location, s.model_key) for s in row.steps)
+        if row.status == DeploymentStatus.RUNNING
+        else (),
+    )
+
+
+def _routes_changed(session: Session) -> None:
+    # In the writer's transaction: a front door that sees the new counter also sees the change.
+    session.execute(
+        update(RouteStateRow).where(RouteStateRow.id == 1).values(version=RouteStateRow.version + 1)
     )

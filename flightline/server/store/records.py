@@ -69,6 +69,7 @@ class ModelVersion:
     conversion: Conversion
     created_at: datetime
     updated_at: datetime
+    owner: str = ""  # the server instance preparing it ("" before migration 0003 until claimed)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,17 @@ class DeploymentStep:
 
 
 @dataclass(frozen=True)
+class StepPlacement:
+    """Where a RUNNING deployment's step runs, so that any front door can route to it: inside the front
+    door (which loads the step's model version itself) or remotely (the runtime server's Flight location
+    and the key of the model there; "" while a runtime server serves one model)."""
+
+    in_front_door: bool
+    location: str = ""
+    model_key: str = ""
+
+
+@dataclass(frozen=True)
 class Deployment:
     id: int
     name: str
@@ -97,3 +109,5 @@ class Deployment:
     steps: tuple[DeploymentStep, ...]
     created_at: datetime
     failed_by_fault: bool = False  # FAILED by a fault, not by the model: start-up retries it
+    owner: str = ""  # the control-plane instance that starts its runtimes and resumes it
+    placements: tuple[StepPlacement, ...] = ()  # one per step while RUNNING, () otherwise

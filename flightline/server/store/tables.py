@@ -130,6 +130,8 @@ class ModelVersionRow(Base):
     conversion_options: Mapped[dict[str, str]] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The server instance that prepares the version: only it fails the version if it is interrupted.
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class DeploymentRow(Base):
@@ -144,6 +146,8 @@ class DeploymentRow(Base):
     # start-up retries such deployments. False for every other status.
     failed_by_fault: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
+    # The control-plane instance that starts the deployment's runtimes; the only one that resumes it.
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
     steps: Mapped[list[DeploymentStepRow]] = relationship(
         cascade="all, delete-orphan", order_by="DeploymentStepRow.position"
     )
@@ -165,3 +169,19 @@ class DeploymentStepRow(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     model_id: Mapped[int] = mapped_column(Integer, index=True)
     version: Mapped[int] = mapped_column(Integer)
+    # Where the step runs while the deployment is RUNNING, for front doors in other processes: inside
+    # the front door (it loads the version's artifact itself) or on the runtime server at `location`
+    # serving `model_key`. Cleared when the deployment stops running.
+    in_front_door: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    location: Mapped[str] = mapped_column(default="", server_default="")
+    model_key: Mapped[str] = mapped_column(default="", server_default="")
+
+
+class RouteStateRow(Base):
+    """One row whose `version` goes up with every change of a deployment: front doors poll it (one cheap
+    read) and re-read the deployments only when it moved."""
+
+    __tablename__ = "route_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
