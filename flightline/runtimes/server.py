@@ -1,31 +1,37 @@
-"""One generic Arrow Flight server hosting one model; the supervisor runs one such process per model:
+"""One generic Arrow Flight server hosting many models, loaded and unloaded while it runs:
 
-    python -m flightline.runtimes.server --runtime onnx --spec DIR [--host 127.0.0.1] [--port 0]
-                                         [--exit-with-stdin]
+    python -m flightline.runtimes.server --listen grpc+unix:///path/sock | grpc+tcp://127.0.0.1:0
+                                         --artifacts DIR [--exit-with-stdin] [--shutdown-grace S]
 
-DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
-`FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
-code 3 when the model cannot be loaded. SIGTERM/SIGINT shut it down with exit code 0; streams still
-open after `--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it
-down the same way: a parent that holds the write end of a pipe takes the process with it when it dies,
-even by SIGKILL.
+It starts empty and prints exactly one line to stdout, `FLIGHTLINE_READY <location>`, once it serves.
+Models are addressed by a caller-chosen key (e.g. `<deployment>.<step>`); their artifacts by sha256: the
+server reads `DIR/<sha256>` (a file, or a folder for unpacked archives), a folder its backend fills. The
+load request never carries a host path, so a backend that fetches artifacts into a pod works unchanged.
+SIGTERM/SIGINT shut it down with exit code 0; streams still open after `--shutdown-grace` seconds
+(default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it down the same way: a parent that
+holds the write end of a pipe takes the process with it when it dies, even by SIGKILL.
 
-Flight methods (the descriptor path selects the response mode: none -> "envelope", or "outputs"/"raw"):
+Flight methods (descriptor path `[key]` or `[key, mode]`, mode "envelope" (default), "outputs" or "raw"):
 - do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
-  fails its stream with INVALID_ARGUMENT, other streams are unaffected.
-- get_schema / get_flight_info: the result schema for that mode; the endpoint is this server.
-- do_action "healthcheck" -> b"ok"; "schemas" -> input then output schema, as Arrow IPC bytes.
+  fails its stream with INVALID_ARGUMENT, other streams are unaffected. An unknown key is NOT_FOUND.
+- get_schema / get_flight_info: the result schema for that mode (no endpoints: see the brief's decision 8).
+- do_action, see ACTIONS.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
+import logging
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -38,28 +44,118 @@ from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host, Mode, ModelOutputError, parse_mode
 
 READY: Final = "FLIGHTLINE_READY"
-LOAD_ERROR: Final = "FLIGHTLINE_LOAD_ERROR"
-LOAD_ERROR_EXIT_CODE: Final = 3
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
 EXIT_WITH_STDIN: Final = "--exit-with-stdin"
+SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 ACTIONS: Final = {
-    "healthcheck": "Returns b'ok' while the model is loaded and serving.",
-    "schemas": "Returns the model's input schema, then its output schema, as Arrow IPC bytes.",
+    "load": "Body: JSON {key, runtime, artifact (sha256), framework, options, input_schema, output_schema "
+    "(base64 Arrow IPC or null)}. Loads (or replaces) the model under key; INVALID_ARGUMENT with the "
+    "reason when it cannot load. Returns b'ok'.",
+    "unload": "Body: the key. Unloads the model; NOT_FOUND for an unknown key. Returns b'ok'.",
+    "models": "Returns a JSON list of the loaded models: [{key, runtime, framework, artifact}].",
+    "healthcheck": "Returns b'ok' while the server serves.",
+    "schemas": "Body: the key. Returns the model's input schema, then its output schema, as Arrow IPC.",
 }
 
+log = logging.getLogger(__name__)
 
-def mode_of(descriptor: flight.FlightDescriptor) -> Mode:
-    """The response mode a descriptor asks for; INVALID_ARGUMENT for anything else."""
+
+def _concurrent(runtime: str) -> bool:
+    """Whether `Runtime.infer` of this runtime may run on several threads at once.
+    Placeholder until the plug-in registry lands: then this is `plugin(runtime).concurrent`.
+    A Python step is user code that may keep state between calls: serialized."""
+    return runtime != "python"
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """The body of a `load` action, as the backend sends it."""
+
+    key: str
+    runtime: str
+    artifact: str  # sha256 of the artifact under the server's artifacts folder
+    framework: str
+    input_schema: pa.Schema | None = None
+    output_schema: pa.Schema | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        def ipc(schema: pa.Schema | None) -> str | None:
+            return None if schema is None else base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+        return json.dumps(
+            {
+                "key": self.key,
+                "runtime": self.runtime,
+                "artifact": self.artifact,
+                "framework": self.framework,
+                "options": dict(self.options),
+                "input_schema": ipc(self.input_schema),
+                "output_schema": ipc(self.output_schema),
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> LoadSpec:
+        """Raises ValueError naming the field that is missing or malformed."""
+        try:
+            meta = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"load body is not JSON: {error}") from None
+        if not isinstance(meta, dict):
+            raise ValueError("load body must be a JSON object")
+
+        def text(name: str) -> str:
+            value = meta.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"load body field {name!r} must be a non-empty string")
+            return value
+
+        def schema(name: str) -> pa.Schema | None:
+            value = meta.get(name)
+            if value is None:
+                return None
+            try:
+                return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(value)))
+            except (TypeError, ValueError, pa.ArrowException):
+                raise ValueError(f"load body field {name!r} is not a base64 Arrow IPC schema") from None
+
+        options = meta.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+            raise ValueError("load body field 'options' must be an object of strings")
+        key, runtime, artifact, framework = text("key"), text("runtime"), text("artifact"), text("framework")
+        if not SHA256_HEX.fullmatch(artifact):
+            raise ValueError("load body field 'artifact' must be a sha256 (64 lower-case hex digits)")
+        return cls(
+            key, runtime, artifact, framework, schema("input_schema"), schema("output_schema"), options
+        )
+
+
+class Model:
+    """One hosted model: its Host and, for runtimes that are not thread-safe, the lock around inference."""
+
+    def __init__(self, spec: LoadSpec, host: Host, concurrent: bool) -> None:
+        self.spec = spec
+        self.host = host
+        self._lock = None if concurrent else threading.Lock()
+
+    def respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+        if self._lock is None:
+            return self.host.respond(batch, mode)
+        with self._lock:
+            return self.host.respond(batch, mode)
+
+
+def _target(descriptor: flight.FlightDescriptor) -> tuple[str, Mode]:
+    """(key, mode) named by a descriptor; INVALID_ARGUMENT for anything else."""
     path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
-    if not path:
-        return parse_mode(None)
+    if not path or len(path) > 2:
+        raise pa.ArrowInvalid("expected FlightDescriptor.for_path(key) or for_path(key, mode)")
     try:
-        if len(path) > 1:
-            raise ValueError(f"expected at most one descriptor path segment (the mode), got {path}")
-        return parse_mode(path[0])
-    except ValueError as error:
-        raise pa.ArrowInvalid(str(error)) from error
+        return path[0].decode(), parse_mode(path[1] if len(path) == 2 else None)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise pa.ArrowInvalid(str(error)) from None
 
 
 def remote_error_message(error: BaseException) -> str:
@@ -85,13 +181,56 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, what: str) -> pa.RecordBat
 
 
 class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
-    """Serves one `Host` over Flight. Listens from construction; usable as a context manager in tests."""
+    """Serves many models over Flight. Listens from construction; usable as a context manager in tests.
+    `location` is what clients dial: the unix socket URI, or the TCP address with the port bound."""
 
-    def __init__(self, host: Host, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
+    def __init__(self, artifacts: Path, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
-        self.host = host
-        bind_host = flight.Location(location).uri.decode().split("://", 1)[1].rsplit(":", 1)[0]
-        self.location = flight.Location.for_grpc_tcp(bind_host, self.port)
+        self.artifacts = artifacts
+        uri = flight.Location(location).uri.decode()
+        if uri.startswith("grpc+tcp://"):  # the port actually bound when asked for port 0
+            uri = f"{uri.rsplit(':', 1)[0]}:{self.port}"
+        self.location = uri
+        self._models: dict[str, Model] = {}
+        self._lock = threading.Lock()
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def load(self, spec: LoadSpec) -> Model:
+        """Loads `spec` and serves it under its key (replacing what was there: reloads are idempotent).
+        Raises ModelLoadError with the reason."""
+        artifact = self.artifacts / spec.artifact
+        if not artifact.exists():
+            raise ModelLoadError(f"artifact {spec.artifact} is not in the runtime server's artifacts folder")
+        model_spec = ModelSpec(artifact, spec.framework, spec.input_schema, spec.output_schema, spec.options)
+        try:
+            host = Host(load_runtime(spec.runtime, model_spec))
+        except ModelLoadError:
+            raise
+        except Exception as error:  # model code raised while loading: the reason is the model's
+            raise ModelLoadError(f"{type(error).__name__}: {error}") from error
+        model = Model(spec, host, _concurrent(spec.runtime))
+        with self._lock:
+            self._models[spec.key] = model
+        return model
+
+    def unload(self, key: str) -> None:
+        with self._lock:
+            if self._models.pop(key, None) is None:
+                raise pa.ArrowKeyError(f"no model {key!r}")  # Flight sends KeyError as NOT_FOUND
+
+    def model(self, key: str) -> Model:
+        with self._lock:
+            model = self._models.get(key)
+        if model is None:
+            raise pa.ArrowKeyError(f"no model {key!r}")
+        return model
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    # -- data ---------------------------------------------------------------------------------------
 
     def do_exchange(
         self,
@@ -100,8 +239,9 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        mode = mode_of(descriptor)
-        host = self.host
+        key, mode = _target(descriptor)
+        model = self.model(key)  # the stream keeps the model it started with, even if it is unloaded
+        host = model.host
         schema: pa.Schema | None = None
         if not host.has_open_schema:
             schema = host.result_schema(mode)
@@ -110,7 +250,7 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
             batch = chunk.data
             if batch is None:  # a metadata-only message carries nothing to infer
                 continue
-            result = self._respond(batch, mode)
+            result = self._respond(model, batch, mode)
             if schema is None:
                 schema = result.schema
                 writer.begin(schema)
@@ -118,9 +258,10 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
                 result = conform(result, schema, "the model's result")
             writer.write_batch(result)
 
-    def _respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+    @staticmethod
+    def _respond(model: Model, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
         try:
-            return self.host.respond(batch, mode)
+            return model.respond(batch, mode)
         except InvalidInput:
             raise
         except ModelOutputError as error:
@@ -131,39 +272,67 @@ class RuntimeServer(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow s
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
-        return flight.SchemaResult(self.host.result_schema(mode_of(descriptor)))
+        key, mode = _target(descriptor)
+        return flight.SchemaResult(self.model(key).host.result_schema(mode))
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        schema = self.host.result_schema(mode_of(descriptor))
-        endpoint = flight.FlightEndpoint(b"", [self.location])
-        return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
+        key, mode = _target(descriptor)
+        return flight.FlightInfo(self.model(key).host.result_schema(mode), descriptor, [], -1, -1)
+
+    # -- actions ------------------------------------------------------------------------------------
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return list(ACTIONS.items())
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        body = action.body.to_pybytes() if action.body is not None else b""
         if action.type == "healthcheck":
             return iter([b"ok"])
-        if action.type == "schemas":
-            return iter(
-                [
-                    self.host.input_schema.serialize().to_pybytes(),
-                    self.host.output_schema.serialize().to_pybytes(),
+        if action.type == "load":
+            try:
+                spec = LoadSpec.from_json(body)
+                self.load(spec)
+            except (ValueError, ModelLoadError) as error:
+                raise pa.ArrowInvalid(" ".join(str(error).split())) from None  # INVALID_ARGUMENT
+            log.info("loaded %s (%s)", spec.key, spec.runtime)
+            return iter([b"ok"])
+        if action.type == "unload":
+            self.unload(body.decode(errors="replace"))
+            return iter([b"ok"])
+        if action.type == "models":
+            with self._lock:
+                listed = [
+                    {
+                        "key": k,
+                        "runtime": m.spec.runtime,
+                        "framework": m.spec.framework,
+                        "artifact": m.spec.artifact,
+                    }
+                    for k, m in sorted(self._models.items())
                 ]
+            return iter([json.dumps(listed).encode()])
+        if action.type == "schemas":
+            host = self.model(body.decode(errors="replace")).host
+            return iter(
+                [host.input_schema.serialize().to_pybytes(), host.output_schema.serialize().to_pybytes()]
             )
         raise NotImplementedError(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m flightline.runtimes.server", description="Serve one model over Arrow Flight."
+        prog="python -m flightline.runtimes.server", description="Serve models over Arrow Flight."
     )
-    parser.add_argument("--runtime", required=True, help="runtime name, e.g. onnx, python, sklearn")
-    parser.add_argument("--spec", required=True, type=Path, help="folder holding a saved ModelSpec")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--listen",
+        default="grpc+tcp://127.0.0.1:0",
+        help="grpc+unix:///path/to.sock (preferred on one host) or grpc+tcp://HOST:PORT (0 picks a port)",
+    )
+    parser.add_argument(
+        "--artifacts", required=True, type=Path, help="folder holding artifacts named by their sha256"
+    )
     parser.add_argument(
         "--shutdown-grace",
         type=float,
@@ -178,11 +347,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(so never with stdin from /dev/null, which ends at once)",
     )
     return parser.parse_args(argv)
-
-
-def _load(runtime: str, spec_dir: Path) -> Host:
-    spec = ModelSpec.load(spec_dir)
-    return Host(load_runtime(runtime, spec))
 
 
 def _stop_on_signals() -> threading.Event:
@@ -220,20 +384,18 @@ def _shutdown(server: RuntimeServer, grace: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # stdout carries only the protocol line; whatever model code prints (print(data) in a Python step)
     # goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
-    try:
-        host = _load(args.runtime, args.spec)
-    except Exception as error:
-        reason = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
-        print(f"{LOAD_ERROR} {' '.join(reason.split())}", file=protocol, flush=True)
-        return LOAD_ERROR_EXIT_CODE
-    server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
+    if args.listen.startswith("grpc+unix://"):
+        # A socket left by a killed predecessor would make the bind fail; it is ours to replace.
+        Path(args.listen.removeprefix("grpc+unix://")).unlink(missing_ok=True)
+    server = RuntimeServer(args.artifacts.resolve(), args.listen)
     stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
     if args.exit_with_stdin:
         _stop_at_end_of_stdin(stop)
-    print(f"{READY} {server.location.uri.decode()}", file=protocol, flush=True)
+    print(f"{READY} {server.location}", file=protocol, flush=True)
     stop.wait()
     _shutdown(server, args.shutdown_grace)
     return 0

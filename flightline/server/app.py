@@ -1,4 +1,4 @@
-"""Composition root: builds the stores, services, supervisor, front door and gRPC server from Settings.
+"""Composition root: builds the stores, services, runtime backend, front door and gRPC server from Settings.
 Everything lives on the App instance; there is no global state."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.local import LocalBackend
 from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
@@ -25,7 +26,6 @@ from flightline.server.services.workspaces import WorkspaceService
 from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
-from flightline.server.supervisor import Supervisor
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -62,15 +62,19 @@ class App:
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
-        supervisor = Supervisor(
+        if settings.runtime_transport not in ("unix", "tcp"):
+            raise ValueError(f"runtime_transport must be 'unix' or 'tcp', not {settings.runtime_transport!r}")
+        self.backend = LocalBackend(
             data / "runtimes",
+            self.artifacts,
+            transport="tcp" if settings.runtime_transport == "tcp" else "unix",
             host=settings.host,
             on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
         )
         self.deployments = DeploymentService(
             self.store,
             self.artifacts,
-            supervisor,
+            self.backend,
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,

@@ -22,6 +22,8 @@ class Settings:
     # Native runtimes (onnx, python) also run inside the front door: one network hop instead of two.
     in_process_native: bool = True
     registry_timeout: float = 30.0
+    # How the front door reaches runtime servers: "unix" sockets (faster, one host) or "tcp" loopback.
+    runtime_transport: str = "unix"
 
     @property
     def metadata_url(self) -> str:

@@ -1,10 +1,9 @@
-"""Deployments: a runtime process per pipeline step, and a route for the deployment at the front door."""
+"""Deployments: each pipeline step loaded on a runtime server of its group (or, for ONNX, in the front
+door itself), and a route for the deployment at the front door."""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +15,14 @@ from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import FailedPrecondition, FlightlineError
-from flightline.server.services.archives import extract_zip, unwrap
+from flightline.server.hosting.backend import (
+    SERVER_ENVIRONMENT,
+    SHARED,
+    Backend,
+    LoadRequest,
+    ServerGroup,
+    workspace_group,
+)
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import ZIPPED_FRAMEWORKS
 from flightline.server.store.artifacts import ArtifactStore
@@ -28,13 +34,23 @@ from flightline.server.store.records import (
     ModelStatus,
     ModelVersion,
 )
-from flightline.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-# Runtimes that also run inside the front door, saving a hop (see the README benchmark). Only ONNX:
-# a Python step is user code and stays in its own process, away from the control plane.
+# Runtimes that run inside the front door, saving a hop (see the README benchmark), and are then not
+# loaded a second time on a runtime server. Only ONNX: a Python step is user code and stays in its own
+# process, away from the control plane.
 IN_PROCESS_RUNTIMES = frozenset({"onnx"})
+# Runtimes whose artifacts are data, not code: their models may share one runtime server across
+# workspaces. Placeholder until the plug-in registry lands: then `plugin(runtime).trusted_artifacts`.
+DATA_RUNTIMES = frozenset({"onnx"})
+
+
+def server_group(runtime: str, workspace_id: int) -> ServerGroup:
+    """Where a model runs: data-only artifacts share a server; user code gets its workspace's own. The
+    environment is the server's own interpreter until environments land (helper "sandbox")."""
+    trust = SHARED if runtime in DATA_RUNTIMES else workspace_group(workspace_id)
+    return ServerGroup(SERVER_ENVIRONMENT, trust)
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class DeploymentService:
         self,
         store: MetadataStore,
         artifacts: ArtifactStore,
-        supervisor: Supervisor,
+        backend: Backend,
         router: Router,
         work_dir: Path,
         *,
@@ -58,7 +74,8 @@ class DeploymentService:
     ) -> None:
         self.store = store
         self.artifacts = artifacts
-        self.supervisor = supervisor
+        self.backend = backend
+        self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
         self.router = router
         self.work_dir = work_dir
         self.in_process_native = in_process_native
@@ -114,7 +131,7 @@ class DeploymentService:
             names = list(self._live)
         for name in names:
             self.router.remove(name)
-        self.supervisor.close()
+        self.backend.close()
 
     def _name_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -145,40 +162,45 @@ class DeploymentService:
         return self.store.update_deployment(name, DeploymentStatus.RUNNING)
 
     def _step(self, name: str, index: int, version: ModelVersion) -> Step:
-        spec = ModelSpec(
-            artifact=self._artifact(version),
+        input_schema = parse_schema("input_schema", version.input_schema)
+        output_schema = parse_schema("output_schema", version.output_schema)
+        options = dict(version.conversion.options)
+        if self.in_process_native and version.runtime in IN_PROCESS_RUNTIMES:
+            spec = ModelSpec(self._artifact(version), version.framework, input_schema, output_schema, options)
+            return LocalStep(Host(load_runtime(version.runtime, spec)))
+        key = f"{name}.{index}"
+        group = server_group(version.runtime, self.store.get_deployment(name).workspace_id)
+        request = LoadRequest(
+            key=key,
+            runtime=version.runtime,
+            artifact=version.sha256,
             framework=version.framework,
-            input_schema=parse_schema("input_schema", version.input_schema),
-            output_schema=parse_schema("output_schema", version.output_schema),
-            options=dict(version.conversion.options),
+            input_schema=input_schema,
+            output_schema=output_schema,
+            options=options,
+            unpack=version.framework in ZIPPED_FRAMEWORKS,
         )
+        with self._lock:
+            self._placed[key] = group
         try:
-            process = self.supervisor.start(f"{name}.{index}", version.runtime, spec)
+            location = self.backend.ensure_server(group)
+            self.backend.load(group, request)
         except ModelLoadError as exc:
             what = f"step {index + 1} ({version.model_name} v{version.version})"
             raise ModelLoadError(f"{what}: {exc}") from exc
-        if self.in_process_native and version.runtime in IN_PROCESS_RUNTIMES:
-            return LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
-        return RemoteStep(process.location)
+        return RemoteStep(location, key)
 
     def _artifact(self, version: ModelVersion) -> Path:
-        local = self.artifacts.local_path(version.sha256, self.work_dir / "cache")
-        if version.framework not in ZIPPED_FRAMEWORKS:
-            return local
-        unpacked = self.work_dir / "unpacked" / version.sha256
-        if not unpacked.exists():
-            unpacked.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=unpacked.parent, prefix=".unpacking-"))
-            extract_zip(local, tmp)
-            try:
-                tmp.rename(unpacked)
-            except OSError:  # a concurrent deploy of the same archive got there first
-                shutil.rmtree(tmp, ignore_errors=True)
-        return unwrap(unpacked)
+        """A local file of the artifact, for the runtimes that run in the front door (ONNX files)."""
+        return self.artifacts.local_path(version.sha256, self.work_dir / "cache")
 
     def _stop(self, name: str, count: int) -> None:
         self.router.remove(name)
         with self._lock:
             self._live.pop(name, None)
         for index in range(count):
-            self.supervisor.stop(f"{name}.{index}")
+            key = f"{name}.{index}"
+            with self._lock:
+                group = self._placed.pop(key, None)
+            if group is not None:
+                self.backend.unload(group, key)

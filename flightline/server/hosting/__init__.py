@@ -1,0 +1,1 @@
+"""Where runtime servers run: the backend interface and its local-process implementation."""
