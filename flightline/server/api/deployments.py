@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from flightline.server.api import messages
-from flightline.server.services.deployments import DeploymentService
+from flightline.server.services.deployments import DeploymentService, batching_of
 from flightline.server.store.records import Deployment, DeploymentStep
 from flightline.v1 import deployment_pb2 as pb
 from flightline.v1 import deployment_pb2_grpc
@@ -18,7 +18,12 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
         steps = [DeploymentStep(s.model_id, s.version) for s in request.steps]
-        return self._message(self.deployments.deploy(request.workspace_id, request.name, steps))
+        batching = None
+        if request.HasField("batching"):
+            batching = batching_of(request.batching.max_batch_rows, request.batching.max_delay_ms)
+        return self._message(
+            self.deployments.deploy(request.workspace_id, request.name, steps, batching=batching)
+        )
 
     def Undeploy(self, request: pb.UndeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
         return self._message(self.deployments.undeploy(request.name))

@@ -13,8 +13,9 @@ from pathlib import Path
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
+from flightline.server.dataplane.batching import MAX_DELAY_MS, Batching, BatchingStep
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
-from flightline.server.errors import FailedPrecondition, FlightlineError
+from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument
 from flightline.server.hosting.backend import (
     SERVER_ENVIRONMENT,
     SHARED,
@@ -44,6 +45,15 @@ IN_PROCESS_RUNTIMES = frozenset({"onnx"})
 # Runtimes whose artifacts are data, not code: their models may share one runtime server across
 # workspaces. Placeholder until the plug-in registry lands: then `plugin(runtime).trusted_artifacts`.
 DATA_RUNTIMES = frozenset({"onnx"})
+
+
+def batching_of(max_batch_rows: int, max_delay_ms: int) -> Batching:
+    """The batching a deploy request asked for; InvalidArgument naming the field out of range."""
+    if max_delay_ms > MAX_DELAY_MS:
+        raise InvalidArgument(f"batching.max_delay_ms must be at most {MAX_DELAY_MS}, got {max_delay_ms}")
+    if max_batch_rows > 65536:
+        raise InvalidArgument(f"batching.max_batch_rows must be at most 65536, got {max_batch_rows}")
+    return Batching(max_batch_rows or Batching.max_batch_rows, max_delay_ms)
 
 
 def server_group(runtime: str, workspace_id: int) -> ServerGroup:
@@ -76,6 +86,7 @@ class DeploymentService:
         self.artifacts = artifacts
         self.backend = backend
         self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
+        self._batching: dict[str, Batching] = {}
         self.router = router
         self.work_dir = work_dir
         self.in_process_native = in_process_native
@@ -84,9 +95,19 @@ class DeploymentService:
         # One deploy or undeploy at a time per name, so an undeploy cannot interleave with a deploy.
         self._name_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
-    def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+    def deploy(
+        self,
+        workspace_id: int,
+        name: str,
+        steps: Sequence[DeploymentStep],
+        *,
+        batching: Batching | None = None,
+    ) -> Deployment:
         check_dns_name("deployment", name)
         with self._name_lock(name):
+            if batching is not None and batching.enabled:
+                with self._lock:  # in memory only: a restarted server resumes without batching
+                    self._batching[name] = batching
             versions = [self._ready_version(s) for s in steps]
             pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
             deployment = self.store.create_deployment(workspace_id, name, pinned)
@@ -188,7 +209,10 @@ class DeploymentService:
         except ModelLoadError as exc:
             what = f"step {index + 1} ({version.model_name} v{version.version})"
             raise ModelLoadError(f"{what}: {exc}") from exc
-        return RemoteStep(location, key)
+        with self._lock:
+            batching = self._batching.get(name)
+        remote = RemoteStep(location, key)
+        return remote if batching is None else BatchingStep(remote, batching)
 
     def _artifact(self, version: ModelVersion) -> Path:
         """A local file of the artifact, for the runtimes that run in the front door (ONNX files)."""
@@ -197,7 +221,11 @@ class DeploymentService:
     def _stop(self, name: str, count: int) -> None:
         self.router.remove(name)
         with self._lock:
-            self._live.pop(name, None)
+            live = self._live.pop(name, None)
+            self._batching.pop(name, None)
+        for step in live.route.steps if live is not None else ():
+            if isinstance(step, BatchingStep):
+                step.close()
         for index in range(count):
             key = f"{name}.{index}"
             with self._lock:
