@@ -94,6 +94,10 @@ def test_two_models_on_one_server_one_unloaded(backend: LocalBackend, tmp_path: 
     backend.unload(GROUP, "b.0")  # unloading what is not loaded is a no-op
     backend.unload(GROUP, "a.0")  # the last model gone: the server stops
     assert backend.groups() == [] and not alive(pid)
+    backend.load(GROUP, step(backend, tmp_path, "c.0", 4))  # the next load starts a fresh one
+    fresh = backend.server(GROUP)
+    assert fresh is not server and fresh.pid != pid and fresh.location != location
+    assert run(fresh.location, "c.0", [1]) == [4]
 
 
 def test_killed_server_comes_back_with_both_models(backend: LocalBackend, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ and its environment and user come from `launch_options` (the one place the sandb
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -137,6 +138,7 @@ class LocalBackend:
         # Unix socket paths are limited to ~107 bytes: a short folder of our own, not under workdir.
         self._sockets = Path(tempfile.mkdtemp(prefix="flightline-rt-"))
         self._servers: dict[ServerGroup, ServerProcess] = {}
+        self._instances = itertools.count(1)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
@@ -147,14 +149,19 @@ class LocalBackend:
 
     def load(self, group: ServerGroup, model: LoadRequest) -> None:
         self.artifacts.place(model.artifact, unpack=model.unpack)
-        proc = self._ensure(group)
-        with proc._ops:
-            # A restart holds `_ops` until its models are back, so this waits for it to finish.
-            if proc._stopping.is_set() or proc.state is State.FAILED:
-                raise ModelLoadError(proc.failure or f"runtime server {group.name} is stopping")
-            self._load_on(proc, model)
-            with self._lock:
-                proc.models[model.key] = model
+        for _ in range(2):  # the server found may be stopping because its last model just left
+            proc = self._ensure(group)
+            with proc._ops:
+                # A restart holds `_ops` until its models are back, so this waits for it to finish.
+                if proc.state is State.FAILED:
+                    raise ModelLoadError(proc.failure or f"runtime server {group.name} failed")
+                if proc._stopping.is_set():
+                    continue
+                self._load_on(proc, model)
+                with self._lock:
+                    proc.models[model.key] = model
+                return
+        raise ModelLoadError(f"runtime server {group.name} is stopping")
 
     def unload(self, group: ServerGroup, key: str) -> None:
         with self._lock:
@@ -164,14 +171,17 @@ class LocalBackend:
         with proc._ops:
             with self._lock:
                 known = proc.models.pop(key, None) is not None
-                empty = not proc.models
-            if known and proc.healthy:
+                empty = not proc.models and self._servers.get(group) is proc
+                if empty:  # under the lock: a load that comes next starts a fresh server
+                    del self._servers[group]
+                    proc._stopping.set()
+            if known and proc.healthy and not empty:
                 try:
                     self._action(proc, "unload", key.encode(), self.health_timeout)
                 except (flight.FlightError, pa.ArrowException, OSError) as error:  # gone is gone
                     log.info("unload of %s on %s: %s", key, group.name, remote_error_message(error))
         if empty:  # an idle server would hold an interpreter for nothing
-            self._stop(group)
+            self._shutdown(proc)
 
     def healthy(self, group: ServerGroup) -> bool:
         with self._lock:
@@ -253,7 +263,9 @@ class LocalBackend:
 
     def _first_location(self, group: ServerGroup) -> str:
         if self.transport == "unix":
-            return f"grpc+unix://{self._sockets / group.name}.sock"
+            # One path per server instance (kept across its restarts): a server started for the group
+            # while its predecessor still shuts down must not share, nor lose, the socket file.
+            return f"grpc+unix://{self._sockets / group.name}-{next(self._instances)}.sock"
         return f"grpc+tcp://{self.host}:0"
 
     def _launch(self, proc: ServerProcess, listen: str) -> None:
@@ -383,8 +395,11 @@ class LocalBackend:
     def _stop(self, group: ServerGroup) -> None:
         with self._lock:
             proc = self._servers.pop(group, None)
-        if proc is None:
-            return
+        if proc is not None:
+            self._shutdown(proc)
+
+    def _shutdown(self, proc: ServerProcess) -> None:
+        """Ends a server already taken out of `_servers`."""
         proc._stopping.set()
         proc._wake.set()
         with proc._ops:
