@@ -95,14 +95,22 @@ class Deployer:
 
     def deploy(self, model: BenchModel) -> deployment_pb2.Deployment:
         uploaded = self._models.UploadModel(upload_requests(model, self.workspace_id), timeout=300)
-        if uploaded.version.status != model_pb2.MODEL_STATUS_READY:
-            raise RuntimeError(f"model {model.key} upload not ready: {uploaded.version.status_reason}")
+        # Uploads and deploys return at once (PENDING_CONVERSION / DEPLOYING): follow their Watch streams
+        # to the last state.
+        watch = model_pb2.WatchModelVersionRequest(
+            model_id=uploaded.model_id, version=uploaded.version.version
+        )
+        *_, version = [uploaded.version, *self._models.WatchModelVersion(watch, timeout=300)]
+        if version.status != model_pb2.MODEL_STATUS_READY:
+            raise RuntimeError(f"model {model.key} upload not ready: {version.status_reason}")
         request = deployment_pb2.DeployRequest(
             workspace_id=self.workspace_id,
             name=f"bench-{model.key.lower()}",
             steps=[deployment_pb2.StepSpec(model_id=uploaded.model_id)],
         )
         deployment = self._deployments.Deploy(request, timeout=300)
+        following = deployment_pb2.WatchDeploymentRequest(name=request.name)
+        *_, deployment = [deployment, *self._deployments.WatchDeployment(following, timeout=300)]
         if deployment.status != deployment_pb2.DEPLOYMENT_STATUS_RUNNING:
             raise RuntimeError(f"deployment of model {model.key} failed: {deployment.status_reason}")
         return deployment
@@ -133,7 +141,8 @@ def run_models(models: list[BenchModel], ctx: RunContext, paths: set[str]) -> li
                 DIRECT: (deployment.steps[0].location, flight.FlightDescriptor.for_path(OUTPUTS_MODE)),
             }
             for path, (location, descriptor) in targets.items():
-                if path in paths:
+                # ONNX runs in the front door only: there is no runtime server to call directly.
+                if path in paths and location:
                     print(f"== model {model.key}, {path}", flush=True)
                     cells += measure_exchange(model, path, ctx, location, descriptor, schema)
         return cells

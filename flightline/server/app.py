@@ -1,4 +1,4 @@
-"""Composition root: builds the stores, services, supervisor, front door and gRPC server from Settings.
+"""Composition root: builds the stores, services, runtime backend, front door and gRPC server from Settings.
 Everything lives on the App instance; there is no global state."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.local import LocalBackend
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
@@ -29,7 +30,6 @@ from flightline.server.services.workspaces import WorkspaceService
 from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
-from flightline.server.supervisor import Supervisor
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -91,17 +91,21 @@ class App:
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
         self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
-        supervisor = Supervisor(
+        if settings.runtime_transport not in ("unix", "tcp"):
+            raise ValueError(f"runtime_transport must be 'unix' or 'tcp', not {settings.runtime_transport!r}")
+        self.backend = LocalBackend(
             self.sandbox.root / "runtimes",
+            self.artifacts,
+            transport="tcp" if settings.runtime_transport == "tcp" else "unix",
             host=settings.host,
             retry_for=settings.runtime_retry_seconds,
-            on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
+            on_failure=lambda key, reason, by_fault: self.deployments.runtime_failed(key, reason, by_fault),
             sandbox=self.sandbox,
         )
         self.deployments = DeploymentService(
             self.store,
             self.artifacts,
-            supervisor,
+            self.backend,
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,

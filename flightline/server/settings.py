@@ -44,6 +44,8 @@ class Settings:
     # both are CPU- or memory-heavy child processes, and 2 keeps a small machine responsive.
     prepare_workers: int = 2
     deploy_workers: int = 2
+    # How the front door reaches runtime servers: "unix" sockets (faster, one host) or "tcp" loopback.
+    runtime_transport: str = "unix"
 
     @property
     def metadata_url(self) -> str:
