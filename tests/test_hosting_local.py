@@ -19,7 +19,7 @@ from support.wait import wait_until
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.server.hosting.backend import LoadRequest, ServerGroup
-from flightline.server.hosting.local import LocalBackend, State
+from flightline.server.hosting.local import LocalBackend, RuntimeFault, State
 from flightline.server.hosting.sandbox import SYSTEM_PATH, sandbox_environment
 from flightline.server.store.artifacts import ArtifactStore
 
@@ -273,3 +273,11 @@ def test_runtime_exits_when_the_control_plane_is_killed(tmp_path: Path) -> None:
             control_plane.wait()
         if runtime_pid and alive(runtime_pid):  # the runtime leads its own process group
             os.killpg(runtime_pid, signal.SIGKILL)
+
+
+def test_unknown_runtime_is_the_models_load_error(backend: LocalBackend, tmp_path: Path) -> None:
+    request = step(backend, tmp_path, "x.0", 1)
+    with pytest.raises(ModelLoadError, match="nope") as failure:
+        backend.load(GROUP, LoadRequest("x.0", "nope", request.artifact, "python"))
+    assert not isinstance(failure.value, RuntimeFault)  # INVALID_ARGUMENT from `load`: not retried
+    assert "x.0" not in backend.server(GROUP).models
