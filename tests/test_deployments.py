@@ -25,6 +25,7 @@ from xgboost import XGBClassifier
 from flightline.server.app import App
 from flightline.server.client import Client, infer
 from flightline.server.dataplane.routes import LocalStep, RemoteStep
+from flightline.server.hosting.backend import ServerGroup
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
 POSTPROCESS = """
@@ -55,11 +56,12 @@ def workspace_id(client: Client) -> int:
     return int(client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="serving")).id)
 
 
-def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_path: Path) -> None:
+def test_deploy_infer_describe_undeploy(app: App, client: Client, workspace_id: int, tmp_path: Path) -> None:
     path = build_mlp(tmp_path / "mlp.onnx")
     deployment = client.deploy(workspace_id, "fraud", upload(client, workspace_id, path, "fraud", "onnx"))
     assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
-    assert deployment.steps[0].runtime == "onnx" and deployment.steps[0].location.startswith("grpc+tcp://")
+    # ONNX runs in the front door only: no runtime server holds a second copy.
+    assert (deployment.steps[0].runtime, deployment.steps[0].location) == ("onnx", "")
     output_schema = pa.ipc.read_schema(pa.py_buffer(deployment.output_schema))
     assert output_schema.names == ["time", "in.input", "out.output", "check_failures"]
 
@@ -69,16 +71,11 @@ def test_deploy_infer_describe_undeploy(client: Client, workspace_id: int, tmp_p
     assert result.schema.names == output_schema.names and result.num_rows == 1000
     got = result.column("out.output").combine_chunks().values.to_numpy().reshape(1000, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    # Clients may skip the front door: the runtime server's location serves the same model.
-    direct = infer(deployment.steps[0].location, "", table, mode="outputs")
-    np.testing.assert_allclose(
-        direct.column("out.output").combine_chunks().values.to_numpy().reshape(1000, 2), got
-    )
-
     with flight.connect(deployment.flight_location) as conn:
         info = conn.get_flight_info(flight.FlightDescriptor.for_path("fraud"))
     assert info.schema.names == output_schema.names
     assert info.endpoints == []  # runtime servers are not advertised; do_exchange at the front door
+    assert app.backend.groups() == []
 
     listed = client.deployments.ListDeployments(
         deployment_pb2.ListDeploymentsRequest(workspace_id=workspace_id)
@@ -158,7 +155,9 @@ def test_runtime_killed_mid_stream_is_restarted(remote_app: App, tmp_path: Path)
         ws = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="k")).id
         model = upload(client, ws, build_mlp(tmp_path / "m.onnx"), "m", "onnx")
         deployment = client.deploy(ws, "killme", model)
-    process = remote_app.deployments.supervisor.get("killme.0")
+    [group] = remote_app.backend.groups()
+    assert group == ServerGroup("server", "shared")  # ONNX is data: it may share a runtime server
+    process = remote_app.backend.server(group)
     _, table = features(100)
     with flight.connect(deployment.flight_location) as conn:
         writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("killme"))
@@ -169,8 +168,8 @@ def test_runtime_killed_mid_stream_is_restarted(remote_app: App, tmp_path: Path)
         with pytest.raises(flight.FlightError, match="restart"):
             writer.write_table(table)
             reader.read_chunk()
-    assert wait_until(lambda: remote_app.deployments.supervisor.get("killme.0").restarts >= 1, timeout=30)
-    remote_app.deployments.supervisor.wait_healthy("killme.0", timeout=60)
+    assert wait_until(lambda: process.restarts >= 1, timeout=30)
+    remote_app.backend.wait_healthy(group, timeout=60)
     assert infer(deployment.flight_location, "killme", table).num_rows == 100
 
 
@@ -218,3 +217,28 @@ def test_pickles_are_served_converted_or_in_their_own_runtime(
     np.testing.assert_allclose(
         result.column(f"out.{output}").to_numpy(), model.predict(probe), rtol=1e-4, atol=1e-4
     )
+
+
+def test_user_code_runs_per_workspace_and_shares_nothing_with_onnx(
+    app: App, client: Client, tmp_path: Path
+) -> None:
+    script = tmp_path / "post.py"
+    script.write_text(POSTPROCESS)
+    onnx_path = build_mlp(tmp_path / "mlp.onnx")
+    spaces = [
+        int(client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name=n)).id)
+        for n in ("tenant-a", "tenant-b")
+    ]
+    for ws in spaces:
+        model = upload(client, ws, onnx_path, f"logits-{ws}", "onnx")
+        post = upload(client, ws, script, f"post-{ws}", "python")
+        assert (
+            client.deploy(ws, f"scored-{ws}", model, post).status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
+        )
+    # One runtime server per workspace for the Python steps; the ONNX steps in the front door only.
+    assert sorted(g.trust for g in app.backend.groups()) == [f"ws-{ws}" for ws in spaces]
+    for ws in spaces:
+        assert sorted(app.backend.server(ServerGroup("server", f"ws-{ws}")).models) == [f"scored-{ws}.1"]
+    client.deployments.Undeploy(deployment_pb2.UndeployRequest(name=f"scored-{spaces[0]}"))
+    assert [g.trust for g in app.backend.groups()] == [f"ws-{spaces[1]}"]
+    assert infer(app.flight_location, f"scored-{spaces[1]}", features(3)[1], mode="outputs").num_rows == 3

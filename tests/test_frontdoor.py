@@ -1,4 +1,4 @@
-"""The Flight front door end to end: real runtime processes under a Supervisor, routes in process
+"""The Flight front door end to end: real runtime server processes under the local backend, routes in process
 (LocalStep) and over Flight (RemoteStep), checked against onnxruntime run in the test."""
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from flightline.runtimes.host import Host
 from flightline.runtimes.server import remote_error_message
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router
-from flightline.server.supervisor import Supervisor
+from flightline.server.hosting.backend import LoadRequest, ServerGroup
+from flightline.server.hosting.local import LocalBackend
+from flightline.server.store.artifacts import ArtifactStore
 
 FEATURES = 29
 POSTPROCESS = """
@@ -77,27 +79,39 @@ def reference(model: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
+SHARED = ServerGroup("server", "shared")
+STEPS = ServerGroup("server", "ws-1")
+
+
 @pytest.fixture(scope="module")
-def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    with Supervisor(tmp_path_factory.mktemp("runtimes"), check_interval=0.1) as sup:
-        yield sup
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    root = tmp_path_factory.mktemp("runtimes")
+    with LocalBackend(root, ArtifactStore(str(root / "store")), check_interval=0.1) as hosting:
+        yield hosting
+
+
+def host(backend: LocalBackend, group: ServerGroup, key: str, runtime: str, path: Path) -> RemoteStep:
+    """Loads a model file on the group's runtime server; the step that reaches it."""
+    sha256 = backend.store.put_file(path).sha256
+    location = backend.ensure_server(group)
+    backend.load(group, LoadRequest(key=key, runtime=runtime, artifact=sha256, framework=runtime))
+    return RemoteStep(location, key)
 
 
 @pytest.fixture(scope="module")
 def front_door(
-    model: Path, supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+    model: Path, backend: LocalBackend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrontDoor]:
     script = tmp_path_factory.mktemp("steps") / "postprocess.py"
     script.write_text(POSTPROCESS)
-    spec = ModelSpec(model, "onnx")
-    mlp = supervisor.start("mlp.0", "onnx", spec, timeout=60)
-    post = supervisor.start("post.0", "python", ModelSpec(script, "python"), timeout=60)
-    local = LocalStep(Host(load_runtime("onnx", spec)), location=mlp.location)
+    mlp = host(backend, SHARED, "mlp.0", "onnx", model)
+    post = host(backend, STEPS, "post.0", "python", script)
+    local = LocalStep(Host(load_runtime("onnx", ModelSpec(model, "onnx"))))
     router = Router()
     router.put(Route.of("local", [local]))
-    router.put(Route.of("remote", [RemoteStep(mlp.location)]))
-    router.put(Route.of("pipeline", [local, RemoteStep(post.location)]))
-    router.put(Route.of("remote-pipeline", [RemoteStep(mlp.location), RemoteStep(post.location)]))
+    router.put(Route.of("remote", [mlp]))
+    router.put(Route.of("pipeline", [local, post]))
+    router.put(Route.of("remote-pipeline", [mlp, post]))
     with FrontDoor(router) as server:
         yield server
 
@@ -282,10 +296,11 @@ def test_batches_over_16_mb_pass(
 
 
 def test_runtime_killed_mid_stream_fails_clearly_then_recovers(
-    client: flight.FlightClient, front_door: FrontDoor, supervisor: Supervisor, model: Path
+    client: flight.FlightClient, front_door: FrontDoor, backend: LocalBackend, model: Path
 ) -> None:
-    victim = supervisor.start("victim.0", "onnx", ModelSpec(model, "onnx"), timeout=60)
-    front_door.router.put(Route.of("victim", [RemoteStep(victim.location)]))
+    group = ServerGroup("server", "victim")
+    front_door.router.put(Route.of("victim", [host(backend, group, "victim.0", "onnx", model)]))
+    victim = backend.server(group)
     try:
         writer, reader = client.do_exchange(flight.FlightDescriptor.for_path("victim", "outputs"))
         writer.begin(request(features(1)).schema)
@@ -301,12 +316,12 @@ def test_runtime_killed_mid_stream_fails_clearly_then_recovers(
         with pytest.raises(flight.FlightUnavailableError):
             writer.close()  # the stream ended with the error; closing reports it again
         assert wait_until(lambda: victim.restarts == 1, timeout=10)
-        supervisor.wait_healthy("victim.0", timeout=30)
+        backend.wait_healthy(group, timeout=30)
         (result,) = exchange(client, "victim", "outputs", batches=[request(features(6))])
         assert result.num_rows == 6
     finally:
         front_door.router.remove("victim")
-        supervisor.stop("victim.0")
+        backend.unload(group, "victim.0")
 
 
 def test_hundred_concurrent_streams(client: flight.FlightClient, reference: ort.InferenceSession) -> None:

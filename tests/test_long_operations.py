@@ -333,7 +333,9 @@ def test_deploy_returns_deploying_then_watch_follows_it(client: Client, tmp_path
     running = client.wait_deployment("watched", on_status=lambda d: seen.append(d.status))
     assert running.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
     assert seen[-1] == deployment_pb2.DEPLOYMENT_STATUS_RUNNING and len(seen) <= 2
-    assert running.steps[0].location.startswith("grpc+tcp://")
+    # ONNX runs in the front door only (issue 7): no runtime server location, and the front door serves it.
+    assert (running.steps[0].runtime, running.steps[0].location) == ("onnx", "")
+    assert running.flight_location.startswith("grpc+tcp://")
     client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="watched"))
     stream = client.deployments.WatchDeployment(deployment_pb2.WatchDeploymentRequest(name="watched"))
     assert [d.status for d in stream] == [deployment_pb2.DEPLOYMENT_STATUS_STOPPED]
@@ -433,25 +435,48 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     return server, line.split()[1].removeprefix("grpc=")
 
 
-def converters(marker: str) -> list[int]:
-    """Live preparation processes working on a file whose name holds `marker` (they run sandboxed, on a
-    hand-over of the upload that keeps its file name, outside the data dir)."""
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, parent pid) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()
+    return fields[0], int(fields[1])
+
+
+def converters(server_pid: int) -> list[int]:
+    """Live preparation processes started by the server process `server_pid` (its descendants: the
+    sandboxed preparation's command line names no path of the data folder)."""
     found = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            state = (proc / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
+            state, parent = _stat(int(proc.name))
+            while parent not in (0, 1, server_pid):
+                parent = _stat(parent)[1]
+        except (OSError, ValueError, IndexError):
             continue
-        if "flightline.runtimes.prepare" in cmdline and marker in cmdline and state != "Z":
+        if "flightline.runtimes.prepare" in cmdline and parent == server_pid and state != "Z":
             found.append(int(proc.name))
     return found
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` that still run (not gone, not a zombie)."""
+    running = []
+    for pid in pids:
+        try:
+            if _stat(pid)[0] != "Z":
+                running.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return running
+
+
 def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> None:
     data_dir = (tmp_path / "data").resolve()
-    slow = tmp_path / f"slow-{tmp_path.name}.pkl"  # names the preparation process (see converters)
+    slow = tmp_path / "slow.pkl"
     slow.write_bytes(pickle.dumps(SlowUnpickle(120)))
+    running: list[int] = []
     server, address = start_server(data_dir)
     try:
         with Client(address) as client:
@@ -463,10 +488,11 @@ def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> Non
                 lambda: client.models.GetModelVersion(request).status == model_pb2.MODEL_STATUS_CONVERTING,
                 timeout=30,
             )
-        assert wait_until(lambda: converters(slow.name) != [], timeout=30)
+        assert wait_until(lambda: converters(server.pid) != [], timeout=30)
+        running = converters(server.pid)
         server.kill()  # SIGKILL: no cleanup code runs
         server.wait(timeout=10)
-        assert wait_until(lambda: converters(slow.name) == [], timeout=10), converters(slow.name)
+        assert wait_until(lambda: alive(running) == [], timeout=10), alive(running)
         assert list((data_dir / "work" / "prepare").iterdir()) != []  # the crash left its work folder
 
         server, address = start_server(data_dir)
@@ -485,7 +511,7 @@ def test_server_killed_mid_conversion_recovers_at_restart(tmp_path: Path) -> Non
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
-        for pid in converters(slow.name):
+        for pid in alive(running):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -515,18 +541,19 @@ def test_deploying_deployment_is_resumed_at_start(tmp_path: Path) -> None:
 
 def test_stopping_the_server_ends_a_running_conversion(tmp_path: Path) -> None:
     data_dir = (tmp_path / "data").resolve()
-    slow = tmp_path / f"slow-{tmp_path.name}.pkl"  # names the preparation process (see converters)
+    slow = tmp_path / "slow.pkl"
     slow.write_bytes(pickle.dumps(SlowUnpickle(120)))
     app = App(settings_for(data_dir)).start()
     try:
         with Client(app.grpc_address) as client:
             pending = client.upload_file(slow, meta("slow", workspace(client), "sklearn"), wait=False)
-        assert wait_until(lambda: converters(slow.name) != [], timeout=30)
+        assert wait_until(lambda: converters(os.getpid()) != [], timeout=30)
+        running = converters(os.getpid())
     finally:
         started = time.monotonic()
         app.stop()
     assert time.monotonic() - started < 15  # not the 120 s the conversion would take
-    assert converters(slow.name) == []
+    assert alive(running) == []
     with App(settings_for(data_dir)) as again, Client(again.grpc_address) as client:
         version = client.models.GetModelVersion(model_pb2.GetModelVersionRequest(model_id=pending.model_id))
         assert version.status == model_pb2.MODEL_STATUS_ERROR and "interrupted" in version.status_reason

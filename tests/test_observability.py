@@ -109,7 +109,8 @@ def test_metrics_move_with_rpcs_uploads_deploys_and_streams(
     assert moved(before, after, "flightline_upload_bytes_total", framework="onnx") == path.stat().st_size
     assert moved(before, after, "flightline_model_preparation_seconds_count", framework="onnx") == 1
     assert moved(before, after, "flightline_deploys_total", status="running") == 1
-    assert moved(before, after, "flightline_runtime_starts_total", runtime="onnx") == 1
+    # ONNX runs inside the front door: deploying it starts no runtime server (the restart test counts one).
+    assert moved(before, after, "flightline_runtime_starts_total", runtime="server") == 0
 
     assert moved(before, after, "flightline_flight_streams_total", deployment="watched", status="ok") == 1
     assert (
@@ -202,27 +203,29 @@ def test_runtime_exit_and_restart_are_counted_and_logged(
         ws = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="k")).id
         deployment = client.deploy(ws, "crashy", upload(client, ws, build_mlp(tmp_path / "m.onnx"), "m"))
     before = scrape(remote_app.metrics_port)
-    supervisor = remote_app.deployments.supervisor
+    backend = remote_app.backend
+    assert value(before, "flightline_runtime_starts_total", runtime="server") == 1
+    (group,) = backend.groups()  # the one runtime server, hosting the deployment's step
     with caplog.at_level(logging.INFO, logger="flightline.events"):
-        os.kill(supervisor.get("crashy.0").pid, signal.SIGKILL)
-        assert wait_until(lambda: supervisor.get("crashy.0").restarts >= 1, timeout=30)
-        supervisor.wait_healthy("crashy.0", timeout=60)
+        os.kill(backend.server(group).pid, signal.SIGKILL)
+        assert wait_until(lambda: backend.server(group).restarts >= 1, timeout=30)
+        backend.wait_healthy(group, timeout=60)
         assert wait_until(
             lambda: (
                 moved(
                     before,
                     scrape(remote_app.metrics_port),
                     "flightline_runtime_restarts_total",
-                    runtime="onnx",
+                    runtime=group.environment,
                 )
                 == 1
             ),
             timeout=10,
         )
     after = scrape(remote_app.metrics_port)
-    assert moved(before, after, "flightline_runtime_exits_total", runtime="onnx") == 1
+    assert moved(before, after, "flightline_runtime_exits_total", runtime=group.environment) == 1
     events = {getattr(r, "event", ""): r for r in caplog.records}
-    assert events["runtime_exit"].key == "crashy.0" and events["runtime_exit"].exit_code == -signal.SIGKILL
+    assert events["runtime_exit"].key == group.name and events["runtime_exit"].exit_code == -signal.SIGKILL
     assert events["runtime_restart"].restarts == 1
     assert infer(deployment.flight_location, "crashy", features(5)).num_rows == 5
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
@@ -23,6 +25,7 @@ from xgboost import XGBClassifier
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.convert import convert
+from flightline.runtimes.server import LoadSpec
 from flightline.runtimes.sklearn import SklearnRuntime
 
 FEATURES = 3
@@ -138,28 +141,26 @@ def test_schemas_that_do_not_fit_are_model_load_errors(tmp_path: Path) -> None:
 
 @pytest.fixture
 def served_kernel_ridge(tmp_path: Path) -> Iterator[tuple[flight.FlightClient, KernelRidge]]:
-    """The sklearn runtime in its own process, as the supervisor starts it."""
+    """The sklearn runtime in a runtime server process, loaded as the backend loads it."""
     model = KernelRidge(alpha=0.2).fit(TRAIN, TARGET)
     spec = spec_for(tmp_path, model)
-    spec.save(tmp_path / "spec")
+    sha256 = hashlib.sha256(spec.artifact.read_bytes()).hexdigest()
+    (tmp_path / "artifacts").mkdir()
+    shutil.copyfile(spec.artifact, tmp_path / "artifacts" / sha256)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flightline.runtimes.server",
-            "--runtime",
-            "sklearn",
-            "--spec",
-            str(tmp_path / "spec"),
-        ],
+        [sys.executable, "-m", "flightline.runtimes.server", "--artifacts", str(tmp_path / "artifacts")],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
-        ready = process.stdout.readline().split()  # blocks until the model is loaded or has failed
+        ready = process.stdout.readline().split()  # blocks until the server listens
         assert ready[0] == "FLIGHTLINE_READY", ready
         with flight.FlightClient(ready[1]) as client:
+            body = LoadSpec("kr.0", "sklearn", sha256, "sklearn", spec.input_schema, spec.output_schema)
+            assert [r.body.to_pybytes() for r in client.do_action(flight.Action("load", body.to_json()))] == [
+                b"ok"
+            ]
             yield client, model
     finally:
         process.terminate()
@@ -170,7 +171,7 @@ def test_runtime_process_serves_the_pickle_over_flight(
     served_kernel_ridge: tuple[flight.FlightClient, KernelRidge],
 ) -> None:
     client, model = served_kernel_ridge
-    writer, reader = client.do_exchange(flight.FlightDescriptor.for_path("raw"))
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_path("kr.0", "raw"))
     request = batch_of(FRESH)
     with writer:
         writer.begin(request.schema)

@@ -44,6 +44,8 @@ STEP = textwrap.dedent("""
             "database": attempt(lambda: open({database!r}, "rb").read().decode("latin-1")),
             "data_dir": attempt(lambda: os.listdir({data!r})),
             "own_artifact_write": attempt(lambda: open(__file__, "a").write("# tampered")),
+            "own_artifact_chmod": attempt(lambda: os.chmod(__file__, 0o666)),
+            "artifacts_listing": attempt(lambda: os.listdir(os.path.dirname(__file__))),
         }}
         return pd.DataFrame({{"seen": [json.dumps(seen)] * len(data)}})
 """)
@@ -88,6 +90,18 @@ def test_a_deployed_python_step_cannot_see_the_servers_secrets(
             assert seen["database"] == "denied:PermissionError"
             assert seen["data_dir"] == "denied:PermissionError"
             assert seen["own_artifact_write"] == "denied:PermissionError"
+            # Its artifact is a hand-over it cannot change (a link to the 0444 stored file, which is not
+            # the sandbox user's), in its group's folder, which it cannot list.
+            assert seen["own_artifact_chmod"] == "denied:PermissionError"
+            assert seen["artifacts_listing"] == "denied:PermissionError"
+        [group] = app.backend.groups()
+        server = app.backend.server(group)
+        artifact = app.backend.artifacts(group).folder / uploaded.version.sha256
+        assert artifact.stat().st_mode & 0o777 == 0o444 and artifact.stat().st_uid == os.geteuid()
+        # The unix socket lies in the runtime's own folder: the sandbox user's, 0700 (root reaches it).
+        socket_dir = Path(server.location.removeprefix("grpc+unix://")).parent
+        assert socket_dir.stat().st_mode & 0o777 == 0o700
+        assert socket_dir.stat().st_uid == app.sandbox.uid
         # Owner-only on disk, whoever runs the server.
         assert (data.stat().st_mode & 0o777, database.stat().st_mode & 0o777) == (0o700, 0o600)
 

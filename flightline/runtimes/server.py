@@ -1,30 +1,26 @@
-"""One generic Arrow Flight server hosting one model; the supervisor runs one such process per model:
+"""One generic Arrow Flight server hosting many models, loaded and unloaded while it runs:
 
-    python -m flightline.runtimes.server --runtime onnx --spec DIR [--host 127.0.0.1] [--port 0]
-                                         [--exit-with-stdin]
+    python -m flightline.runtimes.server --listen grpc+unix:///path/sock | grpc+tcp://127.0.0.1:0
+                                         --artifacts DIR [--exit-with-stdin] [--shutdown-grace S]
 
-DIR holds a saved `ModelSpec`. The process prints exactly one line to stdout:
-`FLIGHTLINE_READY grpc+tcp://HOST:PORT` once it serves, or `FLIGHTLINE_LOAD_ERROR <reason>` and exits with
-code 3 when the model cannot be loaded (a fault of the model: starting again gives the same error). When
-it cannot listen on its port (e.g. the port is taken) it prints no line and exits with code 4 (a fault of
-the moment: the supervisor retries). SIGTERM/SIGINT shut it down with exit code 0; streams still open after
-`--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end of stdin shuts it down the
-same way: a parent that holds the write end of a pipe takes the process with it when it dies, even by
-SIGKILL.
+It starts empty and prints exactly one line to stdout, `FLIGHTLINE_READY <location>`, once it serves.
+Models are addressed by a caller-chosen key (e.g. `<deployment>.<step>`); their artifacts by sha256: the
+server reads `DIR/<sha256>` (a file, or a folder for unpacked archives), a folder its backend fills. The
+load request never carries a host path, so a backend that fetches artifacts into a pod works unchanged.
+When it cannot listen (a TCP port taken, a socket path it cannot bind) it prints no line and exits with
+code 4 (a fault of the moment: the backend retries). SIGTERM/SIGINT shut it down with exit code 0;
+streams still open after `--shutdown-grace` seconds (default 5) are cut. With `--exit-with-stdin`, end
+of stdin shuts it down the same way: a parent that holds the write end of a pipe takes the process with
+it when it dies, even by SIGKILL.
 
-Descriptors this server accepts: it serves ONE model, so a descriptor names only the response mode:
-`FlightDescriptor.for_path()` (or a CMD descriptor) -> "envelope", `for_path("envelope")`,
-`for_path("outputs")` or `for_path("raw")`. Anything else is INVALID_ARGUMENT; a path naming a deployment
-(e.g. `for_path("fraud")` or `for_path("fraud", "outputs")`) is told to call the front door, which routes
-deployments by name.
-
-Flight methods:
+Flight methods (descriptor path `[key]` or `[key, mode]`, mode "envelope" (default), "outputs" or "raw"):
 - do_exchange: one result batch per request batch, on the same stream; a batch breaking the data rules
   fails its stream with INVALID_ARGUMENT, other streams are unaffected. A zero-row batch gets a zero-row
-  result.
+  result. An unknown key is NOT_FOUND, telling the caller that deployments are called by name at the
+  front door (runtime servers are internal and not advertised); any other descriptor is INVALID_ARGUMENT.
 - get_schema / get_flight_info: the result schema for that mode; FlightInfo has NO endpoints (nothing is
   served by do_get: inference is do_exchange on the same descriptor, here).
-- do_action "healthcheck" -> b"ok"; "schemas" -> input then output schema, as Arrow IPC bytes.
+- do_action, see ACTIONS. A `load` the model fails answers INVALID_ARGUMENT with the ModelLoadError reason.
 Errors carry short messages only (see `flight_service.py`): a model that raised is INTERNAL "the model
 failed; see the server log", with the traceback on this process's stderr.
 """
@@ -32,13 +28,17 @@ failed; see the server log", with the traceback on this process's stderr.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -48,37 +48,130 @@ import pyarrow.flight as flight
 
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
-from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, InvalidArgument, Unimplemented
+from flightline.runtimes.flight_service import (
+    SEE_LOG,
+    Fault,
+    FlightService,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
 from flightline.runtimes.host import MODES, Host, Mode, ModelOutputError, parse_mode
+from flightline.runtimes.plugins import plugin
 
 READY: Final = "FLIGHTLINE_READY"
-LOAD_ERROR: Final = "FLIGHTLINE_LOAD_ERROR"
-LOAD_ERROR_EXIT_CODE: Final = 3
 LISTEN_ERROR_EXIT_CODE: Final = 4
 MODEL_FAILED: Final = "the model failed" + SEE_LOG
+FRONT_DOOR_HINT: Final = (
+    "runtime servers are internal and address models by key; to call a deployment by name, call the front "
+    "door (the deployment's flight_location) with for_path(deployment)"
+)
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
 EXIT_WITH_STDIN: Final = "--exit-with-stdin"
+SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 ACTIONS: Final = {
-    "healthcheck": "Returns b'ok' while the model is loaded and serving.",
-    "schemas": "Returns the model's input schema, then its output schema, as Arrow IPC bytes.",
+    "load": "Body: JSON {key, runtime, artifact (sha256), framework, options, input_schema, output_schema "
+    "(base64 Arrow IPC or null)}. Loads (or replaces) the model under key; INVALID_ARGUMENT with the "
+    "reason when it cannot load. Returns b'ok'.",
+    "unload": "Body: the key. Unloads the model; NOT_FOUND for an unknown key. Returns b'ok'.",
+    "models": "Returns a JSON list of the loaded models: [{key, runtime, framework, artifact}].",
+    "healthcheck": "Returns b'ok' while the server serves.",
+    "schemas": "Body: the key. Returns the model's input schema, then its output schema, as Arrow IPC.",
 }
 
+log = logging.getLogger(__name__)
 
-def mode_of(descriptor: flight.FlightDescriptor) -> Mode:
-    """The response mode a descriptor asks for; INVALID_ARGUMENT for anything else."""
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """The body of a `load` action, as the backend sends it."""
+
+    key: str
+    runtime: str
+    artifact: str  # sha256 of the artifact under the server's artifacts folder
+    framework: str
+    input_schema: pa.Schema | None = None
+    output_schema: pa.Schema | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        def ipc(schema: pa.Schema | None) -> str | None:
+            return None if schema is None else base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+        return json.dumps(
+            {
+                "key": self.key,
+                "runtime": self.runtime,
+                "artifact": self.artifact,
+                "framework": self.framework,
+                "options": dict(self.options),
+                "input_schema": ipc(self.input_schema),
+                "output_schema": ipc(self.output_schema),
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> LoadSpec:
+        """Raises ValueError naming the field that is missing or malformed."""
+        try:
+            meta = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"load body is not JSON: {error}") from None
+        if not isinstance(meta, dict):
+            raise ValueError("load body must be a JSON object")
+
+        def text(name: str) -> str:
+            value = meta.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"load body field {name!r} must be a non-empty string")
+            return value
+
+        def schema(name: str) -> pa.Schema | None:
+            value = meta.get(name)
+            if value is None:
+                return None
+            try:
+                return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(value)))
+            except (TypeError, ValueError, pa.ArrowException):
+                raise ValueError(f"load body field {name!r} is not a base64 Arrow IPC schema") from None
+
+        options = meta.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+            raise ValueError("load body field 'options' must be an object of strings")
+        key, runtime, artifact, framework = text("key"), text("runtime"), text("artifact"), text("framework")
+        if not SHA256_HEX.fullmatch(artifact):
+            raise ValueError("load body field 'artifact' must be a sha256 (64 lower-case hex digits)")
+        return cls(
+            key, runtime, artifact, framework, schema("input_schema"), schema("output_schema"), options
+        )
+
+
+class Model:
+    """One hosted model: its Host and, for runtimes that are not thread-safe, the lock around inference."""
+
+    def __init__(self, spec: LoadSpec, host: Host, concurrent: bool) -> None:
+        self.spec = spec
+        self.host = host
+        self._lock = None if concurrent else threading.Lock()
+
+    def respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+        if self._lock is None:
+            return self.host.respond(batch, mode)
+        with self._lock:
+            return self.host.respond(batch, mode)
+
+
+def _target(descriptor: flight.FlightDescriptor) -> tuple[str, Mode]:
+    """(key, mode) named by a descriptor; INVALID_ARGUMENT for anything else."""
     path = descriptor.path if descriptor.descriptor_type == flight.DescriptorType.PATH else None
-    if not path:
-        return parse_mode(None)
-    segments = [segment.decode(errors="replace") for segment in path]
-    if len(segments) == 1 and (not segments[0] or segments[0] in MODES):
-        return parse_mode(segments[0])
-    what = f"unknown response mode {segments[0]!r}" if len(segments) == 1 else f"descriptor path {segments}"
-    raise InvalidArgument(
-        f"{what}: this runtime server serves one model, so use FlightDescriptor.for_path() or "
-        f"for_path(mode) with mode one of {list(MODES)}; to call a deployment by name, call the front door "
-        "(the deployment's flight_location) with for_path(deployment)"
-    )
+    if not path or len(path) > 2:
+        expected = "expected FlightDescriptor.for_path(key) or for_path(key, mode)"
+        raise InvalidArgument(f"{expected}; {FRONT_DOOR_HINT}")
+    try:
+        return path[0].decode(), parse_mode(path[1] if len(path) == 2 else None)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"{error}; modes are {list(MODES)}") from None
 
 
 def remote_error_message(error: BaseException) -> str:
@@ -102,13 +195,56 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, what: str) -> pa.RecordBat
 
 
 class RuntimeServer(FlightService):
-    """Serves one `Host` over Flight. Listens from construction; usable as a context manager in tests."""
+    """Serves many models over Flight. Listens from construction; usable as a context manager in tests.
+    `location` is what clients dial: the unix socket URI, or the TCP address with the port bound."""
 
-    def __init__(self, host: Host, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
+    def __init__(self, artifacts: Path, location: str = "grpc+tcp://127.0.0.1:0", **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
-        self.host = host
-        bind_host = flight.Location(location).uri.decode().split("://", 1)[1].rsplit(":", 1)[0]
-        self.location = flight.Location.for_grpc_tcp(bind_host, self.port)
+        self.artifacts = artifacts
+        uri = flight.Location(location).uri.decode()
+        if uri.startswith("grpc+tcp://"):  # the port actually bound when asked for port 0
+            uri = f"{uri.rsplit(':', 1)[0]}:{self.port}"
+        self.location = uri
+        self._models: dict[str, Model] = {}
+        self._models_lock = threading.Lock()  # FlightService's own `_lock` counts streams
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def load(self, spec: LoadSpec) -> Model:
+        """Loads `spec` and serves it under its key (replacing what was there: reloads are idempotent).
+        Raises ModelLoadError with the reason."""
+        artifact = self.artifacts / spec.artifact
+        if not artifact.exists():
+            raise ModelLoadError(f"artifact {spec.artifact} is not in the runtime server's artifacts folder")
+        model_spec = ModelSpec(artifact, spec.framework, spec.input_schema, spec.output_schema, spec.options)
+        try:
+            host = Host(load_runtime(spec.runtime, model_spec))
+        except ModelLoadError:
+            raise
+        except Exception as error:  # model code raised while loading: the reason is the model's
+            raise ModelLoadError(f"{type(error).__name__}: {error}") from error
+        model = Model(spec, host, plugin(spec.runtime).concurrent)
+        with self._models_lock:
+            self._models[spec.key] = model
+        return model
+
+    def unload(self, key: str) -> None:
+        with self._models_lock:
+            if self._models.pop(key, None) is None:
+                raise NotFound(f"no model {key!r} on this runtime server")
+
+    def model(self, key: str) -> Model:
+        with self._models_lock:
+            model = self._models.get(key)
+        if model is None:
+            raise NotFound(f"no model {key!r} on this runtime server; {FRONT_DOOR_HINT}")
+        return model
+
+    def keys(self) -> list[str]:
+        with self._models_lock:
+            return sorted(self._models)
+
+    # -- data ---------------------------------------------------------------------------------------
 
     def do_exchange(
         self,
@@ -117,8 +253,9 @@ class RuntimeServer(FlightService):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        mode = mode_of(descriptor)
-        host = self.host
+        key, mode = _target(descriptor)
+        model = self.model(key)  # the stream keeps the model it started with, even if it is unloaded
+        host = model.host
         schema: pa.Schema | None = None
         if not host.has_open_schema:
             schema = host.result_schema(mode)
@@ -128,7 +265,7 @@ class RuntimeServer(FlightService):
             batch = chunk.data
             if batch is None:  # a metadata-only message carries nothing to infer
                 continue
-            result = self._respond(batch, mode)
+            result = self._respond(model, batch, mode)
             if schema is None:
                 schema = result.schema
                 writer.begin(schema)
@@ -136,9 +273,10 @@ class RuntimeServer(FlightService):
                 result = conform(result, schema, "the model's result")
             writer.write_batch(result)
 
-    def _respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+    @staticmethod
+    def _respond(model: Model, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
         try:
-            return self.host.respond(batch, mode)
+            return model.respond(batch, mode)
         except InvalidInput:
             raise
         except ModelOutputError as error:  # our own words about the model's contract: no paths, no data
@@ -149,39 +287,69 @@ class RuntimeServer(FlightService):
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
-        return flight.SchemaResult(self.host.result_schema(mode_of(descriptor)))
+        key, mode = _target(descriptor)
+        return flight.SchemaResult(self.model(key).host.result_schema(mode))
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         # No endpoints: Flight clients must consume every endpoint with do_get, which this server does not
         # serve; inference is do_exchange on this same descriptor at this server.
-        return flight.FlightInfo(self.host.result_schema(mode_of(descriptor)), descriptor, [], -1, -1)
+        key, mode = _target(descriptor)
+        return flight.FlightInfo(self.model(key).host.result_schema(mode), descriptor, [], -1, -1)
+
+    # -- actions ------------------------------------------------------------------------------------
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return list(ACTIONS.items())
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        body = action.body.to_pybytes() if action.body is not None else b""
         if action.type == "healthcheck":
             return iter([b"ok"])
-        if action.type == "schemas":
-            return iter(
-                [
-                    self.host.input_schema.serialize().to_pybytes(),
-                    self.host.output_schema.serialize().to_pybytes(),
+        if action.type == "load":
+            try:
+                spec = LoadSpec.from_json(body)
+                self.load(spec)
+            except (ValueError, ModelLoadError) as error:
+                raise InvalidArgument(" ".join(str(error).split())) from None  # the model's own failure
+            log.info("loaded %s (%s)", spec.key, spec.runtime)
+            return iter([b"ok"])
+        if action.type == "unload":
+            self.unload(body.decode(errors="replace"))
+            return iter([b"ok"])
+        if action.type == "models":
+            with self._models_lock:
+                listed = [
+                    {
+                        "key": k,
+                        "runtime": m.spec.runtime,
+                        "framework": m.spec.framework,
+                        "artifact": m.spec.artifact,
+                    }
+                    for k, m in sorted(self._models.items())
                 ]
+            return iter([json.dumps(listed).encode()])
+        if action.type == "schemas":
+            host = self.model(body.decode(errors="replace")).host
+            return iter(
+                [host.input_schema.serialize().to_pybytes(), host.output_schema.serialize().to_pybytes()]
             )
         raise Unimplemented(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m flightline.runtimes.server", description="Serve one model over Arrow Flight."
+        prog="python -m flightline.runtimes.server", description="Serve models over Arrow Flight."
     )
-    parser.add_argument("--runtime", required=True, help="runtime name, e.g. onnx, python, sklearn")
-    parser.add_argument("--spec", required=True, type=Path, help="folder holding a saved ModelSpec")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--listen",
+        default="grpc+tcp://127.0.0.1:0",
+        help="grpc+unix:///path/to.sock (preferred on one host) or grpc+tcp://HOST:PORT (0 picks a port)",
+    )
+    parser.add_argument(
+        "--artifacts", required=True, type=Path, help="folder holding artifacts named by their sha256"
+    )
     parser.add_argument(
         "--shutdown-grace",
         type=float,
@@ -196,11 +364,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(so never with stdin from /dev/null, which ends at once)",
     )
     return parser.parse_args(argv)
-
-
-def _load(runtime: str, spec_dir: Path) -> Host:
-    spec = ModelSpec.load(spec_dir)
-    return Host(load_runtime(runtime, spec))
 
 
 def _stop_on_signals() -> threading.Event:
@@ -237,23 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     # stdout carries only the protocol line; whatever model code prints (print(data) in a Python step)
     # goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
-    try:
-        host = _load(args.runtime, args.spec)
-    except Exception as error:
-        reason = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
-        print(f"{LOAD_ERROR} {' '.join(reason.split())}", file=protocol, flush=True)
-        return LOAD_ERROR_EXIT_CODE
-    # Model exceptions are logged here with their traceback (stderr, which the supervisor logs).
+    # Model exceptions are logged here with their traceback (stderr, which the backend logs).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if args.listen.startswith("grpc+unix://"):
+        # A socket left by a killed predecessor would make the bind fail; it is ours to replace.
+        with contextlib.suppress(OSError):
+            Path(args.listen.removeprefix("grpc+unix://")).unlink(missing_ok=True)
     try:
-        server = RuntimeServer(host, f"grpc+tcp://{args.host}:{args.port}")
+        server = RuntimeServer(args.artifacts.resolve(), args.listen)
     except Exception as error:  # pyarrow says only "Server did not start properly"; gRPC logged why
-        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr, flush=True)
+        print(f"cannot listen on {args.listen}: {error}", file=sys.stderr, flush=True)
         return LISTEN_ERROR_EXIT_CODE
     stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
     if args.exit_with_stdin:
         _stop_at_end_of_stdin(stop)
-    print(f"{READY} {server.location.uri.decode()}", file=protocol, flush=True)
+    print(f"{READY} {server.location}", file=protocol, flush=True)
     stop.wait()
     _shutdown(server, args.shutdown_grace)
     return 0

@@ -1,4 +1,4 @@
-"""Composition root: builds the stores, services, supervisor, front door and gRPC server from Settings.
+"""Composition root: builds the stores, services, runtime backend, front door and gRPC server from Settings.
 Everything lives on the App instance; there is no global state.
 
 `App` runs role "all" (everything in one process tree) or "control" (gRPC and the runtimes, no Flight);
@@ -26,6 +26,7 @@ from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.local import LocalBackend
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
@@ -37,7 +38,6 @@ from flightline.server.services.workspaces import WorkspaceService
 from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
-from flightline.server.supervisor import Supervisor
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -118,24 +118,28 @@ class App:
         if self.role == "all":
             self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
             self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
-        supervisor = Supervisor(
+        if settings.runtime_transport not in ("unix", "tcp"):
+            raise ValueError(f"runtime_transport must be 'unix' or 'tcp', not {settings.runtime_transport!r}")
+        self.backend = LocalBackend(
             self.sandbox.root / "runtimes",
+            self.artifacts,
+            transport="tcp" if settings.runtime_transport == "tcp" else "unix",
             host=settings.host,
             retry_for=settings.runtime_retry_seconds,
-            on_failure=lambda key, reason: self.deployments.runtime_failed(key, reason),
+            on_failure=lambda key, reason, by_fault: self.deployments.runtime_failed(key, reason, by_fault),
             sandbox=self.sandbox,
         )
         self.deployments = DeploymentService(
             self.store,
             self.artifacts,
-            supervisor,
+            self.backend,
             self.router,
             data / "work",
             in_process_native=settings.in_process_native,
             workers=settings.deploy_workers,
             changes=changes,
         )
-        self.models.observer = self.deployments.observer = supervisor.observer = self.observer
+        self.models.observer = self.deployments.observer = self.backend.observer = self.observer
         if self.front_door is not None:
             self.front_door.observer = self.observer
         # Another control plane on the same database may undeploy or replace our deployments.

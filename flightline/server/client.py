@@ -194,7 +194,7 @@ def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[An
 
 def infer(location: str, name: str, table: pa.Table, *, mode: str = "") -> pa.Table:
     """Streams a table through a deployment with do_exchange and returns the results. At a runtime
-    server's own location, pass name="" (it serves one model)."""
+    server's own location, pass the model's key as `name`."""
     path = [segment for segment in (name, mode) if segment]
     with flight.connect(location) as conn:
         writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path))

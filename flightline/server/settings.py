@@ -58,6 +58,8 @@ class Settings:
     route_poll_seconds: float = 1.0
     # The front door that clients of a role "control" server are told to use (Deployment.flight_location).
     public_flight_location: str = ""
+    # How the front door reaches runtime servers: "unix" sockets (faster, one host) or "tcp" loopback.
+    runtime_transport: str = "unix"
 
     @property
     def metadata_url(self) -> str:

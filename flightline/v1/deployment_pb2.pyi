@@ -32,14 +32,24 @@ class StepSpec(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("workspace_id", "name", "steps")
+    __slots__ = ("workspace_id", "name", "steps", "batching")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     workspace_id: int
     name: str
     steps: _containers.RepeatedCompositeFieldContainer[StepSpec]
-    def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSpec, _Mapping]]] = ...) -> None: ...
+    batching: Batching
+    def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSpec, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
+
+class Batching(_message.Message):
+    __slots__ = ("max_batch_rows", "max_delay_ms")
+    MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    max_batch_rows: int
+    max_delay_ms: int
+    def __init__(self, max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[int] = ...) -> None: ...
 
 class DeploymentStep(_message.Message):
     __slots__ = ("model_id", "version", "runtime", "location")

@@ -1,12 +1,14 @@
 """What Flight clients see, over real Flight servers (the front door, runtime server processes under a
-Supervisor, an in-process RuntimeServer): each error kind has the right code and a short message with
+LocalBackend, an in-process RuntimeServer): each error kind has the right code and a short message with
 no traceback and no server path; zero-row batches give zero-row results on every runtime; FlightInfo
 and list_flights promise only what is served."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -23,10 +25,12 @@ import flightline
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
-from flightline.runtimes.server import RuntimeServer
+from flightline.runtimes.server import LoadSpec, RuntimeServer
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step, StepStream
-from flightline.server.supervisor import Supervisor
+from flightline.server.hosting.backend import LoadRequest, ServerGroup
+from flightline.server.hosting.local import LocalBackend
+from flightline.server.store.artifacts import ArtifactStore
 
 FEATURES = 29
 RAISES = """
@@ -107,10 +111,14 @@ DECLARED_IN = pa.schema([("n", pa.int64())])
 DECLARED_OUT = pa.schema([("doubled", pa.int64())])
 
 
+GROUP = ServerGroup("server", "ws-1")
+
+
 @pytest.fixture(scope="module")
-def supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
-    with Supervisor(tmp_path_factory.mktemp("runtimes"), check_interval=0.1) as sup:
-        yield sup
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
+    with LocalBackend(tmp_path_factory.mktemp("runtimes"), store, check_interval=0.1) as hosting:
+        yield hosting
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +133,15 @@ def specs(models: dict[str, Path]) -> dict[str, tuple[str, ModelSpec]]:
 
 
 @pytest.fixture(scope="module")
-def front_door(supervisor: Supervisor, specs: dict[str, tuple[str, ModelSpec]]) -> Iterator[FrontDoor]:
+def front_door(backend: LocalBackend, specs: dict[str, tuple[str, ModelSpec]]) -> Iterator[FrontDoor]:
     router = Router()
     for name, (runtime, spec) in specs.items():
-        process = supervisor.start(f"{name}.0", runtime, spec, timeout=60)
-        router.put(Route.of(f"{name}-remote", [RemoteStep(process.location)]))
+        sha256 = backend.store.put_file(spec.artifact).sha256
+        model = LoadRequest(
+            f"{name}.0", runtime, sha256, spec.framework, spec.input_schema, spec.output_schema
+        )
+        backend.load(GROUP, model)
+        router.put(Route.of(f"{name}-remote", [RemoteStep(backend.ensure_server(GROUP), model.key)]))
         if runtime != "sklearn":
             router.put(Route.of(f"{name}-local", [LocalStep(Host(load_runtime(runtime, spec)))]))
     router.put(Route.of("broken", [BrokenStep()]))
@@ -143,8 +155,8 @@ def door(front_door: FrontDoor) -> Iterator[flight.FlightClient]:
         yield client
 
 
-def runtime_client(supervisor: Supervisor, name: str) -> flight.FlightClient:
-    return flight.connect(supervisor.get(f"{name}.0").location)
+def runtime_client(backend: LocalBackend) -> flight.FlightClient:
+    return flight.connect(backend.ensure_server(GROUP))
 
 
 # -- errors
@@ -163,17 +175,20 @@ def test_a_model_that_raised_is_internal_with_a_generic_message(
         assert "secret-weights.bin" in caplog.text and "Traceback" in caplog.text
 
 
-def test_runtime_server_errors_are_short(supervisor: Supervisor) -> None:
-    with runtime_client(supervisor, "raises") as client:
+def test_runtime_server_errors_are_short(backend: LocalBackend, front_door: FrontDoor) -> None:
+    with runtime_client(backend) as client:
         with pytest.raises(flight.FlightInternalError) as model_failed:
             exchange(
-                client, flight.FlightDescriptor.for_path(), pa.record_batch([pa.array([1])], names=["n"])
+                client,
+                flight.FlightDescriptor.for_path("raises.0"),
+                pa.record_batch([pa.array([1])], names=["n"]),
             )
         assert assert_clean(model_failed.value).startswith("the model failed; see the server log")
-    with runtime_client(supervisor, "mlp") as client:
         with pytest.raises(pa.ArrowInvalid) as bad_batch:  # INVALID_ARGUMENT naming the column
             exchange(
-                client, flight.FlightDescriptor.for_path(), pa.record_batch([pa.array([1])], names=["x"])
+                client,
+                flight.FlightDescriptor.for_path("mlp.0"),
+                pa.record_batch([pa.array([1])], names=["x"]),
             )
         assert assert_clean(bad_batch.value).startswith("column 'input' is missing")
         with pytest.raises(pa.ArrowNotImplementedError) as unknown_action:
@@ -184,22 +199,28 @@ def test_runtime_server_errors_are_short(supervisor: Supervisor) -> None:
         assert assert_clean(do_get.value).startswith("do_get is not served")
 
 
-def test_runtime_server_tells_a_deployment_name_to_call_the_front_door(supervisor: Supervisor) -> None:
+def test_runtime_server_tells_a_deployment_name_to_call_the_front_door(
+    backend: LocalBackend, front_door: FrontDoor
+) -> None:
+    # Runtime servers address models by key now: a deployment's name is an unknown key (NOT_FOUND), a
+    # descriptor without a key is INVALID_ARGUMENT; both point at the front door.
     batch = request(1)
-    with runtime_client(supervisor, "mlp") as client:
-        for descriptor in (
-            flight.FlightDescriptor.for_path("fraud"),
-            flight.FlightDescriptor.for_path("fraud", "outputs"),
+    with runtime_client(backend) as client:
+        for descriptor, error in (
+            (flight.FlightDescriptor.for_path("fraud"), pa.ArrowKeyError),
+            (flight.FlightDescriptor.for_path("fraud", "outputs"), pa.ArrowKeyError),
+            (flight.FlightDescriptor.for_path(), pa.ArrowInvalid),
+            (flight.FlightDescriptor.for_command(b"fraud"), pa.ArrowInvalid),
         ):
             for call in (
                 lambda d=descriptor: exchange(client, d, batch),
                 lambda d=descriptor: client.get_flight_info(d),
                 lambda d=descriptor: client.get_schema(d),
             ):
-                with pytest.raises(pa.ArrowInvalid) as failure:  # INVALID_ARGUMENT
+                with pytest.raises(error) as failure:
                     call()
                 text = assert_clean(failure.value)
-                assert "this runtime server serves one model" in text
+                assert "runtime servers are internal and address models by key" in text
                 assert "call the front door" in text
 
 
@@ -304,9 +325,9 @@ def test_do_put_is_refused_cleanly(door: flight.FlightClient) -> None:
 
 
 def test_a_runtime_that_died_is_unavailable_with_a_short_message(
-    door: flight.FlightClient, supervisor: Supervisor
+    door: flight.FlightClient, backend: LocalBackend
 ) -> None:
-    process = supervisor.get("mlp.0")
+    process = backend.server(GROUP)
     writer, reader = door.do_exchange(flight.FlightDescriptor.for_path("mlp-remote", "outputs"))
     writer.begin(request(1).schema)
     writer.write_batch(request(2))
@@ -318,7 +339,7 @@ def test_a_runtime_that_died_is_unavailable_with_a_short_message(
     assert assert_clean(failure.value).startswith("runtime for step 1 of 'mlp-remote' died")
     with pytest.raises(flight.FlightUnavailableError):
         writer.close()
-    supervisor.wait_healthy("mlp.0", timeout=60)
+    backend.wait_healthy(GROUP, timeout=60)
 
 
 # -- zero rows
@@ -349,10 +370,10 @@ def test_a_zero_row_batch_gets_a_zero_row_result(
     assert envelope.num_rows == 0 and envelope.schema.names[0] == "time"
 
 
-def test_sklearn_runtime_server_answers_zero_rows(supervisor: Supervisor) -> None:
+def test_sklearn_runtime_server_answers_zero_rows(backend: LocalBackend, front_door: FrontDoor) -> None:
     empty = pa.record_batch([pa.array([], pa.list_(pa.float64(), 4))], names=["inputs"])
-    with runtime_client(supervisor, "sklearn") as client:
-        result = exchange(client, flight.FlightDescriptor.for_path("raw"), empty)
+    with runtime_client(backend) as client:
+        result = exchange(client, flight.FlightDescriptor.for_path("sklearn.0", "raw"), empty)
     assert (result.num_rows, result.schema.names) == (0, ["predictions"])
 
 
@@ -384,10 +405,12 @@ def test_list_flights_lists_each_deployment_with_its_schema_and_no_endpoints(
         assert info.schema.equals(door.get_flight_info(flight.FlightDescriptor.for_path(name)).schema)
 
 
-def test_runtime_server_flight_info_has_no_endpoints(models: dict[str, Path]) -> None:
-    host = Host(load_runtime("onnx", ModelSpec(models["mlp"], "onnx")))
-    with RuntimeServer(host) as server, flight.connect(server.location) as client:
-        info = client.get_flight_info(flight.FlightDescriptor.for_path("outputs"))
+def test_runtime_server_flight_info_has_no_endpoints(models: dict[str, Path], tmp_path: Path) -> None:
+    sha256 = hashlib.sha256(models["mlp"].read_bytes()).hexdigest()
+    shutil.copyfile(models["mlp"], tmp_path / sha256)
+    with RuntimeServer(tmp_path) as server, flight.connect(server.location) as client:
+        server.load(LoadSpec("mlp.0", "onnx", sha256, "onnx"))
+        info = client.get_flight_info(flight.FlightDescriptor.for_path("mlp.0", "outputs"))
         assert info.endpoints == []
         result = exchange(client, info.descriptor, request(2))
         assert result.schema.equals(info.schema)

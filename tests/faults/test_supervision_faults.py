@@ -1,14 +1,16 @@
-"""Supervision under faults, against the real gRPC app, runtime processes and `flightline serve`:
-a runtime's port taken for a while, load errors vs crashes, resume at start-up, SIGTERM with open streams."""
+"""Supervision under faults, against the real gRPC app, runtime servers and `flightline serve`: a runtime
+server's TCP port taken for a while, load errors vs crashes, resume at start-up, SIGTERM with open streams."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,11 +25,13 @@ from conftest import settings_for
 from support.mlp import build_mlp
 from support.wait import wait_until
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.base import ModelLoadError
 from flightline.server.app import App
 from flightline.server.client import Client, infer
+from flightline.server.hosting.backend import SHARED, LoadRequest, ServerGroup
+from flightline.server.hosting.local import LocalBackend, RuntimeFault, ServerProcess, State
 from flightline.server.settings import Settings
-from flightline.server.supervisor import RuntimeFault, State, Supervisor
+from flightline.server.store.artifacts import ArtifactStore
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
 SETTLED = 120.0  # seconds a deploy or upload may take on a loaded 2-core machine
@@ -71,16 +75,36 @@ def workspace(client: Client, name: str) -> int:
 
 
 def remote_settings(data: Path, **changes: object) -> Settings:
-    """Every step in its own runtime process (no in-process ONNX), so the data path needs the runtime."""
+    """Every step on a runtime server (no in-process ONNX), so the data path needs the runtime."""
     return replace(settings_for(data), in_process_native=False, **changes)  # type: ignore[arg-type]
 
 
-# -- a runtime's port taken for a while
+def readable_folder() -> Path:
+    """A folder the sandboxed runtime user can read (pytest's tmp_path is the server user's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="flightline-test-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def port_of(process: ServerProcess) -> int:
+    return int(process.location.rsplit(":", 1)[1])
+
+
+DATA = ServerGroup("server", SHARED)
+CODE = ServerGroup("server", "ws-1")
+
+
+def put(backend: LocalBackend, path: Path, key: str, runtime: str) -> LoadRequest:
+    return LoadRequest(key, runtime, backend.store.put_file(path).sha256, runtime)
+
+
+# -- a runtime's port taken for a while: a fault of the TCP transport (unix sockets, the default, are the
+# server's own path in its own folder, which it replaces at start)
 
 
 @pytest.fixture
 def remote_app(tmp_path: Path) -> Iterator[App]:
-    with App(remote_settings(tmp_path / "data")) as running:
+    with App(remote_settings(tmp_path / "data", runtime_transport="tcp")) as running:
         yield running
 
 
@@ -108,8 +132,8 @@ def test_a_runtime_whose_port_is_taken_comes_back_once_it_is_free(remote_app: Ap
         model = upload(client, ws, build_mlp(tmp_path / "m.onnx"), "m", "onnx")
         deployment = deploy(client, ws, "held", model)
         assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, deployment.status_reason
-        process = remote_app.deployments.supervisor.get("held.0")
-        location, port = process.location, process.port
+        process = remote_app.backend.server(DATA)
+        location, port = process.location, port_of(process)
         os.kill(process.pid, signal.SIGKILL)
         holder = hold(port)  # the restarted runtime needs over a second to get to its bind; we need ms
         try:
@@ -120,7 +144,7 @@ def test_a_runtime_whose_port_is_taken_comes_back_once_it_is_free(remote_app: Ap
             assert held.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
         finally:
             holder.close()
-        remote_app.deployments.supervisor.wait_healthy("held.0", timeout=60)
+        remote_app.backend.wait_healthy(DATA, timeout=60)
         assert process.location == location  # same port: what clients hold stays valid
         again = client.deployments.GetDeployment(deployment_pb2.GetDeploymentRequest(name="held"))
         assert again.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING
@@ -128,26 +152,33 @@ def test_a_runtime_whose_port_is_taken_comes_back_once_it_is_free(remote_app: Ap
 
 
 def test_a_port_taken_for_longer_than_the_retries_fails_by_a_fault_with_the_reason(tmp_path: Path) -> None:
-    failures: list[tuple[str, str]] = []
-    with Supervisor(
+    failures: list[tuple[str, str, bool]] = []
+    with LocalBackend(
         tmp_path / "runtimes",
+        ArtifactStore(str(tmp_path / "store")),
+        transport="tcp",
         check_interval=0.1,
+        health_timeout=1.0,
         retry_for=3.0,
-        on_failure=lambda key, reason: failures.append((key, reason)),
-    ) as supervisor:
-        spec = ModelSpec(build_mlp(tmp_path / "m.onnx"), "onnx")
-        process = supervisor.start("m.0", "onnx", spec, timeout=60)
+        on_failure=lambda key, reason, by_fault: failures.append((key, reason, by_fault)),
+    ) as backend:
+        backend.load(DATA, put(backend, build_mlp(tmp_path / "m.onnx"), "m.0", "onnx"))
+        process = backend.server(DATA)
+        port = port_of(process)
         os.kill(process.pid, signal.SIGKILL)
-        holder = hold(process.port)
+        holder = hold(port)
         try:
             started = time.monotonic()
-            with pytest.raises(RuntimeFault, match=f"could not listen on port {process.port}"):
-                supervisor.wait_healthy("m.0", timeout=60)
+            assert wait_until(lambda: process.state is not State.HEALTHY, timeout=10)  # the watcher noticed
+            with pytest.raises(RuntimeFault, match=f"could not listen on grpc\\+tcp://127.0.0.1:{port}"):
+                backend.wait_healthy(DATA, timeout=60)
             assert time.monotonic() - started >= 3.0  # retried for retry_for seconds first
         finally:
             holder.close()
         assert process.state is State.FAILED and process.failed_by_fault
-        assert failures == [("m.0", process.failure)]
+        assert wait_until(lambda: bool(failures), timeout=10)  # reported after the state is set
+        assert failures == [("m.0", process.failure, True)]  # reported once, as a fault
+        assert backend.groups() == []  # the next load starts a fresh server
 
 
 # -- a load error fails at once; a crash before ready is a fault, retried for a bounded time
@@ -169,37 +200,42 @@ FAILS_TO_LOAD = "raise RuntimeError('missing weights file')\n\ndef wallaroo_json
 def test_a_load_error_fails_at_once_and_a_crash_is_retried(tmp_path: Path) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text(FAILS_TO_LOAD)
-    marker = tmp_path / "crash"
-    marker.touch()
+    folder = readable_folder()
+    marker = folder / "crash"
+    marker.touch(mode=0o644)
     crashing = tmp_path / "crashing.py"
     crashing.write_text(CRASHES_WHILE.format(marker=str(marker)))
-    with Supervisor(tmp_path / "runtimes", check_interval=0.1, retry_for=4.0) as supervisor:
-        started = time.monotonic()
-        with pytest.raises(ModelLoadError, match="missing weights file") as load_error:
-            supervisor.start("broken.0", "python", ModelSpec(broken, "python"), timeout=60)
-        assert not isinstance(load_error.value, RuntimeFault)
-        assert time.monotonic() - started < 4.0  # one try: no retries for the model's own error
+    store = ArtifactStore(str(tmp_path / "store"))
+    try:
+        with LocalBackend(tmp_path / "runtimes", store, check_interval=0.1, retry_for=4.0) as backend:
+            started = time.monotonic()
+            with pytest.raises(ModelLoadError, match="missing weights file") as load_error:
+                backend.load(CODE, put(backend, broken, "broken.0", "python"))
+            assert not isinstance(load_error.value, RuntimeFault)
+            assert time.monotonic() - started < 4.0  # one try: no retries for the model's own error
 
-        started = time.monotonic()
-        with pytest.raises(RuntimeFault, match="exited with code 1 before it was ready"):
-            supervisor.start("crashing.0", "python", ModelSpec(crashing, "python"), timeout=60)
-        assert time.monotonic() - started >= 4.0  # retried for retry_for seconds
-        assert supervisor.keys() == []
+            started = time.monotonic()
+            with pytest.raises(RuntimeFault, match="exited with code 1 while loading the model"):
+                backend.load(CODE, put(backend, crashing, "crashing.0", "python"))
+            assert time.monotonic() - started >= 4.0  # retried for retry_for seconds
+            assert "crashing.0" not in backend.server(CODE).models
 
-        # A fault that clears while the supervisor retries: the start succeeds.
-        with ThreadPoolExecutor(1) as pool:
-            starting = pool.submit(
-                supervisor.start, "recovers.0", "python", ModelSpec(crashing, "python"), timeout=60
-            )
-            assert wait_until(lambda: supervisor.get("recovers.0").restarts >= 1, timeout=30)
-            marker.unlink()
-            proc = starting.result(timeout=60)
-        assert proc.state is State.HEALTHY and proc.restarts >= 1
+            # A fault that clears while the backend retries: the load succeeds.
+            with ThreadPoolExecutor(1) as pool:
+                loading = pool.submit(backend.load, CODE, put(backend, crashing, "recovers.0", "python"))
+                assert wait_until(lambda: backend.server(CODE).restarts >= 1, timeout=30)
+                marker.unlink()
+                loading.result(timeout=60)
+            proc = backend.wait_healthy(CODE, timeout=30)
+            assert "recovers.0" in proc.models and proc.restarts >= 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_start_up_retries_deployments_that_failed_by_a_fault(tmp_path: Path) -> None:
-    marker = tmp_path / "crash"
-    marker.touch()
+    folder = readable_folder()  # the step runs as the sandbox user: pytest's tmp_path is not for it
+    marker = folder / "crash"
+    marker.touch(mode=0o644)
     crashing = tmp_path / "crashing.py"
     crashing.write_text(CRASHES_WHILE.format(marker=str(marker)))
     broken = tmp_path / "broken.py"
@@ -209,12 +245,13 @@ def test_start_up_retries_deployments_that_failed_by_a_fault(tmp_path: Path) -> 
         ws = workspace(client, "resume")
         faulted = deploy(client, ws, "faulted", upload(client, ws, crashing, "crashing", "python"))
         assert faulted.status == deployment_pb2.DEPLOYMENT_STATUS_FAILED
-        assert "before it was ready" in faulted.status_reason
+        assert "while loading the model" in faulted.status_reason
         assert first.store.get_deployment("faulted").failed_by_fault
         model_failed = deploy(client, ws, "model-failed", upload(client, ws, broken, "broken", "python"))
         assert model_failed.status == deployment_pb2.DEPLOYMENT_STATUS_FAILED
         assert not first.store.get_deployment("model-failed").failed_by_fault
     marker.unlink()  # the fault is gone by the next start
+    shutil.rmtree(folder)
     with App(settings) as second, Client(second.grpc_address) as client:
         again = settled(client, "faulted")
         assert again.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, again.status_reason

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 
 from flightline.server.api import messages
-from flightline.server.services.deployments import DeploymentService
+from flightline.server.services.deployments import DeploymentService, batching_of
 from flightline.server.store.records import Deployment, DeploymentStep
 from flightline.v1 import deployment_pb2 as pb
 from flightline.v1 import deployment_pb2_grpc
@@ -23,7 +23,12 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             DeploymentStep(s.model_id, messages.requested_version(s, f"steps[{i}].version"))
             for i, s in enumerate(request.steps)
         ]
-        return self._message(self.deployments.deploy(request.workspace_id, request.name, steps))
+        batching = None
+        if request.HasField("batching"):
+            batching = batching_of(request.batching.max_batch_rows, request.batching.max_delay_ms)
+        return self._message(
+            self.deployments.deploy(request.workspace_id, request.name, steps, batching=batching)
+        )
 
     def WatchDeployment(
         self, request: pb.WatchDeploymentRequest, context: grpc.ServicerContext

@@ -48,8 +48,8 @@ def _key(step: Step) -> str:
 
 
 def _remote_step(location: str, key: str) -> Step:
-    """The step for a model served remotely. (A runtime server serves one model today: `key` is "".)"""
-    return RemoteStep(location)
+    """The step for a model served remotely: `key` addresses it on its runtime server."""
+    return RemoteStep(location, key)
 
 
 def model_spec(version: ModelVersion, artifact: Path) -> ModelSpec:

@@ -22,7 +22,8 @@ from flightline.runtimes.host import Host, ModelOutputError
 from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
 
-RAW: Final = flight.FlightDescriptor.for_path("raw")
+# Clients per remote step: enough connections that concurrent streams do not queue on one socket.
+POOL_SIZE: Final = 4
 SCHEMAS_TIMEOUT: Final = 30.0  # seconds; a runtime that is up answers at once
 # A restarted runtime comes back on the same port within a second or two; gRPC's default reconnect
 # backoff (up to 2 minutes) would keep failing fast long after that.
@@ -97,15 +98,25 @@ class _LocalStream(StepStream):
 
 
 class RemoteStep(Step):
-    """Forwards batches to a runtime server in "raw" mode. One FlightClient serves every stream; schemas
-    are asked from the runtime unless given."""
+    """Forwards batches to the model `key` on a runtime server, in "raw" mode. A small pool of clients
+    (one HTTP/2 connection each) serves every stream, round robin: one connection would serialize the
+    framing of every concurrent stream on one socket. Schemas are asked from the runtime unless given."""
 
     def __init__(
-        self, location: str, *, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+        self,
+        location: str,
+        key: str,
+        *,
+        input_schema: pa.Schema | None = None,
+        output_schema: pa.Schema | None = None,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.location = location
+        self.key = key
+        self.descriptor = flight.FlightDescriptor.for_path(key, "raw")
         self._lock = threading.Lock()
-        self._client: flight.FlightClient | None = None
+        self._clients: list[flight.FlightClient | None] = [None] * max(1, pool_size)
+        self._next = 0
         if input_schema is None or output_schema is None:
             asked_input, asked_output = self._ask_schemas()
             input_schema = asked_input if input_schema is None else input_schema
@@ -115,16 +126,18 @@ class RemoteStep(Step):
 
     def client(self) -> flight.FlightClient:
         with self._lock:
-            if self._client is None:
-                self._client = flight.connect(self.location, generic_options=CLIENT_OPTIONS)
-            return self._client
+            slot = self._next % len(self._clients)
+            self._next += 1
+            client = self._clients[slot]
+            if client is None:
+                client = self._clients[slot] = flight.connect(self.location, generic_options=CLIENT_OPTIONS)
+            return client
 
     def reset(self, client: flight.FlightClient) -> None:
         """Drops a client that saw the runtime go away, so the next stream dials afresh. Not closed
         here: other streams may still hold it; it closes when the last one lets go."""
         with self._lock:
-            if self._client is client:
-                self._client = None
+            self._clients = [None if c is client else c for c in self._clients]
 
     def open(self) -> StepStream:
         return _RemoteStream(self)
@@ -133,11 +146,12 @@ class RemoteStep(Step):
         client = self.client()
         try:
             options = flight.FlightCallOptions(timeout=SCHEMAS_TIMEOUT)
-            results = list(client.do_action(flight.Action("schemas", b""), options))
+            results = list(client.do_action(flight.Action("schemas", self.key.encode()), options))
         except (flight.FlightError, OSError) as error:
             self.reset(client)
             raise Unavailable(
-                f"runtime at {self.location} did not report its schemas: {remote_error_message(error)}"
+                f"runtime at {self.location} did not report the schemas of {self.key!r}: "
+                f"{remote_error_message(error)}"
             ) from error
         input_ipc, output_ipc = (r.body for r in results)
         return pa.ipc.read_schema(input_ipc), pa.ipc.read_schema(output_ipc)
@@ -196,7 +210,7 @@ class _RemoteStream(StepStream):
     def _reopen(self, schema: pa.Schema) -> None:
         self.close()
         self._client = self._step.client()
-        self._writer, self._reader = self._client.do_exchange(RAW)
+        self._writer, self._reader = self._client.do_exchange(self._step.descriptor)
         self._writer.begin(schema)
         self._schema = schema
 

@@ -1,10 +1,9 @@
-"""Deployments: a runtime process per pipeline step, and a route for the deployment at the front door."""
+"""Deployments: each pipeline step loaded on a runtime server of its group (or, for ONNX, in the front
+door itself), and a route for the deployment at the front door."""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -16,11 +15,25 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
+from flightline.server.dataplane.batching import MAX_DELAY_MS, Batching, BatchingStep
 from flightline.server.dataplane.discovery import placement
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
-from flightline.server.errors import FailedPrecondition, FlightlineError, NotFound, Unavailable
+from flightline.server.errors import (
+    FailedPrecondition,
+    FlightlineError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from flightline.server.hosting.backend import (
+    SHARED,
+    Backend,
+    LoadRequest,
+    ServerGroup,
+    workspace_group,
+)
+from flightline.server.hosting.local import RuntimeFault
 from flightline.server.observability import DEFAULT, Observer
-from flightline.server.services.archives import extract_zip, unwrap
 from flightline.server.services.changes import Changes
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.store.artifacts import ArtifactStore
@@ -32,12 +45,28 @@ from flightline.server.store.records import (
     ModelStatus,
     ModelVersion,
 )
-from flightline.server.supervisor import RuntimeFault, Supervisor
 
 log = logging.getLogger(__name__)
 
 # States that need no more work from the server; a watch ends after one.
 SETTLED = frozenset({DeploymentStatus.RUNNING, DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
+
+
+def batching_of(max_batch_rows: int, max_delay_ms: int) -> Batching:
+    """The batching a deploy request asked for; InvalidArgument naming the field out of range."""
+    if max_delay_ms > MAX_DELAY_MS:
+        raise InvalidArgument(f"batching.max_delay_ms must be at most {MAX_DELAY_MS}, got {max_delay_ms}")
+    if max_batch_rows > 65536:
+        raise InvalidArgument(f"batching.max_batch_rows must be at most 65536, got {max_batch_rows}")
+    return Batching(max_batch_rows or Batching.max_batch_rows, max_delay_ms)
+
+
+def server_group(runtime: str, workspace_id: int) -> ServerGroup:
+    """Where a model runs: data-only artifacts share a server; user code gets its workspace's own. The
+    environment is the plug-in's (the server's own interpreter for every plug-in today)."""
+    found = plugin(runtime)
+    trust = SHARED if found.trusted_artifacts else workspace_group(workspace_id)
+    return ServerGroup(found.environment, trust)
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,7 @@ class DeploymentService:
         self,
         store: MetadataStore,
         artifacts: ArtifactStore,
-        supervisor: Supervisor,
+        backend: Backend,
         router: Router,
         work_dir: Path,
         *,
@@ -65,7 +94,9 @@ class DeploymentService:
     ) -> None:
         self.store = store
         self.artifacts = artifacts
-        self.supervisor = supervisor
+        self.backend = backend
+        self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
+        self._batching: dict[str, Batching] = {}
         self.router = router
         self.work_dir = work_dir
         self.in_process_native = in_process_native
@@ -78,7 +109,14 @@ class DeploymentService:
         # Starting runtimes takes seconds to minutes (model loads): a bounded pool, not the RPC thread.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy")
 
-    def deploy(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
+    def deploy(
+        self,
+        workspace_id: int,
+        name: str,
+        steps: Sequence[DeploymentStep],
+        *,
+        batching: Batching | None = None,
+    ) -> Deployment:
         """Checks the request and records the deployment DEPLOYING; its runtimes start in the background."""
         check_dns_name("deployment", name)
         versions = [self._ready_version(s) for s in steps]
@@ -87,6 +125,11 @@ class DeploymentService:
         # one name get ALREADY_EXISTS at once rather than racing on the table's unique name.
         with self._create_lock:
             deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
+            with self._lock:  # in memory only: a restarted server resumes without batching
+                if batching is not None and batching.enabled:
+                    self._batching[name] = batching
+                else:
+                    self._batching.pop(name, None)
         self.changes.notify()
         self._pool.submit(self._start_in_background, deployment, versions)
         return deployment
@@ -136,17 +179,14 @@ class DeploymentService:
                     self._start(deployment, versions)
         self.changes.notify()
 
-    def runtime_failed(self, key: str, reason: str) -> None:
-        """The supervisor gave up on a step's runtime: the deployment cannot serve any more."""
+    def runtime_failed(self, key: str, reason: str, by_fault: bool) -> None:
+        """The backend gave up on a step's model (`by_fault`: its server could not start, not the model's
+        own load error): the deployment cannot serve any more."""
         name, _, index = key.rpartition(".")
         with self._name_lock(name):
             deployment = self.store.get_deployment(name)
             if deployment.status is not DeploymentStatus.RUNNING:
                 return
-            try:
-                by_fault = self.supervisor.get(key).failed_by_fault
-            except NotFound:  # stopped meanwhile; then the deployment is no longer RUNNING either
-                by_fault = True
             self._stop(name, len(deployment.steps))
             self.store.update_deployment(
                 name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
@@ -181,7 +221,7 @@ class DeploymentService:
             names = list(self._live)
         for name in names:
             self.router.remove(name)
-        self.supervisor.close()
+        self.backend.close()
 
     def _name_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -228,45 +268,58 @@ class DeploymentService:
         return self.store.update_deployment(name, DeploymentStatus.RUNNING, placements=placements)
 
     def _step(self, name: str, index: int, version: ModelVersion) -> Step:
-        spec = ModelSpec(
-            artifact=self._artifact(version),
+        input_schema = parse_schema("input_schema", version.input_schema)
+        output_schema = parse_schema("output_schema", version.output_schema)
+        options = dict(version.conversion.options)
+        # Data artifacts on the server's packages run inside the front door, saving a hop (see the README
+        # benchmark), and are then not loaded a second time on a runtime server; user code (a pickle, a
+        # Python step) stays in its own sandboxed process.
+        if self.in_process_native and plugin(version.runtime).in_front_door:
+            spec = ModelSpec(self._artifact(version), version.framework, input_schema, output_schema, options)
+            return LocalStep(Host(load_runtime(version.runtime, spec)))
+        key = f"{name}.{index}"
+        group = server_group(version.runtime, self.store.get_deployment(name).workspace_id)
+        request = LoadRequest(
+            key=key,
+            runtime=version.runtime,
+            artifact=version.sha256,
             framework=version.framework,
-            input_schema=parse_schema("input_schema", version.input_schema),
-            output_schema=parse_schema("output_schema", version.output_schema),
-            options=dict(version.conversion.options),
+            input_schema=input_schema,
+            output_schema=output_schema,
+            options=options,
+            unpack=plugin(version.runtime).unpacks,
         )
+        with self._lock:
+            self._placed[key] = group
         try:
-            process = self.supervisor.start(f"{name}.{index}", version.runtime, spec)
+            location = self.backend.ensure_server(group)
+            self.backend.load(group, request)
         except (ModelLoadError, RuntimeFault) as exc:
             what = f"step {index + 1} ({version.model_name} v{version.version})"
             raise type(exc)(f"{what}: {exc}") from exc
-        # Data artifacts on the server's packages also run inside the front door, saving a hop (see
-        # the README benchmark); user code (a pickle, a Python step) stays in its own process.
-        if self.in_process_native and plugin(version.runtime).in_front_door:
-            return LocalStep(Host(load_runtime(version.runtime, spec)), location=process.location)
-        return RemoteStep(process.location)
+        with self._lock:
+            batching = self._batching.get(name)
+        remote = RemoteStep(location, key)
+        return remote if batching is None else BatchingStep(remote, batching)
 
     def _artifact(self, version: ModelVersion) -> Path:
-        local = self.artifacts.local_path(version.sha256, self.work_dir / "cache")
-        if not plugin(version.runtime).unpacks:
-            return local
-        unpacked = self.work_dir / "unpacked" / version.sha256
-        if not unpacked.exists():
-            unpacked.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=unpacked.parent, prefix=".unpacking-"))
-            extract_zip(local, tmp)
-            try:
-                tmp.rename(unpacked)
-            except OSError:  # a concurrent deploy of the same archive got there first
-                shutil.rmtree(tmp, ignore_errors=True)
-        return unwrap(unpacked)
+        """A local file of the artifact, for the runtimes that run in the front door (ONNX files)."""
+        return self.artifacts.local_path(version.sha256, self.work_dir / "cache")
 
     def _stop(self, name: str, count: int) -> None:
         self.router.remove(name)
         with self._lock:
-            self._live.pop(name, None)
+            live = self._live.pop(name, None)
+            self._batching.pop(name, None)
+        for step in live.route.steps if live is not None else ():
+            if isinstance(step, BatchingStep):
+                step.close()
         for index in range(count):
-            self.supervisor.stop(f"{name}.{index}")
+            key = f"{name}.{index}"
+            with self._lock:
+                group = self._placed.pop(key, None)
+            if group is not None:
+                self.backend.unload(group, key)
 
 
 def _by_fault(error: Exception) -> bool:
