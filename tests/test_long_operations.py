@@ -422,8 +422,9 @@ def test_schema_the_model_cannot_use_is_an_error_version_on_both_paths(
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "FLIGHTLINE_DATA_DIR": str(data_dir)}
+    ports = ("--grpc-port", "0", "--flight-port", "0", "--metrics-port", "0")
     server = subprocess.Popen(
-        [sys.executable, "-m", "flightline.server.cli", "serve", "--grpc-port", "0", "--flight-port", "0"],
+        [sys.executable, "-m", "flightline.server.cli", "serve", *ports],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

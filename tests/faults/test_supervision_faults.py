@@ -267,7 +267,10 @@ def test_start_up_retries_deployments_that_failed_by_a_fault(tmp_path: Path) -> 
 def test_sigterm_ends_serve_within_bounded_time_despite_open_streams(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLIGHTLINE_SHUTDOWN_GRACE": "2"}
     command = [sys.executable, "-m", "flightline.server.cli", "serve", "--sample"]
-    options = ["--data-dir", str(tmp_path / "data"), "--grpc-port", "0", "--flight-port", "0"]
+    options = [
+        *("--data-dir", str(tmp_path / "data")),
+        *("--grpc-port", "0", "--flight-port", "0", "--metrics-port", "0"),
+    ]
     server = subprocess.Popen(
         [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
