@@ -1,4 +1,4 @@
-"""The `flightline` command line."""
+"""`flightline serve` and `flightline upload`."""
 
 from __future__ import annotations
 
@@ -11,37 +11,16 @@ from typing import Annotated
 
 import pyarrow as pa
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from flightline import __version__
 from flightline.server import observability
 from flightline.server.app import App
+from flightline.server.cli._app import app, console
 from flightline.server.client import Client
 from flightline.server.settings import Settings
 from flightline.v1 import model_pb2
 
-app = typer.Typer(
-    help="Flightline: MLflow registries to Arrow Flight inference endpoints.", no_args_is_help=True
-)
-console = Console()
 log = logging.getLogger(__name__)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(__version__)
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
-) -> None:
-    """Flightline: MLflow registries to Arrow Flight inference endpoints."""
 
 
 @app.command()
@@ -148,56 +127,3 @@ def wait_with_status(client: Client, model_id: int, version: int) -> model_pb2.M
             spinner.update(f"model {current.model_name} version {current.version}: {state}")
 
         return client.wait_version(model_id, version, on_status=show)
-
-
-runtimes = typer.Typer(
-    help="Environments of runtime families (virtualenvs built with uv).", no_args_is_help=True
-)
-app.add_typer(runtimes, name="runtimes")
-EnvsDir = Annotated[
-    Path | None, typer.Option(help="Environment cache (default: /var/cache/flightline/envs as root).")
-]
-
-
-@runtimes.command("install")
-def runtimes_install(
-    families: Annotated[list[str], typer.Argument(help="Runtime families, e.g. onnx sklearn.")],
-    envs_dir: EnvsDir = None,
-) -> None:
-    """Builds the environments of runtime families ahead of time (already built ones are reused)."""
-    from flightline.server.hosting.environments import FAMILIES, EnvironmentBuildError, Environments
-
-    unknown = [family for family in families if family not in FAMILIES]
-    if unknown:
-        console.print(f"[red]unknown runtime family {unknown[0]!r}; known: {sorted(FAMILIES)}[/red]")
-        raise typer.Exit(1)
-    environments = Environments(envs_dir)
-    for family in families:
-        try:
-            with console.status(f"[bold]{family}[/bold]: resolving") as status:
-
-                def show(line: str, family: str = family) -> None:
-                    status.update(f"[bold]{family}[/bold]: {line}")
-
-                env = environments.family(family, progress=show)
-        except EnvironmentBuildError as error:
-            console.print(f"[red]{family}: {error}[/red]")
-            raise typer.Exit(1) from None
-        verb = "built" if env.created else "already built"
-        console.print(f"{family}: {verb} at {env.path} (Python {env.python_version})")
-
-
-@runtimes.command("list")
-def runtimes_list(envs_dir: EnvsDir = None) -> None:
-    """Lists the runtime families, their requirements and whether their environment is built."""
-    from flightline.server.hosting.environments import FAMILIES, Environments
-
-    environments = Environments(envs_dir)
-    for family, requirements in sorted(FAMILIES.items()):
-        env = environments.lookup(requirements)
-        where = str(env.path) if env is not None else "not built (flightline runtimes install " + family + ")"
-        console.print(f"{family}: {' '.join(requirements)}\n    {where}")
-
-
-if __name__ == "__main__":
-    app()
