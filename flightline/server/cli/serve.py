@@ -1,24 +1,23 @@
-"""`flightline serve` and `flightline upload`."""
+"""`flightline serve`."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
 
-import pyarrow as pa
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from flightline.server import observability
 from flightline.server.app import App
-from flightline.server.cli._app import app, console
+from flightline.server.cli._app import app, console, fail
 from flightline.server.client import Client
 from flightline.server.settings import Settings
-from flightline.v1 import model_pb2
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,7 @@ def serve(
         metrics_port=metrics_port,
         log_format=log_format,
     )
+    _check_ports(settings)
     try:
         observability.configure_logging(settings.log_format, logging.INFO)
     except ValueError as error:
@@ -79,51 +79,19 @@ def serve(
         os._exit(0)
 
 
-@app.command()
-def upload(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-    name: Annotated[str, typer.Option(help="DNS-compliant model name.")],
-    framework: Annotated[str, typer.Option(help="e.g. onnx, sklearn, xgboost, python.")],
-    workspace_id: Annotated[int, typer.Option()],
-    input_schema: Annotated[
-        Path | None, typer.Option(help="File with an Arrow IPC-serialized schema.")
-    ] = None,
-    output_schema: Annotated[
-        Path | None, typer.Option(help="File with an Arrow IPC-serialized schema.")
-    ] = None,
-    server: Annotated[str, typer.Option(help="Control plane address.")] = "127.0.0.1:50051",
-) -> None:
-    """Uploads a model file with a progress bar, waits for its preparation (conversion) while showing
-    its state, and prints the new version."""
-    conversion = model_pb2.Conversion(
-        framework=framework,
-        input_schema=input_schema.read_bytes() if input_schema else b"",
-        output_schema=output_schema.read_bytes() if output_schema else b"",
-    )
-    meta = model_pb2.UploadMetadata(name=name, workspace_id=workspace_id, conversion=conversion)
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Client(server) as client:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
-            response = client.upload_file(
-                file, meta, lambda sent: progress.update(task, completed=sent), wait=False
-            )
-        version = wait_with_status(client, response.model_id, response.version.version)
-    status = model_pb2.ModelStatus.Name(version.status)
-    console.print(
-        f"model {version.model_name} (id {response.model_id}) version {version.version}: {status} "
-        f"on runtime {version.runtime} {version.status_reason or version.conversion_note}"
-    )
-    if version.input_schema:
-        console.print(pa.ipc.read_schema(pa.py_buffer(version.input_schema)))
-
-
-def wait_with_status(client: Client, model_id: int, version: int) -> model_pb2.ModelVersion:
-    """Follows a version's preparation with a spinner that names its current state."""
-    with console.status("waiting for the server") as spinner:
-
-        def show(current: model_pb2.ModelVersion) -> None:
-            state = model_pb2.ModelStatus.Name(current.status).removeprefix("MODEL_STATUS_").lower()
-            spinner.update(f"model {current.model_name} version {current.version}: {state}")
-
-        return client.wait_version(model_id, version, on_status=show)
+def _check_ports(settings: Settings) -> None:
+    """Says which port is taken, in one line (exit 1), before anything starts: binding them one by one
+    later would fail deep inside gRPC or pyarrow with a long traceback."""
+    wanted = [("gRPC", settings.grpc_port, "--grpc-port"), ("Flight", settings.flight_port, "--flight-port")]
+    wanted.append(("metrics", settings.metrics_port, "--metrics-port"))
+    for what, port, option in wanted:
+        if port <= 0:  # 0 picks a free port, -1 (metrics) is off
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind((settings.host, port))
+            except OSError as error:
+                taken = error.errno == errno.EADDRINUSE
+                reason = "is already in use" if taken else f"cannot be used ({error.strerror})"
+                fail(f"the {what} port {port} on {settings.host} {reason} (choose another with {option})", 1)
