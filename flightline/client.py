@@ -239,7 +239,7 @@ def open_channel(address: str, token: str | None = None) -> grpc.Channel:
 # The public objects.
 
 
-class ModelStatus(enum.Enum):
+class ModelStatus(enum.StrEnum):
     """A model version's state: PENDING_CONVERSION -> CONVERTING -> READY | ERROR."""
 
     UNSPECIFIED = "unspecified"
@@ -253,7 +253,7 @@ class ModelStatus(enum.Enum):
         return cls(model_pb2.ModelStatus.Name(value).removeprefix("MODEL_STATUS_").lower())
 
 
-class DeploymentStatus(enum.Enum):
+class DeploymentStatus(enum.StrEnum):
     """A deployment's state: DEPLOYING -> RUNNING | FAILED; STOPPED once undeployed."""
 
     UNSPECIFIED = "unspecified"

@@ -61,7 +61,7 @@ def test_upload_deploy_infer_every_input_form(fl: flightline.Flightline, tmp_pat
     ]
     for data in inputs:
         out = dep.infer(data)  # type: ignore[arg-type]
-        assert out.column_names == ["out.dense_1"] or out.column_names[0].startswith("out.")
+        assert out.column_names == ["out.output"]
         got = np.array(out.column(0).to_pylist(), dtype=np.float32).reshape(expected.shape)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     envelope = dep.infer({"input": values.tolist()}, envelope=True)

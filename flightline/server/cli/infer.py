@@ -149,7 +149,10 @@ def infer(
         if first is None:
             usage(f"--input {input}: the file has no rows")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=stderr, transient=True) as progress, contextlib.ExitStack() as stack:
+        with (
+            Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress,
+            contextlib.ExitStack() as stack,
+        ):
             if sink is not None:
                 stack.callback(sink.close)
             task = progress.add_task(f"{name}: rows", total=source.rows)

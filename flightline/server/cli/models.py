@@ -93,7 +93,9 @@ def upload(
                 DownloadColumn(),
                 TransferSpeedColumn(),
             )
-            with Progress(*columns, console=stderr, transient=True) as progress:
+            with Progress(
+                *columns, console=stderr, transient=True, disable=not stderr.is_terminal
+            ) as progress:
                 task = progress.add_task(f"uploading {Path(source).name}", total=Path(source).stat().st_size)
                 stored = fl.upload(
                     source,
