@@ -13,31 +13,48 @@ Listings are iterators that fetch the next page when needed (AIP-158). Uploads a
 final state by following the server's Watch streams unless `wait=False`. Every failure is a typed
 `flightline.errors.FlightlineError`, from gRPC and from Flight alike.
 
-The module-level helpers (`every_page`, `follow`, `upload_requests`, `exchange`, `open_channel`) are the
-one implementation of paging, waiting, chunked uploads and Flight exchanges; the stub-level test helper
-`flightline.server.client` uses them too.
+The returned objects are in `flightline.resources`, the wire-level helpers (paging, waiting, uploads,
+Flight exchanges) in `flightline.transport`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import enum
-import hashlib
 import os
-import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import Any
 
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline import errors
+from flightline.resources import (
+    Columns,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    Framework,
+    Model,
+    ModelStatus,
+    ModelVersion,
+    RegisteredModel,
+    RegisteredModelVersion,
+    Registry,
+    RegistryArtifact,
+    Workspace,
+)
+from flightline.transport import (
+    DEFAULT_SERVER,
+    DEPLOYMENT_DONE,
+    MODEL_DONE,
+    every_page,
+    follow,
+    open_channel,
+    upload_requests,
+)
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -49,472 +66,24 @@ from flightline.v1 import (
     workspace_pb2_grpc,
 )
 
-if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-DEFAULT_SERVER = "127.0.0.1:50051"
-CHUNK = 1 << 20
-MAX_MESSAGE = 64 * 1024 * 1024
-MODEL_DONE = frozenset({model_pb2.MODEL_STATUS_READY, model_pb2.MODEL_STATUS_ERROR})
-DEPLOYMENT_DONE = frozenset(
-    {
-        deployment_pb2.DEPLOYMENT_STATUS_RUNNING,
-        deployment_pb2.DEPLOYMENT_STATUS_FAILED,
-        deployment_pb2.DEPLOYMENT_STATUS_STOPPED,
-    }
-)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The one implementation of paging, waiting, uploading and exchanging (stub level).
-
-
-class _Stateful(Protocol):  # a ModelVersion or a Deployment message
-    @property
-    def status(self) -> int: ...
-
-
-_T = TypeVar("_T", bound=_Stateful)
-
-
-def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
-    """The items of every page of a List RPC (AIP-158), e.g.
-    every_page(stub.ListWorkspaces, ListWorkspacesRequest(), "workspaces")."""
-    page = type(request)()
-    page.CopyFrom(request)
-    while True:
-        response = rpc(page)
-        yield from getattr(response, field)
-        if not response.next_page_token:
-            return
-        page.page_token = response.next_page_token
-
-
-def follow(
-    watch: Callable[[float | None], Iterator[_T]],
-    done: frozenset[int],
-    on_status: Callable[[_T], None] | None = None,
-    timeout: float | None = None,
-) -> _T:
-    """The last state of a Watch stream once it is in `done`, watching again when a stream ends before
-    (a stream's lifetime is bounded by the server). `watch(seconds_left)` opens one stream."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        last = None
-        for last in watch(left):
-            if on_status is not None:
-                on_status(last)
-            if last.status in done:
-                return last
-        if deadline is not None and time.monotonic() >= deadline:
-            state = last.status if last is not None else "unknown"
-            raise errors.DeadlineExceededError(f"still in state {state} after {timeout} s")
-
-
-def upload_requests(
-    path: Path, metadata: model_pb2.UploadMetadata, progress: Callable[[int], None] | None = None
-) -> Iterator[model_pb2.UploadModelRequest]:
-    """The UploadModel stream for a file: metadata with `size_bytes` and sha256 (so the server can refuse
-    a truncated copy), then 1 MiB chunks; `progress` sees the bytes sent so far."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    meta = model_pb2.UploadMetadata()
-    meta.CopyFrom(metadata)
-    meta.filename = meta.filename or path.name
-    meta.size_bytes = path.stat().st_size
-    meta.sha256 = digest.hexdigest()
-    yield model_pb2.UploadModelRequest(metadata=meta)
-    sent = 0
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            yield model_pb2.UploadModelRequest(chunk=block)
-            sent += len(block)
-            if progress is not None:
-                progress(sent)
-
-
-def exchange(
-    conn: flight.FlightClient,
-    path: list[str],
-    schema: pa.Schema,
-    batches: Iterable[pa.RecordBatch],
-    options: flight.FlightCallOptions | None = None,
-) -> Generator[pa.RecordBatch, None, pa.Schema]:
-    """Streams batches through `do_exchange` on descriptor `path`, one result batch per input batch (the
-    server answers each batch before the next is sent, so memory stays at one batch). Returns the
-    result schema (the generator's return value)."""
-    writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path), options=options)
-    with writer:
-        writer.begin(schema)
-        for batch in batches:
-            writer.write_batch(batch)
-            yield reader.read_chunk().data
-        writer.done_writing()
-        result_schema: pa.Schema = reader.schema
-    return result_schema
-
-
-def exchange_table(
-    conn: flight.FlightClient,
-    path: list[str],
-    table: pa.Table,
-    options: flight.FlightCallOptions | None = None,
-) -> pa.Table:
-    """A whole table through `exchange`; an empty input gives an empty table in the result schema."""
-    results = []
-    stream = exchange(conn, path, table.schema, table.to_batches(), options)
-    while True:
-        try:
-            results.append(next(stream))
-        except StopIteration as end:
-            return pa.Table.from_batches(results, schema=None if results else end.value)
-
-
-class _Metadata(
-    collections.namedtuple(
-        "_Metadata", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
-    ),
-    grpc.ClientCallDetails,
-):
-    """Call details with extra metadata (grpc's own class cannot be built directly)."""
-
-
-class _AddMetadata(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds fixed metadata (the bearer token) to every call of a channel."""
-
-    def __init__(self, extra: list[tuple[str, str]]) -> None:
-        self.extra = extra
-
-    def _details(self, details: Any) -> _Metadata:
-        metadata = [*(details.metadata or ()), *self.extra]
-        return _Metadata(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
-def open_channel(address: str, token: str | None = None) -> grpc.Channel:
-    """An insecure channel with 64 MiB messages that sends `authorization: Bearer <token>` when a token
-    is given."""
-    channel = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ],
-    )
-    if token:
-        return grpc.intercept_channel(channel, _AddMetadata([("authorization", f"Bearer {token}")]))
-    return channel
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The public objects.
-
-
-class ModelStatus(enum.StrEnum):
-    """A model version's state: PENDING_CONVERSION -> CONVERTING -> READY | ERROR."""
-
-    UNSPECIFIED = "unspecified"
-    PENDING_CONVERSION = "pending_conversion"
-    CONVERTING = "converting"
-    READY = "ready"
-    ERROR = "error"
-
-    @classmethod
-    def from_proto(cls, value: int) -> ModelStatus:
-        return cls(model_pb2.ModelStatus.Name(value).removeprefix("MODEL_STATUS_").lower())
-
-
-class DeploymentStatus(enum.StrEnum):
-    """A deployment's state: DEPLOYING -> RUNNING | FAILED; STOPPED once undeployed."""
-
-    UNSPECIFIED = "unspecified"
-    DEPLOYING = "deploying"
-    RUNNING = "running"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-    @classmethod
-    def from_proto(cls, value: int) -> DeploymentStatus:
-        return cls(deployment_pb2.DeploymentStatus.Name(value).removeprefix("DEPLOYMENT_STATUS_").lower())
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    return message.__getattribute__(name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
-
-
-def _schema(data: bytes) -> pa.Schema | None:
-    return pa.ipc.read_schema(pa.py_buffer(data)) if data else None
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """A workspace: models, registries and deployments belong to one."""
-
-    id: int
-    name: str
-    create_time: datetime | None = None
-
-    @classmethod
-    def from_proto(cls, m: workspace_pb2.Workspace) -> Workspace:
-        return cls(m.id, m.name, _time(m, "create_time"))
-
-
-@dataclass(frozen=True)
-class Registry:
-    """A connection to an MLflow (or Databricks) model registry, attached to workspaces."""
-
-    id: str
-    name: str
-    url: str
-    has_token: bool
-    workspace_ids: tuple[int, ...]
-
-    @classmethod
-    def from_proto(cls, m: registry_pb2.Registry) -> Registry:
-        return cls(m.id, m.name, m.url, m.has_token, tuple(m.workspace_ids))
-
-
-@dataclass(frozen=True)
-class RegisteredModelVersion:
-    """A version of a model in an MLflow registry."""
-
-    name: str
-    version: str
-    status: str
-    source: str
-    run_id: str
-    current_stage: str
-    description: str = ""
-
-    @classmethod
-    def from_proto(cls, m: registry_pb2.RegisteredModelVersion) -> RegisteredModelVersion:
-        return cls(m.name, m.version, m.status, m.source, m.run_id, m.current_stage, m.description)
-
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    """A model in an MLflow registry."""
-
-    name: str
-    description: str
-    latest_versions: tuple[RegisteredModelVersion, ...]
-
-    @classmethod
-    def from_proto(cls, m: registry_pb2.RegisteredModel) -> RegisteredModel:
-        versions = tuple(RegisteredModelVersion.from_proto(v) for v in m.latest_versions)
-        return cls(m.name, m.description, versions)
-
-
-@dataclass(frozen=True)
-class RegistryArtifact:
-    """A file (or folder) of a registry model version; `path` is what `upload(..., registry=)` takes."""
-
-    path: str
-    full_path: str
-    file_size: int
-    is_dir: bool
-
-    @classmethod
-    def from_proto(cls, m: registry_pb2.RegistryArtifact) -> RegistryArtifact:
-        return cls(m.path, m.full_path, m.file_size, m.is_dir)
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One uploaded version of a model. `status` is READY once it can be deployed; `status_reason` says
-    why it is ERROR; `conversion_note` why a convertible model runs on its original runtime."""
-
-    model_id: int
-    model_name: str
-    version: int
-    framework: str
-    runtime: str
-    status: ModelStatus
-    status_reason: str
-    conversion_note: str
-    input_schema: pa.Schema | None
-    output_schema: pa.Schema | None
-    sha256: str
-    size_bytes: int
-    source: str
-    create_time: datetime | None = None
-
-    @classmethod
-    def from_proto(cls, m: model_pb2.ModelVersion) -> ModelVersion:
-        return cls(
-            m.model_id,
-            m.model_name,
-            m.version,
-            m.framework,
-            m.runtime,
-            ModelStatus.from_proto(m.status),
-            m.status_reason,
-            m.conversion_note,
-            _schema(m.input_schema),
-            _schema(m.output_schema),
-            m.sha256,
-            m.size_bytes,
-            m.source,
-            _time(m, "create_time"),
-        )
-
-
-@dataclass(frozen=True)
-class Model:
-    """A model (a name in a workspace) and its latest version."""
-
-    id: int
-    name: str
-    workspace_id: int
-    public: bool
-    latest_version: ModelVersion | None
-
-    @classmethod
-    def from_proto(cls, m: model_pb2.Model) -> Model:
-        latest = ModelVersion.from_proto(m.latest_version) if m.HasField("latest_version") else None
-        return cls(m.id, m.name, m.workspace_id, m.visibility == model_pb2.VISIBILITY_PUBLIC, latest)
-
-
-@dataclass(frozen=True)
-class Framework:
-    """A framework of the catalog; `available` says whether a runtime serves it today."""
-
-    name: str
-    runtime: str
-    available: bool
-    converts_to_onnx: bool
-    file_types: str
-    install_hint: str
-
-    @classmethod
-    def from_proto(cls, m: model_pb2.Framework) -> Framework:
-        return cls(m.name, m.runtime, m.available, m.converts_to_onnx, m.file_types, m.install_hint)
-
-
-@dataclass(frozen=True)
-class DeploymentStep:
-    """One step of a deployment's pipeline: which model version runs on which runtime, where."""
-
-    model_id: int
-    version: int
-    runtime: str
-    location: str
-
-
-Columns: TypeAlias = "pa.Table | pa.RecordBatch | Mapping[str, Any] | pd.DataFrame"
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """A named inference endpoint: a pipeline of model versions served over Arrow Flight."""
-
-    id: int
-    name: str
-    workspace_id: int
-    status: DeploymentStatus
-    status_reason: str
-    flight_location: str
-    steps: tuple[DeploymentStep, ...]
-    input_schema: pa.Schema | None
-    output_schema: pa.Schema | None
-    create_time: datetime | None
-    _client: Flightline | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def from_proto(cls, m: deployment_pb2.Deployment, client: Flightline | None = None) -> Deployment:
-        steps = tuple(DeploymentStep(s.model_id, s.version, s.runtime, s.location) for s in m.steps)
-        return cls(
-            m.id,
-            m.name,
-            m.workspace_id,
-            DeploymentStatus.from_proto(m.status),
-            m.status_reason,
-            m.flight_location,
-            steps,
-            _schema(m.input_schema),
-            _schema(m.output_schema),
-            _time(m, "create_time"),
-            client,
-        )
-
-    @property
-    def client(self) -> Flightline:
-        if self._client is None:
-            raise RuntimeError("this Deployment was not obtained from a Flightline client")
-        return self._client
-
-    def to_table(self, data: Columns) -> pa.Table:
-        """`data` as an Arrow table in the deployment's input schema (dicts and DataFrames are converted
-        with it, so a column of Python lists becomes the fixed-size tensor the model expects)."""
-        if isinstance(data, pa.Table):
-            return data
-        if isinstance(data, pa.RecordBatch):
-            return pa.Table.from_batches([data])
-        if isinstance(data, Mapping):
-            return pa.table(dict(data), schema=self.input_schema)
-        try:  # a pandas DataFrame (pandas is imported only when one is passed)
-            return pa.Table.from_pandas(data, schema=self.input_schema, preserve_index=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise errors.InvalidArgumentError(
-                f"cannot convert the input to the deployment's schema: {error}"
-            ) from None
-
-    def infer(self, data: Columns, *, envelope: bool = False) -> pa.Table:
-        """Runs the deployment on `data` (a pyarrow Table or RecordBatch, a pandas DataFrame or a dict of
-        columns) over Arrow Flight and returns the results: the `out.` columns, or with `envelope=True`
-        the full envelope (`time`, `in.<col>`, `out.<col>`, `check_failures`)."""
-        table = self.to_table(data)
-        conn = self.client._flight(self.flight_location)
-        with self.client._flight_errors():
-            return exchange_table(conn, self._path(envelope), table, self.client._flight_options)
-
-    def _path(self, envelope: bool) -> list[str]:
-        return [self.name] if envelope else [self.name, "outputs"]
-
-    def stream(
-        self, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, envelope: bool = False
-    ) -> Iterator[pa.RecordBatch]:
-        """Streams record batches through the deployment, yielding one result batch per input batch."""
-        conn = self.client._flight(self.flight_location)
-        with self.client._flight_errors():
-            yield from exchange(conn, self._path(envelope), schema, batches, self.client._flight_options)
-
-    def undeploy(self) -> Deployment:
-        """Stops the deployment; returns it STOPPED."""
-        return self.client.undeploy(self.name)
-
-    def refresh(self) -> Deployment:
-        """The deployment's current state."""
-        return self.client.deployments.get(self.name)
+__all__ = [
+    "DEFAULT_SERVER",
+    "Columns",
+    "Deployment",
+    "DeploymentStatus",
+    "DeploymentStep",
+    "Flightline",
+    "Framework",
+    "Model",
+    "ModelStatus",
+    "ModelVersion",
+    "RegisteredModel",
+    "RegisteredModelVersion",
+    "Registry",
+    "RegistryArtifact",
+    "Workspace",
+    "connect",
+]
 
 
 WorkspaceRef = int | str | Workspace

@@ -45,6 +45,7 @@ def test_upload_deploy_infer_every_input_form(fl: flightline.Flightline, tmp_pat
         path, name="fraud", workspace=ws, framework="onnx", on_status=lambda v: seen.append(v.status)
     )
     assert version.status is flightline.ModelStatus.READY and version.status.value == "ready"
+    assert str(version.status) == "ready" and f"{version.status}" == "ready"  # prints readably
     assert seen[-1] is flightline.ModelStatus.READY
     assert version.size_bytes == path.stat().st_size and version.runtime == "onnx"
     assert version.input_schema is not None and version.input_schema.names == ["input"]

@@ -11,7 +11,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightline.client import (
+from flightline.transport import (
     DEPLOYMENT_DONE,
     MODEL_DONE,
     every_page,
