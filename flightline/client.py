@@ -5,7 +5,7 @@
     fl = flightline.connect("127.0.0.1:50051")            # or FLIGHTLINE_SERVER / FLIGHTLINE_TOKEN
     ws = fl.workspaces.create("fraud-team")
     version = fl.upload("model.onnx", name="fraud", workspace=ws, framework="onnx")
-    print(version.status)                                  # ModelStatus.READY
+    print(version.status)                                  # ready (flightline.ModelStatus.READY)
     dep = fl.deploy("fraud", version, workspace=ws)
     print(dep.infer({"inputs": [[0.1] * 29]}))            # a pyarrow.Table over Arrow Flight
 
