@@ -520,9 +520,10 @@ def test_cli_upload_waits_for_preparation(client: Client, app: App, tmp_path: Pa
     ws = workspace(client)
     path = build_mlp(tmp_path / "m.onnx")
     command = [sys.executable, "-m", "flightline.server.cli", "upload", str(path), "--name", "cli"]
-    command += ["--framework", "onnx", "--workspace-id", str(ws), "--server", app.grpc_address]
+    command[3:3] = ["--server", app.grpc_address]  # a global option, before the verb
+    command += ["--framework", "onnx", "--workspace-id", str(ws)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    assert "version 1: MODEL_STATUS_READY on runtime onnx" in " ".join(done.stdout.split())
+    assert "version 1: ready on runtime onnx" in " ".join(done.stdout.split())
 
 
 def test_deploying_deployment_is_resumed_at_start(tmp_path: Path) -> None:

@@ -1,0 +1,9 @@
+"""The `flightline` command line: one module per verb group, all registered on `_app.app`, every verb
+through the Python client (`flightline.client`)."""
+
+from __future__ import annotations
+
+from flightline.server.cli import deployments, infer, models, registries, runtimes, serve, workspaces
+from flightline.server.cli._app import app
+
+__all__ = ["app", "deployments", "infer", "models", "registries", "runtimes", "serve", "workspaces"]

@@ -1,0 +1,194 @@
+"""The wire level of the Python client: the one implementation of AIP-158 paging, waiting on Watch
+streams, chunked uploads, Flight exchanges and the channel that carries the bearer token. The public client
+(`flightline.client`) and the stub-level test helper (`flightline.server.client`) both use it."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flightline import errors
+from flightline.v1 import deployment_pb2, model_pb2
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+CHUNK = 1 << 20
+MAX_MESSAGE = 64 * 1024 * 1024
+MODEL_DONE = frozenset({model_pb2.MODEL_STATUS_READY, model_pb2.MODEL_STATUS_ERROR})
+DEPLOYMENT_DONE = frozenset(
+    {
+        deployment_pb2.DEPLOYMENT_STATUS_RUNNING,
+        deployment_pb2.DEPLOYMENT_STATUS_FAILED,
+        deployment_pb2.DEPLOYMENT_STATUS_STOPPED,
+    }
+)
+
+
+class _Stateful(Protocol):  # a ModelVersion or a Deployment message
+    @property
+    def status(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Stateful)
+
+
+def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+    """The items of every page of a List RPC (AIP-158), e.g.
+    every_page(stub.ListWorkspaces, ListWorkspacesRequest(), "workspaces")."""
+    page = type(request)()
+    page.CopyFrom(request)
+    while True:
+        response = rpc(page)
+        yield from getattr(response, field)
+        if not response.next_page_token:
+            return
+        page.page_token = response.next_page_token
+
+
+def follow(
+    watch: Callable[[float | None], Iterator[_T]],
+    done: frozenset[int],
+    on_status: Callable[[_T], None] | None = None,
+    timeout: float | None = None,
+) -> _T:
+    """The last state of a Watch stream once it is in `done`, watching again when a stream ends before
+    (a stream's lifetime is bounded by the server). `watch(seconds_left)` opens one stream."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        last = None
+        for last in watch(left):
+            if on_status is not None:
+                on_status(last)
+            if last.status in done:
+                return last
+        if deadline is not None and time.monotonic() >= deadline:
+            state = last.status if last is not None else "unknown"
+            raise errors.DeadlineExceededError(f"still in state {state} after {timeout} s")
+
+
+def upload_requests(
+    path: Path, metadata: model_pb2.UploadMetadata, progress: Callable[[int], None] | None = None
+) -> Iterator[model_pb2.UploadModelRequest]:
+    """The UploadModel stream for a file: metadata with `size_bytes` and sha256 (so the server can refuse
+    a truncated copy), then 1 MiB chunks; `progress` sees the bytes sent so far."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    meta = model_pb2.UploadMetadata()
+    meta.CopyFrom(metadata)
+    meta.filename = meta.filename or path.name
+    meta.size_bytes = path.stat().st_size
+    meta.sha256 = digest.hexdigest()
+    yield model_pb2.UploadModelRequest(metadata=meta)
+    sent = 0
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            yield model_pb2.UploadModelRequest(chunk=block)
+            sent += len(block)
+            if progress is not None:
+                progress(sent)
+
+
+def exchange(
+    conn: flight.FlightClient,
+    path: list[str],
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    options: flight.FlightCallOptions | None = None,
+) -> Generator[pa.RecordBatch, None, pa.Schema]:
+    """Streams batches through `do_exchange` on descriptor `path`, one result batch per input batch (the
+    server answers each batch before the next is sent, so memory stays at one batch). Returns the
+    result schema (the generator's return value)."""
+    writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path), options=options)
+    with writer:
+        writer.begin(schema)
+        for batch in batches:
+            writer.write_batch(batch)
+            yield reader.read_chunk().data
+        writer.done_writing()
+        result_schema: pa.Schema = reader.schema
+    return result_schema
+
+
+def exchange_table(
+    conn: flight.FlightClient,
+    path: list[str],
+    table: pa.Table,
+    options: flight.FlightCallOptions | None = None,
+) -> pa.Table:
+    """A whole table through `exchange`; an empty input gives an empty table in the result schema."""
+    results = []
+    stream = exchange(conn, path, table.schema, table.to_batches(), options)
+    while True:
+        try:
+            results.append(next(stream))
+        except StopIteration as end:
+            return pa.Table.from_batches(results, schema=None if results else end.value)
+
+
+class _Metadata(
+    collections.namedtuple(
+        "_Metadata", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """Call details with extra metadata (grpc's own class cannot be built directly)."""
+
+
+class _AddMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the bearer token) to every call of a channel."""
+
+    def __init__(self, extra: list[tuple[str, str]]) -> None:
+        self.extra = extra
+
+    def _details(self, details: Any) -> _Metadata:
+        metadata = [*(details.metadata or ()), *self.extra]
+        return _Metadata(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def open_channel(address: str, token: str | None = None) -> grpc.Channel:
+    """An insecure channel with 64 MiB messages that sends `authorization: Bearer <token>` when a token
+    is given."""
+    channel = grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ],
+    )
+    if token:
+        return grpc.intercept_channel(channel, _AddMetadata([("authorization", f"Bearer {token}")]))
+    return channel
