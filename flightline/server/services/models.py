@@ -280,6 +280,8 @@ class ModelService:
                     converters=self._converters,
                     python=python,
                 )
+                what = f"{version.model_name} v{version.version}"
+                log.info("model %s prepared by the interpreter of %s", what, prepared.prefix or "?")
                 # Converted, it is served by another plug-in, whose environment the deploy looks up.
                 self._environment(version, prepared.runtime)
                 stored = self.artifacts.put_file(prepared.artifact.resolve())

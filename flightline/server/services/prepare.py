@@ -49,6 +49,7 @@ class Prepared:
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     note: str = ""  # why a convertible model was not converted
+    prefix: str = ""  # the environment (sys.prefix) the preparation process said it ran in
 
 
 def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
@@ -121,6 +122,7 @@ def prepare(
         _schema(out / INPUT_SCHEMA_FILE),
         _schema(out / OUTPUT_SCHEMA_FILE),
         str(reply.get("note", "")),
+        str(reply.get("prefix", ""))[:4096],
     )
 
 
