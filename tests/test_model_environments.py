@@ -211,8 +211,15 @@ def test_a_family_plugin_runs_in_its_family_environment_once_it_is_built(world: 
     assert need is not None and need.family == "python" and need.requirements == FAMILIES["python"]
     with pytest.raises(EnvironmentMissing, match="flightline runtimes install python"):
         environments.require(need)
+
+    def family_built(name: str) -> bool:  # what ModelService.family_built answers for ListFrameworks
+        return environments.lookup(FAMILIES[name]) is not None
+
+    hint = family_plugin.unavailable("python", family_built)
+    assert hint.endswith("which is not built: flightline runtimes install python")
     built = environments.family("python")
     assert environments.require(need).key == built.key
+    assert family_plugin.unavailable("python", family_built) == ""
     script = tmp_path / "step.py"
     script.write_text(PREFIX_STEP)
     store = ArtifactStore(str(tmp_path / "store"))

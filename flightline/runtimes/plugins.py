@@ -84,6 +84,22 @@ class Plugin:
     def available(self, framework: str | None = None) -> bool:
         return not self.missing(framework)
 
+    def unavailable(
+        self, framework: str | None = None, family_built: Callable[[str], bool] | None = None
+    ) -> str:
+        """'' when it can serve `framework` here, else what to install. A family plug-in can serve once
+        its environment is built (`family_built`, the server's environment cache; None: not known)."""
+        family = self.environment
+        if family != SERVER_ENVIRONMENT and (family_built is None or not family_built(family)):
+            return (
+                f"the {self.name} runtime runs in the {family} environment, which is not built: "
+                f"flightline runtimes install {family}"
+            )
+        missing = self.missing(framework)
+        if missing:
+            return f"the {self.name} runtime needs {', '.join(missing)}: {self.install_hint}"
+        return ""
+
 
 PLUGINS: tuple[Plugin, ...] = (
     Plugin(
@@ -173,16 +189,7 @@ def unavailable_reason(framework: str, family_built: Callable[[str], bool] | Non
     served_by = serving(framework)
     if served_by is None:
         return NO_PLUGIN_HINT
-    family = served_by.environment
-    if family != SERVER_ENVIRONMENT and (family_built is None or not family_built(family)):
-        return (
-            f"the {served_by.name} runtime runs in the {family} environment, which is not built: "
-            f"flightline runtimes install {family}"
-        )
-    missing = served_by.missing(framework)
-    if missing:
-        return f"the {served_by.name} runtime needs {', '.join(missing)}: {served_by.install_hint}"
-    return ""
+    return served_by.unavailable(framework, family_built)
 
 
 def load_attribute(target: str) -> Any:
