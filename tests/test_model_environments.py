@@ -25,7 +25,13 @@ from flightline.runtimes.plugins import SERVER_ENVIRONMENT, plugin
 from flightline.server.app import App
 from flightline.server.client import Client, infer
 from flightline.server.hosting.backend import LoadRequest, ServerGroup, workspace_group
-from flightline.server.hosting.environments import FAMILIES, EnvironmentMissing, Environments, wanted
+from flightline.server.hosting.environments import (
+    FAMILIES,
+    EnvironmentBuildError,
+    EnvironmentMissing,
+    Environments,
+    wanted,
+)
 from flightline.server.hosting.local import LocalBackend
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
@@ -241,3 +247,28 @@ def test_a_family_plugin_runs_in_its_family_environment_once_it_is_built(world: 
                 writer.done_writing()
         assert Path(result.column("prefix")[0].as_py()) == built.path
         assert backend.interpreter(group) == str(built.python)
+
+
+@pytest.mark.parametrize(
+    ("requirements", "python_version", "reason"),
+    [
+        (["six @ file:///etc/passwd"], "", "is a direct reference"),
+        (["six==1.16.0; --index-url http://x"], "", "invalid requirement"),
+        ([], "--help", "python_version '--help' is not a version"),
+        ([], "2.7", "is not a version such as 3.12"),
+    ],
+)
+def test_requirements_from_anywhere_but_the_index_are_refused(
+    requirements: list[str], python_version: str, reason: str
+) -> None:
+    with pytest.raises(EnvironmentBuildError, match=reason):
+        wanted(plugin("python"), requirements, python_version)
+
+
+def test_the_servers_own_python_needs_no_environment() -> None:
+    info = sys.version_info
+    for same in ("", f"{info.major}.{info.minor}", f"{info.major}.{info.minor}.{info.micro}"):
+        assert wanted(plugin("python"), [], same) is None
+    need = wanted(plugin("python"), ["pandas==2.2.3", "six"])
+    assert need is not None and need.family is None and need.python is None
+    assert need.requirements == ("pandas==2.2.3", "six")  # the model's pin replaced the family's pandas

@@ -117,6 +117,8 @@ def default_root() -> Path:
 def own_python(python_version: str) -> str | None:
     """The Python a model asked for, or None when that is the server's (e.g. "3.11" on a 3.11.9 server)."""
     wanted = python_version.strip()
+    if wanted and not re.fullmatch(r"3(\.\d{1,3}){1,2}", wanted):
+        raise EnvironmentBuildError(f"python_version {python_version!r} is not a version such as 3.12")
     server = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     if not wanted or server == wanted or server.startswith(wanted + "."):
         return None
@@ -166,6 +168,11 @@ def normalize(requirements: Sequence[str]) -> tuple[str, ...]:
             requirement = Requirement(line)
         except InvalidRequirement as error:
             raise EnvironmentBuildError(f"invalid requirement {line!r}: {error}", requirement=line) from None
+        if requirement.url:  # `name @ url` could make uv (the server's user) read any local path or host
+            raise EnvironmentBuildError(
+                f"requirement {line!r} is a direct reference; requirements come from the package index",
+                requirement=line,
+            )
         requirement.name = canonicalize_name(requirement.name)
         seen.add(str(requirement))
     return tuple(sorted(seen))
