@@ -309,10 +309,14 @@ class Environments:
             [_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                output.append(line.rstrip())
-                if line.strip():
-                    say(line.strip())
+            try:
+                for line in proc.stdout:
+                    output.append(line.rstrip())
+                    if line.strip():
+                        say(line.strip())  # may raise to cancel the build (a stopping server)
+            except BaseException:
+                proc.kill()
+                raise
             try:
                 code = proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired:

@@ -310,6 +310,12 @@ class ModelService:
         """Whether a runtime family's environment is built (`flightline runtimes install FAMILY`)."""
         return family in FAMILIES and self.environments.lookup(FAMILIES[family]) is not None
 
+    def _building(self, what: str, line: str) -> None:
+        """A line of uv's progress; a stopping server cancels the build (nothing half-built stays)."""
+        if self._closing:
+            raise ModelLoadError("interrupted by a server stop")
+        log.info("environment of %s: %s", what, line)
+
     def _environment(self, version: ModelVersion, runtime: str) -> str | None:
         """Builds (or finds) the environment of `version` served by `runtime` when it needs one of its
         own; returns its interpreter, or None for the server's. A family environment is never built here
@@ -330,7 +336,7 @@ class ModelService:
             env = self.environments.ensure(
                 need.requirements,
                 python=need.python,
-                progress=lambda line: log.info("environment of %s: %s", what, line),
+                progress=lambda line: self._building(what, line),
             )
         except EnvironmentBuildError as error:
             metrics.environment_builds.labels(framework=version.framework, status="error").inc()
