@@ -138,8 +138,7 @@ def test_metrics_move_with_rpcs_uploads_deploys_and_streams(
     ok, refused = by_event["flight_stream"]
     assert (ok.deployment, ok.rows, ok.status) == ("watched", 1000, "ok") and ok.duration_ms > 0
     assert (refused.rows, refused.status) == (1, "invalid_argument")
-    (started,) = by_event["runtime_start"]
-    assert (started.key, started.runtime) == ("watched.0", "onnx") and started.pid > 0
+    assert "runtime_start" not in by_event  # ONNX runs in the front door: no runtime server started
     rpcs = [r for r in by_event["rpc"] if r.method == upload_method]
     assert len(rpcs) == 1 and rpcs[0].workspace_id == workspace.id and rpcs[0].status == "OK"
 
