@@ -8,6 +8,7 @@ Frameworks that convert to ONNX fall back to their plug-in's own runtime when co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -78,12 +79,17 @@ class FrameworkSpec:
     @property
     def available(self) -> bool:
         """It can be served on this installation."""
-        return not unavailable_reason(self.name)
+        return not self.unavailable()
 
     @property
     def install_hint(self) -> str:
         """What to install (or do) when it is not `available`; "" when it is."""
-        reason = unavailable_reason(self.name)
+        return self.unavailable()
+
+    def unavailable(self, family_built: Callable[[str], bool] | None = None) -> str:
+        """"" when it can be served, else what to install (or do); `family_built` as in
+        plugins.unavailable_reason (the server passes its environment cache's answer)."""
+        reason = unavailable_reason(self.name, family_built)
         return f"{reason}; {self.workaround}" if reason and self.workaround else reason
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -18,7 +19,15 @@ from typing import Any
 from flightline.runtimes.base import ModelLoadError
 
 # The environment "server" is the server's own interpreter and packages; other families are built by
-# flightline.server.hosting.environments.
+# flightline.server.hosting.environments (`flightline runtimes install FAMILY`), and a plug-in in one
+# runs its runtime servers (and preparations) with that environment's interpreter.
+#
+# Today's plug-ins (onnx, python, sklearn) stay on "server" on purpose: their packages are the server's
+# own dependencies, so the README's first command serves them with nothing to build or download, ONNX
+# keeps its one-hop path inside the front door (only a "server" plug-in can run there), and a test
+# suite on a fresh machine builds no 300 MB environments. Families are for what the server must not
+# depend on (TensorFlow, torch, transformers 4.x): their plug-ins name a family here. A model with its
+# own requirements gets an environment of its own whatever its plug-in's (hosting/environments.py).
 SERVER_ENVIRONMENT = "server"
 # What converters produce: their output is served by the plug-in that serves this framework.
 CONVERTED_FRAMEWORK = "onnx"
@@ -64,12 +73,32 @@ class Plugin:
         return self.trusted_artifacts and self.environment == SERVER_ENVIRONMENT
 
     def missing(self, framework: str | None = None) -> tuple[str, ...]:
-        """The required modules that cannot be imported here (for `framework`, if given)."""
+        """The required modules that cannot be imported here (for `framework`, if given). A family
+        plug-in's modules live in its environment, not here: whether that is built is the server's
+        question (`unavailable_reason`'s `family_built`)."""
+        if self.environment != SERVER_ENVIRONMENT:
+            return ()
         extra = dict(self.framework_requires).get(framework or "", ())
         return tuple(module for module in (*self.requires, *extra) if not _importable(module))
 
     def available(self, framework: str | None = None) -> bool:
         return not self.missing(framework)
+
+    def unavailable(
+        self, framework: str | None = None, family_built: Callable[[str], bool] | None = None
+    ) -> str:
+        """'' when it can serve `framework` here, else what to install. A family plug-in can serve once
+        its environment is built (`family_built`, the server's environment cache; None: not known)."""
+        family = self.environment
+        if family != SERVER_ENVIRONMENT and (family_built is None or not family_built(family)):
+            return (
+                f"the {self.name} runtime runs in the {family} environment, which is not built: "
+                f"flightline runtimes install {family}"
+            )
+        missing = self.missing(framework)
+        if missing:
+            return f"the {self.name} runtime needs {', '.join(missing)}: {self.install_hint}"
+        return ""
 
 
 PLUGINS: tuple[Plugin, ...] = (
@@ -153,15 +182,14 @@ def for_framework(framework: str) -> Plugin:
     return found
 
 
-def unavailable_reason(framework: str) -> str:
-    """'' when `framework` can be served on this installation, else what to install."""
+def unavailable_reason(framework: str, family_built: Callable[[str], bool] | None = None) -> str:
+    """'' when `framework` can be served on this installation, else what to install. `family_built`
+    tells whether a family's environment is built (the server's environment cache); without it a
+    plug-in in a family counts as unavailable."""
     served_by = serving(framework)
     if served_by is None:
         return NO_PLUGIN_HINT
-    missing = served_by.missing(framework)
-    if missing:
-        return f"the {served_by.name} runtime needs {', '.join(missing)}: {served_by.install_hint}"
-    return ""
+    return served_by.unavailable(framework, family_built)
 
 
 def load_attribute(target: str) -> Any:

@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
             "runtime": preparation.runtime,
             "artifact": _relative(args.out, preparation.artifact),
             "note": preparation.note,
+            "prefix": sys.prefix,  # which environment inspected it (for the server's log and tests)
         }
     except ModelLoadError as exc:
         emit(json.dumps({"error": str(exc)}))

@@ -26,6 +26,7 @@ from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
 from flightline.server.dataplane.routes import Router
+from flightline.server.hosting.environments import Environments
 from flightline.server.hosting.local import LocalBackend
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.instance import check_role, instance_id
@@ -88,6 +89,7 @@ class App:
         # Outside the data folder, which the sandbox user cannot traverse: runtimes' specs and artifacts.
         self.sandbox = Sandbox.temporary()
         self.artifacts = ArtifactStore(settings.artifact_url)
+        self.environments = Environments(Path(settings.envs_dir) if settings.envs_dir else None)
         self.workspaces = WorkspaceService(self.store)
         if not 1 <= settings.slow_lane < settings.grpc_workers:
             raise ValueError(
@@ -110,6 +112,7 @@ class App:
             data / "work",
             workers=settings.prepare_workers,
             changes=changes,
+            environments=self.environments,
         )
         self.router = Router()
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
@@ -128,6 +131,7 @@ class App:
             retry_for=settings.runtime_retry_seconds,
             on_failure=lambda key, reason, by_fault: self.deployments.runtime_failed(key, reason, by_fault),
             sandbox=self.sandbox,
+            environments=self.environments,
         )
         self.deployments = DeploymentService(
             self.store,
@@ -138,6 +142,7 @@ class App:
             in_process_native=settings.in_process_native,
             workers=settings.deploy_workers,
             changes=changes,
+            environments=self.environments,
         )
         self.models.observer = self.deployments.observer = self.backend.observer = self.observer
         if self.front_door is not None:

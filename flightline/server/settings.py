@@ -60,6 +60,9 @@ class Settings:
     public_flight_location: str = ""
     # How the front door reaches runtime servers: "unix" sockets (faster, one host) or "tcp" loopback.
     runtime_transport: str = "unix"
+    # The environment cache (hosting/environments.py); "" is its default: /var/cache/flightline/envs as
+    # root, else ~/.cache/flightline/envs. Shared with `flightline runtimes install --envs-dir`.
+    envs_dir: str = ""
 
     @property
     def metadata_url(self) -> str:

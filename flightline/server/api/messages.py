@@ -233,7 +233,9 @@ def runtime_kind(native: bool) -> model_pb2.RuntimeKind:
     return model_pb2.RUNTIME_KIND_NATIVE if native else model_pb2.RUNTIME_KIND_CONTAINERIZED
 
 
-def framework(f: FrameworkSpec) -> model_pb2.Framework:
+def framework(f: FrameworkSpec, family_built: Callable[[str], bool] | None = None) -> model_pb2.Framework:
+    """`family_built`: whether a runtime family's environment is built (ModelService.family_built)."""
+    hint = f.unavailable(family_built)
     return model_pb2.Framework(
         name=f.name,
         runtime_kind=runtime_kind(f.native),
@@ -246,8 +248,8 @@ def framework(f: FrameworkSpec) -> model_pb2.Framework:
         default_output_schema=f.default_output_schema.serialize().to_pybytes()
         if f.default_output_schema
         else b"",
-        available=f.available,
-        install_hint=f.install_hint,
+        available=not hint,
+        install_hint=hint,
     )
 
 

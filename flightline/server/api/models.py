@@ -105,7 +105,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> pb.ListFrameworksResponse:
         page = messages.offset_page(request.page_size, request.page_token, self.models.frameworks())
         return pb.ListFrameworksResponse(
-            frameworks=[messages.framework(f) for f in page.items], next_page_token=page.next_page_token
+            frameworks=[messages.framework(f, self.models.family_built) for f in page.items],
+            next_page_token=page.next_page_token,
         )
 
 

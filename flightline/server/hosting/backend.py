@@ -24,12 +24,13 @@ def workspace_group(workspace_id: int) -> str:
 
 @dataclass(frozen=True)
 class ServerGroup:
-    environment: str  # environment family the runtime server's interpreter comes from
+    environment: str  # SERVER_ENVIRONMENT, or the key of a built environment (hosting/environments.py)
     trust: str  # SHARED, or workspace_group(id)
 
     @property
     def name(self) -> str:
-        return f"{self.environment}-{self.trust}"
+        # An environment key is 32 hex digits; 12 tell groups apart and keep unix socket paths short.
+        return f"{self.environment[:12]}-{self.trust}"
 
 
 @dataclass(frozen=True)

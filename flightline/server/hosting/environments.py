@@ -14,7 +14,14 @@ uv runs with `UV_PYTHON_DOWNLOADS=never` (only interpreters on this machine) and
 only, since building a source distribution runs its code as the server. Packages come from uv's cache or
 the configured index; nothing else is downloaded.
 
-`FAMILIES` is the one table of family environments; the plug-in registry will own it later."""
+`FAMILIES` is the one table of family environments; the plug-in registry will own it later.
+
+Which environment a model runs in (`wanted`): a model with its own requirements (or another Python than
+the server's) runs in one built from its plug-in's family requirements plus its own, built at upload
+time; else a plug-in whose `environment` is a family runs in that family's environment (built by
+`flightline runtimes install`); else the server's own interpreter. Everything it depends on is recorded
+on the version (runtime, Conversion.requirements and python_version), so a deploy derives the same key
+and only looks it up (`Environments.lookup`): deploys never build."""
 
 from __future__ import annotations
 
@@ -39,6 +46,8 @@ from packaging.utils import canonicalize_name
 
 import flightline
 import flightline.runtimes
+from flightline.runtimes.plugins import SERVER_ENVIRONMENT, Plugin
+from flightline.server.errors import FailedPrecondition
 
 # family -> pinned requirements on top of BASE_PACKAGES. Pins match what the server's own tests use.
 FAMILIES: Final[dict[str, tuple[str, ...]]] = {
@@ -69,6 +78,20 @@ class EnvironmentBuildError(Exception):
         self.requirement = requirement
 
 
+class EnvironmentMissing(FailedPrecondition):
+    """A model's environment is not built (a deploy never builds one); the message says how to build it."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The environment a model needs, other than the server's own interpreter."""
+
+    requirements: tuple[str, ...]  # without the base packages (ensure/lookup add them)
+    python: str | None  # a version such as "3.12"; None: the server's interpreter
+    family: str | None  # the family name, for a family environment; None for a model's own
+    hint: str  # how to build it when it is missing
+
+
 @dataclass(frozen=True)
 class Environment:
     key: str
@@ -91,6 +114,44 @@ def default_root() -> Path:
     return Path(cache) / "flightline" / "envs"
 
 
+def own_python(python_version: str) -> str | None:
+    """The Python a model asked for, or None when that is the server's (e.g. "3.11" on a 3.11.9 server)."""
+    wanted = python_version.strip()
+    if wanted and not re.fullmatch(r"3(\.\d{1,3}){1,2}", wanted):
+        raise EnvironmentBuildError(f"python_version {python_version!r} is not a version such as 3.12")
+    server = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    if not wanted or server == wanted or server.startswith(wanted + "."):
+        return None
+    return wanted
+
+
+def plugin_requirements(plugin: Plugin) -> tuple[str, ...]:
+    """What a plug-in's runtime needs installed: its family's requirements. A plug-in on the server's
+    interpreter has no family of its own; the family named like it (FAMILIES' keys are plug-in names)
+    lists the packages the server provides it, which a model's own environment must install itself."""
+    family = plugin.name if plugin.environment == SERVER_ENVIRONMENT else plugin.environment
+    return FAMILIES.get(family, ())
+
+
+def wanted(plugin: Plugin, requirements: Sequence[str] = (), python_version: str = "") -> Wanted | None:
+    """The environment a model of `plugin` with these recorded requirements runs in; None: the server's
+    own interpreter. A model's requirement replaces the family's pin of the same package (the model
+    knows what it was trained with). EnvironmentBuildError naming an invalid requirement."""
+    own = normalize(requirements)
+    python = own_python(python_version)
+    if own or python is not None:
+        names = {canonicalize_name(Requirement(r).name) for r in own}
+        family = tuple(
+            r for r in plugin_requirements(plugin) if canonicalize_name(Requirement(r).name) not in names
+        )
+        hint = "re-upload the model version to rebuild its environment"
+        return Wanted((*family, *own), python, None, hint)
+    if plugin.environment != SERVER_ENVIRONMENT:
+        name = plugin.environment
+        return Wanted(FAMILIES.get(name, ()), None, name, f"run `flightline runtimes install {name}`")
+    return None
+
+
 def base_requirements() -> tuple[str, ...]:
     return tuple(f"{name}=={importlib.metadata.version(name)}" for name in BASE_PACKAGES)
 
@@ -107,6 +168,11 @@ def normalize(requirements: Sequence[str]) -> tuple[str, ...]:
             requirement = Requirement(line)
         except InvalidRequirement as error:
             raise EnvironmentBuildError(f"invalid requirement {line!r}: {error}", requirement=line) from None
+        if requirement.url:  # `name @ url` could make uv (the server's user) read any local path or host
+            raise EnvironmentBuildError(
+                f"requirement {line!r} is a direct reference; requirements come from the package index",
+                requirement=line,
+            )
         requirement.name = canonicalize_name(requirement.name)
         seen.add(str(requirement))
     return tuple(sorted(seen))
@@ -166,6 +232,21 @@ class Environments:
         """The environment for `requirements` if it is already built; never builds."""
         _, version = self._interpreter(python)
         return self._existing(self.key(normalize([*requirements, *base_requirements()]), version))
+
+    def get(self, key: str) -> Environment | None:
+        """The built environment of `key` (a ServerGroup's environment), or None."""
+        return self._existing(key) if re.fullmatch(r"[0-9a-f]{32}", key) else None
+
+    def require(self, need: Wanted) -> Environment:
+        """The built environment a model needs; EnvironmentMissing saying how to build it (never builds)."""
+        try:
+            found = self.lookup(need.requirements, python=need.python)
+        except EnvironmentBuildError as error:  # e.g. the Python it was built for is gone
+            raise EnvironmentMissing(f"its environment is not available: {error}; {need.hint}") from None
+        if found is None:
+            what = f"the {need.family} environment" if need.family else "its environment"
+            raise EnvironmentMissing(f"{what} is not built; {need.hint}")
+        return found
 
     def key(self, requirements: tuple[str, ...], python_version: str) -> str:
         text = json.dumps(
@@ -228,10 +309,14 @@ class Environments:
             [_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                output.append(line.rstrip())
-                if line.strip():
-                    say(line.strip())
+            try:
+                for line in proc.stdout:
+                    output.append(line.rstrip())
+                    if line.strip():
+                        say(line.strip())  # may raise to cancel the build (a stopping server)
+            except BaseException:
+                proc.kill()
+                raise
             try:
                 code = proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired:

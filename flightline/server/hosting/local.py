@@ -52,7 +52,8 @@ from flightline.runtimes.server import (
 )
 from flightline.server.errors import NotFound, Unavailable
 from flightline.server.hosting.artifacts import ArtifactFolder
-from flightline.server.hosting.backend import LoadRequest, ServerGroup
+from flightline.server.hosting.backend import SERVER_ENVIRONMENT, LoadRequest, ServerGroup
+from flightline.server.hosting.environments import Environments
 from flightline.server.hosting.sandbox import Launch, Sandbox, SandboxError, private_dir
 from flightline.server.observability import DEFAULT, Observer
 from flightline.server.store.artifacts import ArtifactStore
@@ -84,8 +85,8 @@ class RuntimeFault(Unavailable):
 
 def launch_options(sandbox: Sandbox, cmd: list[str], name: str) -> Launch:
     """How a runtime server process is started: through the sandbox (allow-listed environment, the
-    sandbox user when root, limits, its own session and working folder `name`). Every group runs with
-    the server's own interpreter for now; an environment's interpreter would replace `cmd[0]`."""
+    sandbox user when root, limits, its own session and working folder `name`). `cmd[0]` is the
+    interpreter of the group's environment (`LocalBackend.interpreter`)."""
     return sandbox.launch(cmd, name=name)
 
 
@@ -140,8 +141,10 @@ class LocalBackend:
         stop_grace: float = 5.0,
         on_failure: Callable[[str, str, bool], None] | None = None,
         sandbox: Sandbox | None = None,
+        environments: Environments | None = None,
     ) -> None:
         self.workdir = workdir
+        self.environments = environments or Environments()
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o711)  # traversable by the sandbox user, not listable
         # Without one: a sandbox of our own that keeps the server's user, in the system temp dir (unix
@@ -251,6 +254,20 @@ class LocalBackend:
                 )
             return folder
 
+    def interpreter(self, group: ServerGroup) -> str:
+        """The Python of the group's environment: the server's own, or a built environment's (which
+        the sandbox user can run: the cache is 0755 and the venv links to an interpreter it may
+        execute). An environment removed since the deploy is a set-up error: retrying does not cure it."""
+        if group.environment == SERVER_ENVIRONMENT:
+            return self.python
+        env = self.environments.get(group.environment)
+        if env is None:
+            raise ModelLoadError(
+                f"the environment {group.environment} of runtime server {group.name} is not built any "
+                "more; re-upload the model version (or run `flightline runtimes install`) to rebuild it"
+            )
+        return str(env.python)
+
     # -- for operators and tests --------------------------------------------------------------------
 
     def server(self, group: ServerGroup) -> ServerProcess:
@@ -357,7 +374,7 @@ class LocalBackend:
         when the sandbox cannot run it at all (a set-up error that retrying does not cure)."""
         self._terminate(proc, grace=0.0)  # what is left of a failed attempt
         cmd = [
-            self.python,
+            self.interpreter(proc.group),
             "-m",
             "flightline.runtimes.server",
             "--listen",

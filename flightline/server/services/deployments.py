@@ -26,12 +26,14 @@ from flightline.server.errors import (
     Unavailable,
 )
 from flightline.server.hosting.backend import (
+    SERVER_ENVIRONMENT,
     SHARED,
     Backend,
     LoadRequest,
     ServerGroup,
     workspace_group,
 )
+from flightline.server.hosting.environments import EnvironmentMissing, Environments, wanted
 from flightline.server.hosting.local import RuntimeFault
 from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.changes import Changes
@@ -61,12 +63,21 @@ def batching_of(max_batch_rows: int, max_delay_ms: int) -> Batching:
     return Batching(max_batch_rows or Batching.max_batch_rows, max_delay_ms)
 
 
-def server_group(runtime: str, workspace_id: int) -> ServerGroup:
-    """Where a model runs: data-only artifacts share a server; user code gets its workspace's own. The
-    environment is the plug-in's (the server's own interpreter for every plug-in today)."""
-    found = plugin(runtime)
-    trust = SHARED if found.trusted_artifacts else workspace_group(workspace_id)
-    return ServerGroup(found.environment, trust)
+def environment_key(version: ModelVersion, environments: Environments) -> str:
+    """The environment a version runs in, derived from what it records (runtime, requirements, Python):
+    SERVER_ENVIRONMENT or a built environment's key. Never builds: EnvironmentMissing (the deployment
+    FAILS) saying how to build it, e.g. after the cache was wiped."""
+    conversion = version.conversion
+    need = wanted(plugin(version.runtime), conversion.requirements, conversion.python_version)
+    return SERVER_ENVIRONMENT if need is None else environments.require(need).key
+
+
+def server_group(version: ModelVersion, workspace_id: int, environment: str) -> ServerGroup:
+    """Where a model runs: data-only artifacts share a server; user code gets its workspace's own; and
+    each environment (`environment_key`) has its own servers, so models with different requirements
+    never share one."""
+    trust = SHARED if plugin(version.runtime).trusted_artifacts else workspace_group(workspace_id)
+    return ServerGroup(environment, trust)
 
 
 @dataclass(frozen=True)
@@ -91,10 +102,12 @@ class DeploymentService:
         in_process_native: bool = True,
         workers: int = 2,
         changes: Changes | None = None,
+        environments: Environments | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.backend = backend
+        self.environments = environments or Environments()
         self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
         self._batching: dict[str, Batching] = {}
         self.router = router
@@ -271,14 +284,20 @@ class DeploymentService:
         input_schema = parse_schema("input_schema", version.input_schema)
         output_schema = parse_schema("output_schema", version.output_schema)
         options = dict(version.conversion.options)
+        what = f"step {index + 1} ({version.model_name} v{version.version})"
+        try:
+            environment = environment_key(version, self.environments)
+        except EnvironmentMissing as exc:
+            raise EnvironmentMissing(f"{what}: {exc}") from None
         # Data artifacts on the server's packages run inside the front door, saving a hop (see the README
         # benchmark), and are then not loaded a second time on a runtime server; user code (a pickle, a
-        # Python step) stays in its own sandboxed process.
-        if self.in_process_native and plugin(version.runtime).in_front_door:
+        # Python step) stays in its own sandboxed process, as does a model with an environment of its own.
+        in_front_door = plugin(version.runtime).in_front_door and environment == SERVER_ENVIRONMENT
+        if self.in_process_native and in_front_door:
             spec = ModelSpec(self._artifact(version), version.framework, input_schema, output_schema, options)
             return LocalStep(Host(load_runtime(version.runtime, spec)))
         key = f"{name}.{index}"
-        group = server_group(version.runtime, self.store.get_deployment(name).workspace_id)
+        group = server_group(version, self.store.get_deployment(name).workspace_id, environment)
         request = LoadRequest(
             key=key,
             runtime=version.runtime,
@@ -295,7 +314,6 @@ class DeploymentService:
             location = self.backend.ensure_server(group)
             self.backend.load(group, request)
         except (ModelLoadError, RuntimeFault) as exc:
-            what = f"step {index + 1} ({version.model_name} v{version.version})"
             raise type(exc)(f"{what}: {exc}") from exc
         with self._lock:
             batching = self._batching.get(name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,8 +16,16 @@ import pyarrow as pa
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
+from flightline.runtimes.plugins import for_framework, plugin
 from flightline.runtimes.rules import check_schema
 from flightline.server.errors import InvalidArgument
+from flightline.server.hosting.environments import (
+    FAMILIES,
+    EnvironmentBuildError,
+    EnvironmentMissing,
+    Environments,
+    wanted,
+)
 from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import zip_dir
 from flightline.server.services.changes import Changes
@@ -49,10 +59,12 @@ class ModelService:
         *,
         workers: int = 2,
         changes: Changes | None = None,
+        environments: Environments | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.registries = registries
+        self.environments = environments or Environments()
         self.work_dir = work_dir
         self.changes = changes or Changes()
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +264,9 @@ class ModelService:
         self.changes.notify()
         conversion = version.conversion
         try:
+            # A model with its own requirements gets its environment now, on this pool (the version is
+            # CONVERTING meanwhile), and is inspected by that environment's interpreter.
+            python = self._environment(version, for_framework(framework.name).name) or sys.executable
             with self._folder() as tmp:
                 output = tmp / "out"
                 output.mkdir()
@@ -263,14 +278,20 @@ class ModelService:
                     output_schema=parse_schema("output_schema", conversion.output_schema),
                     options=dict(conversion.options),
                     converters=self._converters,
+                    python=python,
                 )
+                what = f"{version.model_name} v{version.version}"
+                log.info("model %s prepared by the interpreter of %s", what, prepared.prefix or "?")
+                # Converted, it is served by another plug-in, whose environment the deploy looks up.
+                self._environment(version, prepared.runtime)
                 stored = self.artifacts.put_file(prepared.artifact.resolve())
         except Exception as exc:  # whatever happened, the version must not stay CONVERTING
             if self._closing:  # killed by close(): the next start says "interrupted"
                 return version
-            if not isinstance(exc, ModelLoadError):
+            if not isinstance(exc, (ModelLoadError, EnvironmentBuildError)):
                 log.exception("preparing model %s v%d failed", version.model_name, version.version)
-            reason = str(exc) if isinstance(exc, ModelLoadError) else f"internal error: {type(exc).__name__}"
+            known = isinstance(exc, (ModelLoadError, EnvironmentBuildError))
+            reason = str(exc) if known else f"internal error: {type(exc).__name__}"
             return self.store.update_model_version(*key, status=ModelStatus.ERROR, status_reason=reason)
         return self.store.update_model_version(
             *key,
@@ -283,6 +304,50 @@ class ModelService:
             input_schema=_ipc(prepared.input_schema),
             output_schema=_ipc(prepared.output_schema),
         )
+
+
+    def family_built(self, family: str) -> bool:
+        """Whether a runtime family's environment is built (`flightline runtimes install FAMILY`)."""
+        return family in FAMILIES and self.environments.lookup(FAMILIES[family]) is not None
+
+    def _building(self, what: str, line: str) -> None:
+        """A line of uv's progress; a stopping server cancels the build (nothing half-built stays)."""
+        if self._closing:
+            raise ModelLoadError("interrupted by a server stop")
+        log.info("environment of %s: %s", what, line)
+
+    def _environment(self, version: ModelVersion, runtime: str) -> str | None:
+        """Builds (or finds) the environment of `version` served by `runtime` when it needs one of its
+        own; returns its interpreter, or None for the server's. A family environment is never built here
+        (`flightline runtimes install` does that): without it the version ends ERROR saying so. Raises
+        EnvironmentBuildError naming the requirement that cannot be installed."""
+        need = wanted(plugin(runtime), version.conversion.requirements, version.conversion.python_version)
+        if need is None:
+            return None
+        if need.family is not None:
+            try:
+                return str(self.environments.require(need).python)
+            except EnvironmentMissing as missing:
+                raise ModelLoadError(str(missing)) from None
+        what = f"model {version.model_name} v{version.version}"
+        started = time.monotonic()
+        metrics = self.observer.metrics
+        try:
+            env = self.environments.ensure(
+                need.requirements,
+                python=need.python,
+                progress=lambda line: self._building(what, line),
+            )
+        except EnvironmentBuildError as error:
+            metrics.environment_builds.labels(framework=version.framework, status="error").inc()
+            log.warning("environment of %s cannot be built: %s", what, error)
+            raise
+        if env.created:
+            seconds = time.monotonic() - started
+            metrics.environment_builds.labels(framework=version.framework, status="ok").inc()
+            metrics.environment_build_seconds.labels(framework=version.framework).observe(seconds)
+            log.info("environment of %s built in %.1f s: %s", what, seconds, env.key)
+        return str(env.python)
 
 
 def _ipc(schema: pa.Schema | None) -> bytes:

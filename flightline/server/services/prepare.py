@@ -49,6 +49,7 @@ class Prepared:
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     note: str = ""  # why a convertible model was not converted
+    prefix: str = ""  # the environment (sys.prefix) the preparation process said it ran in
 
 
 def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
@@ -68,9 +69,11 @@ def prepare(
     memory_limit: int = PREPARE_MEMORY_LIMIT,
     timeout: float = PREPARE_TIMEOUT,
     converters: Converters | None = None,
+    python: str = sys.executable,
 ) -> Prepared:
     """Raises ModelLoadError when the artifact cannot be served, with the reason. `converters`
-    tracks the preparation process while it runs, so that a stopping server can end it."""
+    tracks the preparation process while it runs, so that a stopping server can end it. `python` is the
+    interpreter of the model's environment, so inspection sees the packages the model will run with."""
     for_framework(framework.name)  # no process to start for a framework no plug-in serves
     out = Path(tempfile.mkdtemp(dir=work, prefix="prepared-"))
     # The subprocess may unpickle user files: it runs sandboxed (hosting/sandbox.py), reads read-only
@@ -79,7 +82,7 @@ def prepare(
     with tempfile.TemporaryDirectory(dir=work) as tmp, Sandbox.temporary() as sandbox:
         written = sandbox.workdir("prepare-out")
         args = [
-            sys.executable,
+            python,
             "-m",
             "flightline.runtimes.prepare",
             "--framework",
@@ -119,6 +122,7 @@ def prepare(
         _schema(out / INPUT_SCHEMA_FILE),
         _schema(out / OUTPUT_SCHEMA_FILE),
         str(reply.get("note", "")),
+        str(reply.get("prefix", ""))[:4096],
     )
 
 
