@@ -44,6 +44,7 @@ _CLIENT = {
     "Workspace",
     "connect",
 }
+# Literal, so that linters and type checkers see the names the lazy import serves.
 __all__ = [
     "Deployment",
     "DeploymentStatus",
