@@ -31,6 +31,7 @@ user and could read whatever that user can. `Sandbox.isolates_user` says which c
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
 import pwd
@@ -234,7 +235,10 @@ class Sandbox:
                 if len(self._pool) >= POOL_SIZE:
                     raise SandboxError(f"all {POOL_SIZE} sandbox users are in use")
                 user = self._pool[trust_group] = f"{POOL_PREFIX}{len(self._pool)}"
-        ensure_user(user, group=POOL_GROUP)
+        account = ensure_user(user, group=POOL_GROUP)
+        # A same-named account made by someone else (root, or another primary group) is not ours to use.
+        if account.pw_uid == 0 or account.pw_gid != grp.getgrnam(POOL_GROUP).gr_gid:
+            raise SandboxError(f"user {user!r} exists but is not a sandbox user (group {POOL_GROUP!r})")
         return user
 
     def uid_of(self, user: str | None) -> int:
