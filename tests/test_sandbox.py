@@ -2,11 +2,13 @@
 would try (read the server's secrets, environ, database and data folder, write its artifact, use more
 memory or CPU than allowed) and reports what it saw.
 
-As root (CI), processes run as the unprivileged `flightline-runtime` user and every assertion applies.
+As root (CI), processes run as the unprivileged `flightline-runtime` user (or a trust group's pool user)
+and every assertion applies.
 Without root there is no user to switch to; the uid-dependent assertions are skipped, saying so."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -26,6 +28,8 @@ import pytest
 from flightline.server.hosting.sandbox import (
     DEFAULT_USER,
     GIB,
+    POOL_GROUP,
+    POOL_PREFIX,
     Limits,
     Sandbox,
     SandboxError,
@@ -266,3 +270,57 @@ def test_a_reused_workdir_is_left_alone(sandbox: Sandbox, world: Path) -> None:
     (folder / "tmp").symlink_to(victim)
     assert sandbox.workdir("again") == folder
     assert victim.stat().st_uid == 0
+
+
+def test_without_user_isolation_there_is_no_pool_user() -> None:
+    with Sandbox.temporary(user=None) as box:
+        assert box.user_for("ws-1") is None
+        assert box.uid_of(None) == os.geteuid()
+        assert box.workdir("plain").stat().st_uid == os.geteuid()
+
+
+@needs_root
+def test_each_trust_group_gets_its_own_pool_user(sandbox: Sandbox) -> None:
+    first, second = sandbox.user_for("ws-1"), sandbox.user_for("ws-2")
+    assert first is not None and second is not None and first.startswith(POOL_PREFIX)
+    assert sandbox.user_for("ws-1") == first != second  # stable for the sandbox's life
+    uids = {sandbox.uid_of(first), sandbox.uid_of(second), sandbox.uid}
+    assert len(uids) == 3 and 0 not in uids
+    assert sandbox.workdir("one", user=first).stat().st_uid == sandbox.uid_of(first)
+    with pytest.raises(SandboxError, match="not a user of this sandbox"):
+        sandbox.workdir("root-owned", user="root")
+
+
+@needs_root
+def test_a_pool_users_process_cannot_reach_another_groups_process(sandbox: Sandbox) -> None:
+    other = sandbox.user_for("ws-other")
+    launch = sandbox.launch([sys.executable, "-c", "import sys; sys.stdin.read()"], name="target", user=other)
+    target = subprocess.Popen(launch.args, **launch.kwargs, stdin=subprocess.PIPE)
+    try:
+        peek = textwrap.dedent("""
+            import json, os, sys
+            def attempt(action):
+                try:
+                    return action()
+                except OSError as error:
+                    return "denied:" + type(error).__name__
+            print(json.dumps({
+                "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                "workdir": attempt(lambda: os.listdir(sys.argv[1])),
+                "environ": attempt(lambda: open(f"/proc/{sys.argv[2]}/environ", "rb").read().hex()),
+            }))
+        """)
+        argv = [sys.executable, "-c", peek, str(launch.workdir), str(target.pid)]
+        result = run(sandbox, argv, "peek", user=sandbox.user_for("ws-peek"))
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["uid"] == sandbox.uid_of(sandbox.user_for("ws-peek")) != sandbox.uid_of(other)
+        assert report["gid"] == grp.getgrnam(POOL_GROUP).gr_gid and report["groups"] == []
+        assert report["workdir"] == "denied:PermissionError"
+        assert report["environ"] == "denied:PermissionError"
+        # The same peek as the target's own user sees its folder: the refusal above is the uid's doing.
+        result = run(sandbox, argv, "peek-self", user=other)
+        assert json.loads(result.stdout)["workdir"] == ["tmp"]
+    finally:
+        target.kill()
+        target.wait()

@@ -17,7 +17,7 @@ A runtime must not outlive the control plane nor see its secrets: each one exits
 a pipe whose write end this process keeps open (so it closes when this process dies, even by SIGKILL),
 and it is started by the `Sandbox` (`launch_options`): allow-listed environment, limits, an unprivileged
 user when the server runs as root. Its working folder (which also holds its unix socket: reachable by
-the sandbox user and root only) and its read-only artifacts folder lie under `workdir`, which must be
+the group's sandbox user and root only) and its read-only artifacts folder lie under `workdir`, which must be
 traversable by the sandbox user (the App puts it in the sandbox's root, outside the 0700 data folder)."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from flightline.runtimes.server import (
 )
 from flightline.server.errors import NotFound, Unavailable
 from flightline.server.hosting.artifacts import ArtifactFolder
-from flightline.server.hosting.backend import SERVER_ENVIRONMENT, LoadRequest, ServerGroup
+from flightline.server.hosting.backend import SERVER_ENVIRONMENT, SHARED, LoadRequest, ServerGroup
 from flightline.server.hosting.environments import Environments
 from flightline.server.hosting.sandbox import Launch, Sandbox, SandboxError, private_dir
 from flightline.server.observability import DEFAULT, Observer
@@ -83,11 +83,18 @@ class RuntimeFault(Unavailable):
     silence before it was ready, start-up timeout, no answer to a load). Retried; retrying later may help."""
 
 
-def launch_options(sandbox: Sandbox, cmd: list[str], name: str) -> Launch:
+def launch_options(sandbox: Sandbox, cmd: list[str], name: str, group: ServerGroup) -> Launch:
     """How a runtime server process is started: through the sandbox (allow-listed environment, the
-    sandbox user when root, limits, its own session and working folder `name`). `cmd[0]` is the
+    group's sandbox user when root, limits, its own session and working folder `name`). `cmd[0]` is the
     interpreter of the group's environment (`LocalBackend.interpreter`)."""
-    return sandbox.launch(cmd, name=name)
+    return sandbox.launch(cmd, name=name, user=group_user(sandbox, group))
+
+
+def group_user(sandbox: Sandbox, group: ServerGroup) -> str | None:
+    """The user a group's server runs as: a workspace's user code gets a pool user of its own (one uid
+    per trust group, so workspaces cannot reach each other's processes, folders or sockets); data-only
+    artifacts of the shared group keep the sandbox's default user. None without root."""
+    return None if group.trust == SHARED else sandbox.user_for(group.trust)
 
 
 @dataclass
@@ -345,7 +352,11 @@ class LocalBackend:
         if self.transport == "unix":
             # The socket lies in the instance's own working folder (0700, the sandbox user's): the runtime
             # can bind it, root (the front door) reaches it, nobody else. Paths stay short (~107 bytes max).
-            return f"grpc+unix://{self.sandbox.workdir(proc.instance) / 'rt.sock'}"
+            try:
+                folder = self.sandbox.workdir(proc.instance, user=group_user(self.sandbox, proc.group))
+            except SandboxError as exc:  # no pool user left, or none could be created: not a fault
+                raise ModelLoadError(f"cannot start the runtime server: {exc}") from exc
+            return f"grpc+unix://{folder / 'rt.sock'}"
         return f"grpc+tcp://{self.host}:0"
 
     def _launch_retrying(self, proc: ServerProcess, listen: str) -> None:
@@ -386,7 +397,7 @@ class LocalBackend:
         # Own session = own process group, so a stop reaches whatever the runtime spawned. The stdin pipe
         # stays open (unwritten) for the process's life: its end is the runtime's signal to exit.
         try:
-            launch = launch_options(self.sandbox, cmd, proc.instance)
+            launch = launch_options(self.sandbox, cmd, proc.instance, proc.group)
             popen = subprocess.Popen(
                 launch.args,
                 stdin=subprocess.PIPE,

@@ -10,6 +10,10 @@ A `Sandbox` turns an argv into what `subprocess.Popen` needs (`Launch`):
   with `useradd --system` when missing; `.ci/setup` creates it ahead of time) with no supplementary
   groups, so the process cannot read the server's `/proc/<pid>/environ` nor the owner-only data folder
   and database (`private_dir` / `private_file`);
+- per trust group, a user of its own from a small pool (`user_for`): `flightline-rt-<n>`, all with the
+  primary group `flightline-sandbox` (the group `.ci/setup` grants traverse on the interpreter's folders),
+  so the code of one workspace cannot read another's working folder, connect to its socket or read its
+  `/proc/<pid>`;
 - resource limits (`Limits`), set by a tiny launcher (the target interpreter itself, run with `-I -S`)
   that calls setrlimit and then execs the target; no `preexec_fn`, which is unsafe in a threaded server;
 - its own session (so a stop reaches the whole process group) and a private working folder as cwd;
@@ -27,6 +31,7 @@ user and could read whatever that user can. `Sandbox.isolates_user` says which c
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
 import pwd
@@ -43,6 +48,9 @@ from pathlib import Path
 from typing import Any, Final
 
 DEFAULT_USER: Final = "flightline-runtime"
+POOL_PREFIX: Final = "flightline-rt-"
+POOL_GROUP: Final = "flightline-sandbox"  # the primary group of every pool user
+POOL_SIZE: Final = 256  # trust groups with a user of their own per server process; more is refused
 SYSTEM_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Copied from the server's environment when set: how text and time are shown, nothing more.
 _PASSED_THROUGH: Final = re.compile(r"^(LANG|LANGUAGE|TZ|LC_[A-Z_]+)$")
@@ -142,16 +150,25 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)
 
 
-def ensure_user(name: str = DEFAULT_USER) -> pwd.struct_passwd:
-    """The system user `name`, created (`useradd --system`, no home, no login shell) when missing."""
+def ensure_user(name: str = DEFAULT_USER, *, group: str | None = None) -> pwd.struct_passwd:
+    """The system user `name`, created (`useradd --system`, no home, no login shell) when missing: with a
+    group of its own, or with the primary group `group` (created too when missing)."""
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(name)
     if os.geteuid() != 0:
         raise SandboxError(f"user {name!r} does not exist and only root can create it")
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    args = [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+    args = [shutil.which("useradd") or "/usr/sbin/useradd", "--system", "--no-create-home"]
+    if group is None:
+        args.append("--user-group")
+    else:  # -f: success when it exists already (e.g. a concurrent creation won the race)
+        groupadd = shutil.which("groupadd") or "/usr/sbin/groupadd"
+        subprocess.run([groupadd, "--system", "-f", group], capture_output=True, check=False)
+        args += ["--gid", group]
     result = subprocess.run(
-        [*args, "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True, check=False
+        [*args, "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         return pwd.getpwnam(name)  # also when a concurrent useradd won the race and this one failed
@@ -181,7 +198,12 @@ class Sandbox:
         self.limits = limits or Limits()
         self._account = ensure_user(user) if user is not None else None
         self._lock = threading.Lock()
-        self._runnable: set[str] = set()
+        self._runnable: set[tuple[str, int]] = set()
+        # Trust group -> pool user. Allocated in order of first use and kept for this object's life, so a
+        # group's restarted server gets the same uid and no two groups ever share one. Numbered names
+        # (not a hash of the group) keep the pool small and bounded, and the users reusable across
+        # restarts of the server; the mapping itself need not survive them (working folders do not).
+        self._pool: dict[str, str] = {}
         for folder in (root, root / "work", root / "shared"):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o711)  # traversable by the sandbox user, not listable
@@ -201,8 +223,39 @@ class Sandbox:
     def uid(self) -> int:
         return self._account.pw_uid if self._account is not None else os.geteuid()
 
-    def workdir(self, name: str) -> Path:
-        """The private working folder of `name` (created, owned by the sandbox user, 0700)."""
+    def user_for(self, trust_group: str) -> str | None:
+        """The pool user of `trust_group` (created when missing), or None when users are not isolated
+        (no root: every process runs as the server's user). Raises SandboxError once the pool is used up:
+        sharing a uid between two groups would silently undo their isolation."""
+        if self._account is None:
+            return None
+        with self._lock:
+            user = self._pool.get(trust_group)
+            if user is None:
+                if len(self._pool) >= POOL_SIZE:
+                    raise SandboxError(f"all {POOL_SIZE} sandbox users are in use")
+                user = self._pool[trust_group] = f"{POOL_PREFIX}{len(self._pool)}"
+        account = ensure_user(user, group=POOL_GROUP)
+        # A same-named account made by someone else (root, or another primary group) is not ours to use.
+        if account.pw_uid == 0 or account.pw_gid != grp.getgrnam(POOL_GROUP).gr_gid:
+            raise SandboxError(f"user {user!r} exists but is not a sandbox user (group {POOL_GROUP!r})")
+        return user
+
+    def uid_of(self, user: str | None) -> int:
+        """The uid processes launched with `user` run as (None: the sandbox's default)."""
+        return self._user_account(user).pw_uid if self._account is not None else os.geteuid()
+
+    def _user_account(self, user: str | None) -> pwd.struct_passwd:
+        assert self._account is not None
+        if user is None or user == self._account.pw_name:
+            return self._account
+        if not user.startswith(POOL_PREFIX) or user not in self._pool.values():
+            raise SandboxError(f"not a user of this sandbox: {user!r}")
+        return ensure_user(user, group=POOL_GROUP)
+
+    def workdir(self, name: str, *, user: str | None = None) -> Path:
+        """The private working folder of `name` (created, owned by `user` or the sandbox's default user,
+        0700)."""
         folder = self.root / "work" / _checked(name)
         if folder.is_dir():  # a restart: the folder is the process's own now; touch nothing inside it
             return folder
@@ -211,8 +264,9 @@ class Sandbox:
         folder.mkdir(mode=0o700)
         (folder / "tmp").mkdir(mode=0o700)
         if self._account is not None:
+            account = self._user_account(user)
             for path in (folder / "tmp", folder):
-                os.chown(path, self._account.pw_uid, self._account.pw_gid, follow_symlinks=False)
+                os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
         folder.chmod(0o700)
         return folder
 
@@ -261,18 +315,21 @@ class Sandbox:
         name: str,
         extra_env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        user: str | None = None,
     ) -> Launch:
-        """Popen arguments that run `argv` sandboxed. `argv[0]` must be a Python interpreter: it also
-        runs the launcher that sets the limits."""
+        """Popen arguments that run `argv` sandboxed, as `user` (from `user_for`; None: the sandbox's
+        default user). `argv[0]` must be a Python interpreter: it also runs the launcher that sets the
+        limits."""
         python = _absolute(argv[0])
-        workdir = self.workdir(name)
-        if self._account is not None:
-            self._check_runnable(python)
+        workdir = self.workdir(name, user=user)
+        account = self._user_account(user) if self._account is not None else None
+        if account is not None:
+            self._check_runnable(python, account)
         env = sandbox_environment(
             os.environ, home=workdir, bin_dir=Path(python).parent, extra=extra_env or {}
         )
         return Launch(
-            args=self._launcher(python, limits or self.limits, [python, *argv[1:]]),
+            args=self._launcher(python, limits or self.limits, [python, *argv[1:]], account),
             kwargs={"env": env, "cwd": str(workdir), "start_new_session": True, "close_fds": True},
             workdir=workdir,
         )
@@ -291,20 +348,23 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _launcher(self, python: str, limits: Limits, target: list[str]) -> list[str]:
-        account = self._account
+    @staticmethod
+    def _launcher(
+        python: str, limits: Limits, target: list[str], account: pwd.struct_passwd | None
+    ) -> list[str]:
         ids = f"{account.pw_uid}:{account.pw_gid}" if account is not None else ""
         return [python, "-I", "-S", "-c", _LAUNCHER, limits.launcher_arg(), ids, *target]
 
-    def _check_runnable(self, python: str) -> None:
+    def _check_runnable(self, python: str, account: pwd.struct_passwd) -> None:
         """Fails clearly when the sandbox user cannot execute `python`, e.g. a pyenv interpreter
-        under /root (0700); checked once per interpreter by running it as that user."""
+        under /root (0700); checked once per interpreter and user by running it as that user."""
+        key = (python, account.pw_uid)
         with self._lock:
-            if python in self._runnable:
+            if key in self._runnable:
                 return
         try:
             probe = subprocess.run(
-                self._launcher(python, self.limits, [python, "-I", "-S", "-c", "pass"]),
+                self._launcher(python, self.limits, [python, "-I", "-S", "-c", "pass"], account),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -319,15 +379,18 @@ class Sandbox:
             blocked = _untraversable_ancestor(Path(python)) or _untraversable_ancestor(
                 Path(os.path.realpath(python))
             )
+            grantee = f"u:{account.pw_name}" if account is self._account else f"g:{POOL_GROUP}"
             hint = (
-                f"; grant it traverse on {blocked} (e.g. `setfacl -m u:{self.user}:x {blocked}`, "
+                f"; grant it traverse on {blocked} (e.g. `setfacl -m {grantee}:x {blocked}`, "
                 "as .ci/setup does)"
                 if blocked
                 else ""
             )
-            raise SandboxError(f"the sandbox user {self.user!r} cannot run {python}: {detail}{hint}")
+            raise SandboxError(
+                f"the sandbox user {account.pw_name!r} cannot run {python}: {detail}{hint}"
+            )
         with self._lock:
-            self._runnable.add(python)
+            self._runnable.add(key)
 
 
 def safe_name(text: str) -> str:
