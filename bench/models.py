@@ -115,7 +115,7 @@ def build_models(folder: Path, keys: str = "AB") -> list[BenchModel]:
 
 # A Python step whose per-call cost dominates: a fixed sort (a few ms, independent of the rows) stands
 # for the per-call overhead of a model that batching amortises; its answer per row is exact to check.
-PYTHON_STEP = '''
+PYTHON_STEP = """
 import numpy as np
 import pandas as pd
 
@@ -126,7 +126,7 @@ def wallaroo_json(data: pd.DataFrame) -> pd.DataFrame:
     np.sort(_WORK)  # the fixed per-call cost
     rows = np.stack(data["inputs"].to_numpy())
     return pd.DataFrame({"score": rows.sum(axis=1, dtype=np.float64)})
-'''
+"""
 STEP_WIDTH = 29
 
 

@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             work_dir = Path(work)
             print("building models", flush=True)
             models = build_models(work_dir / "models", "".join(args.models))
-            ctx = RunContext(
-                processes, budget, args.sizes, work_dir, args.client_procs, args.memory_models
-            )
+            ctx = RunContext(processes, budget, args.sizes, work_dir, args.client_procs, args.memory_models)
             cells = run_paths(models, args.paths, ctx)
             serving_cells = run_serving(models, args.paths, ctx)
     except KeyboardInterrupt:

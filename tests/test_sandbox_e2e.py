@@ -145,9 +145,7 @@ NEIGHBOUR_STEP = textwrap.dedent("""
 """)
 
 
-def test_two_workspaces_steps_cannot_reach_each_others_runtime_server(
-    world: Path, tmp_path: Path
-) -> None:
+def test_two_workspaces_steps_cannot_reach_each_others_runtime_server(world: Path, tmp_path: Path) -> None:
     with App(settings_for(world / "data")) as app, Client(app.grpc_address) as client:
         script = tmp_path / "neighbour.py"
         script.write_text(NEIGHBOUR_STEP)

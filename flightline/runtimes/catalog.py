@@ -87,7 +87,7 @@ class FrameworkSpec:
         return self.unavailable()
 
     def unavailable(self, family_built: Callable[[str], bool] | None = None) -> str:
-        """"" when it can be served, else what to install (or do); `family_built` as in
+        """ "" when it can be served, else what to install (or do); `family_built` as in
         plugins.unavailable_reason (the server passes its environment cache's answer)."""
         reason = unavailable_reason(self.name, family_built)
         return f"{reason}; {self.workaround}" if reason and self.workaround else reason

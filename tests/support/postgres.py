@@ -64,5 +64,3 @@ def new_postgres_database(server: str) -> str:
         connection.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return f"{server}/{name}"
-
-

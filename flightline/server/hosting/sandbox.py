@@ -386,9 +386,7 @@ class Sandbox:
                 if blocked
                 else ""
             )
-            raise SandboxError(
-                f"the sandbox user {account.pw_name!r} cannot run {python}: {detail}{hint}"
-            )
+            raise SandboxError(f"the sandbox user {account.pw_name!r} cannot run {python}: {detail}{hint}")
         with self._lock:
             self._runnable.add(key)
 

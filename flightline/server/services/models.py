@@ -305,7 +305,6 @@ class ModelService:
             output_schema=_ipc(prepared.output_schema),
         )
 
-
     def family_built(self, family: str) -> bool:
         """Whether a runtime family's environment is built (`flightline runtimes install FAMILY`)."""
         return family in FAMILIES and self.environments.lookup(FAMILIES[family]) is not None
