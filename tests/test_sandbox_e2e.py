@@ -183,3 +183,72 @@ def test_two_workspaces_steps_cannot_reach_each_others_runtime_server(world: Pat
         assert seen_a["uid"] == uid_a and seen_b["uid"] == uid_b
         assert len({uid_a, uid_b, app.sandbox.uid, 0}) == 4
         assert Path(workdir_b).stat().st_uid == uid_b
+
+
+# A pickle whose unpickling probes the server before it hands back a real model. Every process that
+# unpickles it (the preparation subprocess, then the sklearn runtime server) writes what it saw to its
+# own file in a folder anyone may write: user code reports by the only door it has.
+def test_an_uploaded_pickle_cannot_see_the_servers_secrets(
+    world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pickle runs in every process that unpickles it; each reports a secret it did not get and a
+    /proc/<server>/environ and database it could not read."""
+    import pickle
+
+    import numpy as np
+    from sklearn.kernel_ridge import KernelRidge  # not convertible: served by the sklearn runtime itself
+
+    monkeypatch.setenv("FLIGHTLINE_E2E_SECRET", SECRET)
+    reports = world / "reports"
+    reports.mkdir()
+    reports.chmod(0o777)
+    rng = np.random.default_rng(0)
+    model = KernelRidge(kernel="rbf").fit(rng.normal(size=(20, 3)), rng.normal(size=20))
+    data = world / "data"
+    with App(settings_for(data)) as app, Client(app.grpc_address) as client:
+        database = data.resolve() / "flightline.db"
+        probe = textwrap.dedent(f"""
+            import json, os
+            def attempt(action):
+                try:
+                    return action()
+                except OSError as error:
+                    return "denied:" + type(error).__name__
+            seen = {{
+                "uid": os.getuid(),
+                "secret": os.environ.get("FLIGHTLINE_E2E_SECRET"),
+                "parent_environ": attempt(lambda: open("/proc/{os.getpid()}/environ", "rb").read().hex()),
+                "database": attempt(lambda: open({str(database)!r}, "rb").read().decode("latin-1")),
+            }}
+            with open(os.path.join({str(reports)!r}, str(os.getpid()) + ".json"), "w") as out:
+                json.dump(seen, out)
+        """)
+
+        class Probe:
+            def __reduce__(self) -> tuple[object, tuple[str]]:
+                # exec() the probe, then hand back the real model, unpickled from bytes inside the pickle.
+                return (eval, (f"(exec({probe!r}), __import__('pickle').loads({pickle.dumps(model)!r}))[1]",))
+
+        artifact = world / "model.pkl"
+        artifact.write_bytes(pickle.dumps(Probe()))
+        workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="pickled"))
+        schema = pa.schema([pa.field("inputs", pa.list_(pa.float64(), 3))])
+        conversion = model_pb2.Conversion(framework="sklearn", input_schema=schema.serialize().to_pybytes())
+        meta = model_pb2.UploadMetadata(name="pickled", workspace_id=workspace.id, conversion=conversion)
+        uploaded = client.upload_file(artifact, meta)
+        assert uploaded.version.status == model_pb2.MODEL_STATUS_READY, uploaded.version.status_reason
+        assert uploaded.version.runtime == "sklearn"  # the pickle itself is served, not an ONNX conversion
+        deployment = client.deploy(workspace.id, "pickled", uploaded.model_id)
+        rows = rng.normal(size=(4, 3))
+        table = pa.table({"inputs": pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), 3)})
+        result = infer(deployment.flight_location, "pickled", table, mode="outputs")
+        served = result.column(result.column_names[0]).to_numpy(zero_copy_only=False)
+        np.testing.assert_allclose(served.astype(float).ravel(), model.predict(rows), rtol=1e-6)
+    seen = [json.loads(report.read_text()) for report in sorted(reports.glob("*.json"))]
+    assert len(seen) >= 2  # the preparation subprocess and the runtime server both unpickled it
+    for report in seen:
+        assert report["secret"] is None
+        if os.geteuid() == 0:
+            assert report["uid"] != 0
+            assert report["parent_environ"] == "denied:PermissionError"
+            assert report["database"] == "denied:PermissionError"
