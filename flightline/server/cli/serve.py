@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -82,6 +84,7 @@ def serve(
             print(shown.to_pandas().to_string(), flush=True)
         stop.wait()
     finally:
+        _exit_if_stuck(settings.shutdown_grace + STOP_BUDGET_SECONDS)
         closed = running.stop()
     if not closed:
         # Handler threads still wait on clients inside pyarrow, and the interpreter's exit would wait for
@@ -89,6 +92,30 @@ def serve(
         log.warning("exiting with Flight client streams still open after %gs", settings.shutdown_grace)
         logging.shutdown()
         os._exit(0)
+
+
+# What stopping may take beyond the Flight grace: gRPC's own 2 s grace, then runtime servers' 5 s.
+STOP_BUDGET_SECONDS = 8.0
+
+
+def _exit_if_stuck(after: float) -> None:
+    """A stop that overruns its budget (a part blocked where Python cannot interrupt it) must not keep the
+    process alive: after `after` seconds the process dumps its threads' stacks to the log, for the
+    operator, and exits."""
+
+    def give_up() -> None:
+        log.warning(
+            "exiting with Flight client streams still open or a part still stopping after %gs; "
+            "thread stacks follow",
+            after,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        logging.shutdown()
+        os._exit(0)
+
+    watchdog = threading.Timer(after, give_up)
+    watchdog.daemon = True
+    watchdog.start()
 
 
 def _check_ports(settings: Settings) -> None:
