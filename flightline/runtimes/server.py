@@ -374,6 +374,8 @@ def _stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A blocked mask survives exec: unblock, or a parent's blocked SIGTERM would never reach us.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     return stop
 
 

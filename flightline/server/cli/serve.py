@@ -66,6 +66,9 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # A parent may start us with these signals blocked (a blocked mask survives exec, and threads of gRPC
+    # or Arrow block every signal): then SIGTERM would stay pending forever.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     running = build(settings).start()
     try:
         grpc_address = running.grpc_address if isinstance(running, App) else ""
