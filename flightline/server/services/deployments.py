@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flightline.runtimes import load_runtime
-from flightline.runtimes.base import ModelLoadError, ModelSpec
+from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.batching import MAX_DELAY_MS, Batching, BatchingStep
-from flightline.server.dataplane.discovery import placement
+from flightline.server.dataplane.discovery import model_spec, placement
 from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
 from flightline.server.errors import (
     FailedPrecondition,
@@ -294,7 +294,8 @@ class DeploymentService:
         # Python step) stays in its own sandboxed process, as does a model with an environment of its own.
         in_front_door = plugin(version.runtime).in_front_door and environment == SERVER_ENVIRONMENT
         if self.in_process_native and in_front_door:
-            spec = ModelSpec(self._artifact(version), version.framework, input_schema, output_schema, options)
+            # One way to build a front-door step's spec: the route discovery of other front doors uses it too.
+            spec = model_spec(version, self._artifact(version))
             return LocalStep(Host(load_runtime(version.runtime, spec)))
         key = f"{name}.{index}"
         group = server_group(version, self.store.get_deployment(name).workspace_id, environment)
