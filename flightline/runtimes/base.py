@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import pyarrow as pa
 
@@ -79,6 +79,9 @@ class Runtime(ABC):
     name: ClassVar[str]
     input_schema: pa.Schema
     output_schema: pa.Schema
+    # The per-request parameters the model takes (MLflow's params schema), one field each; None: none.
+    # How clients send them over Flight, and how they are checked: `flightline/runtimes/params.py`.
+    params_schema: pa.Schema | None = None
 
     @classmethod
     @abstractmethod
@@ -89,3 +92,9 @@ class Runtime(ABC):
     def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Runs the model on a batch already checked against `input_schema`. Returns the model's
         outputs only (no envelope), one row per input row."""
+
+    def infer_with_params(self, batch: pa.RecordBatch, params: Mapping[str, Any]) -> pa.RecordBatch:
+        """`infer` with per-request parameters: only the ones `params_schema` declares, already cast to
+        its types (`params.resolve`), and only when the request sent some. Runtimes that declare a
+        `params_schema` override this; the default ignores them, as MLflow does for models without one."""
+        return self.infer(batch)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from flightline.runtimes.base import Runtime
 from flightline.runtimes.envelope import envelope, envelope_schema
+from flightline.runtimes.params import resolve
 from flightline.runtimes.rules import BatchRules, is_open
 
 Mode = Literal["envelope", "outputs", "raw"]
@@ -73,27 +74,30 @@ class Host:
         """The batch checked against the data rules (raises InvalidInput), list columns made fixed-size."""
         return self._rules.check(batch)
 
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The model's raw outputs for a batch."""
-        return self._infer(self.validate(batch))
+    def run(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
+        """The model's raw outputs for a batch; `params` the request's parameters batch (`params.py`)."""
+        return self._infer(self.validate(batch), params)
 
-    def respond(self, batch: pa.RecordBatch, mode: Mode = DEFAULT_MODE) -> pa.RecordBatch:
+    def respond(
+        self, batch: pa.RecordBatch, mode: Mode = DEFAULT_MODE, params: pa.RecordBatch | None = None
+    ) -> pa.RecordBatch:
         """The response to one request batch in the given mode: "envelope" (time, in., out.,
         check_failures), "outputs" (out. columns only) or "raw" (model outputs, to chain pipeline steps)."""
         checked = self.validate(batch)
-        outputs = self._infer(checked)
+        outputs = self._infer(checked, params)
         if mode == "raw":
             return outputs
         schema = None if self._open else self._envelopes[mode]
         return envelope(checked, outputs, echo=mode == "envelope", schema=schema)
 
-    def _infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _infer(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
         declared = self._declared_outputs
         if batch.num_rows == 0 and declared is not None:
             # Zero rows in, zero rows out, whatever the model: many libraries (sklearn) refuse empty input.
             # An open output schema still asks the model, the only one that knows its columns.
             return _empty(declared)
-        outputs = self.runtime.infer(batch)
+        taken = resolve(params, self.runtime.params_schema)  # InvalidInput naming a parameter
+        outputs = self.runtime.infer_with_params(batch, taken) if taken else self.runtime.infer(batch)
         if outputs.num_rows != batch.num_rows:
             raise ModelOutputError(
                 f"model returned {outputs.num_rows} rows for {batch.num_rows} input rows; "

@@ -46,7 +46,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flightline.runtimes import load_runtime
+from flightline.runtimes import load_runtime, params
 from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
 from flightline.runtimes.flight_service import (
     SEE_LOG,
@@ -155,11 +155,13 @@ class Model:
         self.host = host
         self._lock = None if concurrent else threading.Lock()
 
-    def respond(self, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+    def respond(
+        self, batch: pa.RecordBatch, mode: Mode, params: pa.RecordBatch | None = None
+    ) -> pa.RecordBatch:
         if self._lock is None:
-            return self.host.respond(batch, mode)
+            return self.host.respond(batch, mode, params)
         with self._lock:
-            return self.host.respond(batch, mode)
+            return self.host.respond(batch, mode, params)
 
 
 def _target(descriptor: flight.FlightDescriptor) -> tuple[str, Mode]:
@@ -265,7 +267,7 @@ class RuntimeServer(FlightService):
             batch = chunk.data
             if batch is None:  # a metadata-only message carries nothing to infer
                 continue
-            result = self._respond(model, batch, mode)
+            result = self._respond(model, batch, mode, params.decode(chunk.app_metadata))
             if schema is None:
                 schema = result.schema
                 writer.begin(schema)
@@ -274,9 +276,11 @@ class RuntimeServer(FlightService):
             writer.write_batch(result)
 
     @staticmethod
-    def _respond(model: Model, batch: pa.RecordBatch, mode: Mode) -> pa.RecordBatch:
+    def _respond(
+        model: Model, batch: pa.RecordBatch, mode: Mode, request_params: pa.RecordBatch | None
+    ) -> pa.RecordBatch:
         try:
-            return model.respond(batch, mode)
+            return model.respond(batch, mode, request_params)
         except InvalidInput:
             raise
         except ModelOutputError as error:  # our own words about the model's contract: no paths, no data

@@ -161,11 +161,12 @@ class _BatchedStream(StepStream):
         self._step = step
         self._direct: StepStream | None = None  # for requests too large to gain from merging
 
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if batch.num_rows >= self._step.batching.max_batch_rows:
+    def run(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
+        # A request with parameters is never merged with others, which may have other parameters.
+        if params is not None or batch.num_rows >= self._step.batching.max_batch_rows:
             if self._direct is None:
                 self._direct = self._step.step.open()
-            return self._direct.run(batch)
+            return self._direct.run(batch, params)
         return self._step.submit(batch)
 
     def close(self) -> None:

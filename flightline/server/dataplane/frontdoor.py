@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline import __version__
-from flightline.runtimes import flight_service
+from flightline.runtimes import flight_service, params
 from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.envelope import envelope, envelope_schema
 from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, InvalidArgument, Unimplemented
@@ -104,7 +104,7 @@ class FrontDoor(FlightService):
                 batch = chunk.data
                 if batch is None:  # a metadata-only message carries nothing to infer
                     continue
-                outputs = _run_steps(route, streams, batch)
+                outputs = _run_steps(route, streams, batch, params.decode(chunk.app_metadata))
                 if output_schema is None:  # open schema: the first batch fixes the stream's columns
                     output_schema = outputs.schema
                     result_schema = envelope_schema(batch.schema, output_schema, echo)
@@ -188,12 +188,15 @@ def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:
     return path[0].decode(errors="replace"), mode == "envelope"
 
 
-def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The last step's raw outputs; each step's error told in terms of the deployment, its detail logged."""
+def _run_steps(
+    route: Route, streams: list[StepStream], batch: pa.RecordBatch, request_params: pa.RecordBatch | None
+) -> pa.RecordBatch:
+    """The last step's raw outputs; each step's error told in terms of the deployment, its detail logged.
+    The request's parameters go to every step (each takes those its model declares)."""
     data = batch
     for index, stream in enumerate(streams):
         try:
-            data = stream.run(data)
+            data = stream.run(data, request_params)
         except InvalidInput as error:
             if index == 0:  # the request itself breaks the rules; the message names the column
                 raise

@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 from flightline.runtimes.base import InvalidInput
 from flightline.runtimes.flight_service import SEE_LOG
 from flightline.runtimes.host import Host, ModelOutputError
+from flightline.runtimes.params import params_metadata
 from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
 
@@ -47,8 +48,9 @@ class StepStream(ABC):
     """One step's side of one client stream."""
 
     @abstractmethod
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The step's raw outputs for `batch`. Raises InvalidInput for bad data, Unavailable when the
+    def run(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
+        """The step's raw outputs for `batch`, with the request's parameters (`runtimes/params.py`) when it
+        sent some. Raises InvalidInput for bad data, Unavailable when the
         runtime cannot be reached, StepFailed when the model failed."""
 
     @abstractmethod
@@ -83,9 +85,9 @@ class _LocalStream(StepStream):
     def __init__(self, host: Host) -> None:
         self._host = host
 
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def run(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
         try:
-            return self._host.run(batch)
+            return self._host.run(batch, params)
         except InvalidInput:  # the client's data breaks the rules; any other error is the model's
             raise
         except ModelOutputError as error:  # our own words about the model's contract
@@ -168,12 +170,15 @@ class _RemoteStream(StepStream):
         self._reader: flight.FlightStreamReader | None = None
         self._schema: pa.Schema | None = None
 
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def run(self, batch: pa.RecordBatch, params: pa.RecordBatch | None = None) -> pa.RecordBatch:
         try:
             if self._writer is None or not batch.schema.equals(self._schema):
                 self._reopen(batch.schema)
             assert self._writer is not None and self._reader is not None
-            self._writer.write_batch(batch)
+            if params is None:
+                self._writer.write_batch(batch)
+            else:  # the runtime server reads them from the request's app metadata, as the front door did
+                self._writer.write_with_metadata(batch, params_metadata(params))
             result = self._reader.read_chunk().data
         except pa.ArrowInvalid as error:  # INVALID_ARGUMENT: the runtime named what is wrong with the data
             self._abandon()
