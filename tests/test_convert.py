@@ -222,8 +222,12 @@ def test_schema_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     wide = pa.schema([("inputs", pa.list_(pa.float32(), FEATURES + 1))])
     with pytest.raises(InvalidConversionRequest, match="5 features but the model was trained on 4"):
         convert("sklearn", artifact, tmp_path / "out", input_schema=wide)
-    with pytest.raises(InvalidConversionRequest, match="exactly one column 'inputs'"):
+    # Columns other than one `inputs` list are one column per feature (a DataFrame as it is).
+    with pytest.raises(InvalidConversionRequest, match=r"1 columns \['x'\] but the model was trained on 4"):
         convert("sklearn", artifact, tmp_path / "out", input_schema=pa.schema([("x", pa.float32())]))
+    listed = pa.schema([("x", pa.list_(pa.float32(), 4))])
+    with pytest.raises(InvalidConversionRequest, match="input column 'x' is fixed_size_list"):
+        convert("sklearn", artifact, tmp_path / "out", input_schema=listed)
     too_many = pa.schema([("a", pa.int64()), ("b", pa.float64()), ("c", pa.float64())])
     with pytest.raises(InvalidConversionRequest, match="only gives predict and predict_proba"):
         convert("sklearn", artifact, tmp_path / "out", output_schema=too_many)

@@ -30,12 +30,19 @@ CATALOG = {spec.name for spec in FRAMEWORKS}
 PACKAGE = Path(flightline.__file__).parent
 # Where framework and runtime names may appear: the registry, the catalog's seed data, the runtime
 # modules that implement a plug-in, and the generated bindings.
-ALLOWED = {"runtimes/plugins.py", "runtimes/catalog.py", "runtimes/onnx.py", "runtimes/sklearn.py"}
+# mlflow_model.py is the one module that maps MLflow flavors to catalog frameworks.
+ALLOWED = {
+    "runtimes/plugins.py",
+    "runtimes/catalog.py",
+    "runtimes/onnx.py",
+    "runtimes/sklearn.py",
+    "runtimes/mlflow_model.py",
+}
 
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) == 3
+    assert len(names) == len(set(names)) and {"onnx", "python", "sklearn", "xgboost"} <= set(names)
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
@@ -104,12 +111,13 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "onnx": (True, True, True, False),  # data, thread-safe sessions: also served in the front door
         "python": (False, False, False, False),  # code, one call at a time
         "sklearn": (False, False, False, False),  # pickles are code; any class may be inside
+        "xgboost": (False, False, False, False),  # booster files: XGBoost's parser kept in the sandbox
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
-        ModelLoadError, match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn'\]"
+        ModelLoadError, match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn', 'xgboost'\]"
     ):
         plugin("pytorch")
     with pytest.raises(ModelLoadError, match="'mlflow' is in the catalog"):

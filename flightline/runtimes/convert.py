@@ -22,6 +22,7 @@ import pyarrow as pa
 from onnx import helper
 
 from flightline.runtimes import sklearn as pickles
+from flightline.runtimes import xgboost_booster as boosters
 from flightline.runtimes.catalog import get_framework
 
 DEFAULT_TARGET_OPSET = 17
@@ -34,6 +35,8 @@ _CORE_INPUT = "inputs_core"
 class ConversionResult:
     onnx_path: Path | None  # set when converted
     note: str  # why a convertible upload was not converted; "" otherwise
+    fallback: str = ""  # the runtime serving the unconverted original; "" = the accepting plug-in's
+    converter: str = ""  # what converted it (or tried), with versions, e.g. "skl2onnx 1.20.0"
 
 
 class InvalidConversionRequest(ValueError):
@@ -61,7 +64,10 @@ def convert(
     if not spec.converts_to_onnx:
         return ConversionResult(None, "")
     opset = _target_opset(options or {})
-    estimator = pickles.load_estimator(artifact)
+    booster = boosters.is_booster_file(artifact)  # a booster file, not a pickle
+    fallback = boosters.RUNTIME if booster else spec.fallback_runtime or ""
+    estimator = boosters.load_booster(artifact) if booster else pickles.load_estimator(artifact, options)
+    converter = _converter_versions(estimator)
     try:
         layout = pickles.input_layout(estimator, input_schema)
         outputs = pickles.output_methods(framework, estimator, output_schema)
@@ -70,13 +76,25 @@ def convert(
     try:
         model = _convert_pickle(estimator, layout, outputs, output_schema, opset)
     except _NotConverted as exc:
-        return ConversionResult(
-            None, f"{exc}: runs the original in the {spec.fallback_runtime} container runtime"
-        )
+        note = f"{exc}: runs the original in the {fallback} container runtime"
+        return ConversionResult(None, note, fallback if booster else "", converter)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / CONVERTED_FILE
     onnx.save_model(model, onnx_path)
-    return ConversionResult(onnx_path, "")
+    return ConversionResult(onnx_path, "", "", converter)
+
+
+def _converter_versions(estimator: Any) -> str:
+    """The converters (and the library of the model) with their versions, as recorded on the version."""
+    import importlib.metadata
+
+    names = ["skl2onnx", "onnx"]
+    if type(_final_estimator(estimator)).__module__.startswith(boosters.MODULE):
+        names.insert(1, "onnxmltools")
+        names.append("xgboost")
+    else:
+        names.append("scikit-learn")
+    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
 
 
 def _target_opset(options: Mapping[str, str]) -> int:
@@ -133,7 +151,7 @@ def _skl2onnx(
 
     _register_xgboost()
     tensor_type = FloatTensorType if core == np.float32 else DoubleTensorType
-    input_name = "inputs" if core == layout.numpy_dtype else _CORE_INPUT
+    input_name = "inputs" if core == layout.numpy_dtype and not layout.columns else _CORE_INPUT
     final = _final_estimator(estimator)
     # ZipMap would turn probabilities into a sequence of maps; plain tensors map to Arrow columns.
     options = {id(final): {"zipmap": False}} if _is_classifier(final) else None
@@ -199,7 +217,9 @@ def _with_schema_names(
     """Renames the graph's input and outputs to the served columns, drops outputs the original has no
     method for (e.g. decision scores), flattens single-column results and casts to declared types."""
     graph = model.graph
-    if core != layout.numpy_dtype:
+    if layout.columns:
+        _stack_columns(graph, layout, core)
+    elif core != layout.numpy_dtype:
         served = helper.make_tensor_value_info("inputs", _onnx_type(layout.numpy_dtype), [None, layout.width])
         cast = helper.make_node("Cast", ["inputs"], [_CORE_INPUT], to=_onnx_type(core), name="cast_inputs")
         graph.node.insert(0, cast)
@@ -226,6 +246,29 @@ def _with_schema_names(
         declared = output_schema.field(column).type if output_schema is not None else None
         graph.output.append(_renamed_output(graph, value, column, declared))
     return model
+
+
+def _stack_columns(graph: onnx.GraphProto, layout: pickles.InputLayout, core: np.dtype[Any]) -> None:
+    """A front for one input per column (a DataFrame sent as it is): each 1-D column becomes a (rows, 1)
+    tensor of the core type and the columns are concatenated in feature order, inside onnxruntime."""
+    column_shape = helper.make_tensor("column_shape", onnx.TensorProto.INT64, [2], [-1, 1])
+    graph.initializer.append(column_shape)
+    front, served, stacked = [], [], []
+    for index, field in enumerate(layout.columns):
+        dtype = np.dtype(field.type.to_pandas_dtype())
+        served.append(helper.make_tensor_value_info(field.name, _onnx_type(dtype), [None]))
+        tall = f"column_{index}__2d"
+        front.append(helper.make_node("Reshape", [field.name, "column_shape"], [tall]))
+        if dtype != core:
+            front.append(helper.make_node("Cast", [tall], [f"{tall}__cast"], to=_onnx_type(core)))
+            tall = f"{tall}__cast"
+        stacked.append(tall)
+    front.append(helper.make_node("Concat", stacked, [_CORE_INPUT], axis=1, name="stack_columns"))
+    for node in reversed(front):
+        graph.node.insert(0, node)
+    kept_inputs = [value for value in graph.input if value.name != _CORE_INPUT]
+    del graph.input[:]
+    graph.input.extend([*served, *kept_inputs])
 
 
 def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -290,7 +333,8 @@ def _verify(
 
     try:
         batch, expected = pickles.run_on_synthetic(layout, original)
-        got: list[npt.NDArray[Any]] = session.run(columns, {"inputs": batch})
+        feeds = pickles.column_feeds(layout, batch) if layout.columns else {"inputs": batch}
+        got: list[npt.NDArray[Any]] = session.run(columns, feeds)
     except Exception as exc:  # either side failing means the conversion cannot be trusted
         raise _NotConverted(
             f"could not check the conversion on a synthetic batch: {_first_line(exc)}"

@@ -153,6 +153,27 @@ PLUGINS: tuple[Plugin, ...] = (
         framework_requires=(("xgboost", ("xgboost",)),),
         install_hint="pip install scikit-learn joblib xgboost",
     ),
+    Plugin(
+        name="xgboost",
+        entry="flightline.runtimes.xgboost_booster:XGBoostRuntime",
+        # Serves no framework of its own: the sklearn plug-in's converter hands it XGBoost booster files
+        # (model.ubj / .json / deprecated binary) that could not be converted to ONNX.
+        frameworks=(),
+        forms=(
+            ArtifactForm(".ubj", "XGBoost booster, UBJSON (.ubj)"),
+            ArtifactForm(".json", "XGBoost booster, JSON (.json)"),
+            ArtifactForm(".xgb", "XGBoost booster, deprecated binary (.xgb)"),
+        ),
+        environment=SERVER_ENVIRONMENT,
+        # XGBoost's predict uses every core per call already; one call at a time, batching for throughput.
+        concurrent=False,
+        # A booster file unpickles nothing, but XGBoost's C++ parser of an uploaded file is kept out of the
+        # front door and shared runtime servers: it runs on its workspace's own runtime server.
+        trusted_artifacts=False,
+        native=True,
+        requires=("xgboost",),
+        install_hint="pip install xgboost",
+    ),
 )
 
 _BY_NAME = {p.name: p for p in PLUGINS}

@@ -30,7 +30,7 @@ import pyarrow as pa
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import get_framework
 from flightline.runtimes.parent import EXIT_WITH_STDIN, on_end_of_stdin
-from flightline.runtimes.plugins import CONVERTED_FRAMEWORK, Plugin, for_framework, load_attribute
+from flightline.runtimes.plugins import CONVERTED_FRAMEWORK, Plugin, for_framework, load_attribute, plugin
 
 INPUT_SCHEMA_FILE = "input_schema.arrow"
 OUTPUT_SCHEMA_FILE = "output_schema.arrow"
@@ -50,6 +50,7 @@ class Preparation:
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     note: str = ""
+    converter: str = ""  # the converter (and versions) that converted it or tried to
 
 
 def prepare(
@@ -78,10 +79,14 @@ def prepare(
         if result.onnx_path is not None:
             target = for_framework(CONVERTED_FRAMEWORK)
             served_in, served_out = _describe(target, result.onnx_path, input_schema, output_schema)
-            return Preparation(target.name, Path(result.onnx_path), served_in, served_out)
-        note = result.note
+            return Preparation(
+                target.name, Path(result.onnx_path), served_in, served_out, converter=result.converter
+            )
+        note, converter = result.note, result.converter
+        if result.fallback:  # the converter knows which runtime serves this form of the original
+            accepting = plugin(result.fallback)
     served_in, served_out = _describe(accepting, artifact, input_schema, output_schema)
-    return Preparation(accepting.name, None, served_in, served_out, note)
+    return Preparation(accepting.name, None, served_in, served_out, note, converter)
 
 
 def _describe(
@@ -164,6 +169,7 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
             "runtime": preparation.runtime,
             "artifact": _relative(args.out, preparation.artifact),
             "note": preparation.note,
+            "converter": preparation.converter,
             "prefix": sys.prefix,  # which environment inspected it (for the server's log and tests)
         }
     except ModelLoadError as exc:

@@ -50,6 +50,7 @@ class Prepared:
     output_schema: pa.Schema | None
     note: str = ""  # why a convertible model was not converted
     prefix: str = ""  # the environment (sys.prefix) the preparation process said it ran in
+    converter: str = ""  # the converter and versions that converted it, or tried to
 
 
 def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
@@ -123,6 +124,7 @@ def prepare(
         _schema(out / OUTPUT_SCHEMA_FILE),
         str(reply.get("note", "")),
         str(reply.get("prefix", ""))[:4096],
+        str(reply.get("converter", ""))[:1024],
     )
 
 
