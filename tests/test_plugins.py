@@ -117,7 +117,8 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
-        ModelLoadError, match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn', 'xgboost'\]"
+        ModelLoadError,
+        match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn', 'xgboost'\]",
     ):
         plugin("pytorch")
     with pytest.raises(ModelLoadError, match="'mlflow' is in the catalog"):
