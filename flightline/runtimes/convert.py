@@ -152,14 +152,15 @@ def _skl2onnx(
     _register_xgboost()
     tensor_type = FloatTensorType if core == np.float32 else DoubleTensorType
     input_name = "inputs" if core == layout.numpy_dtype and not layout.columns else _CORE_INPUT
-    final = _final_estimator(estimator)
+    converted = boosters.without_feature_names(estimator)
+    final = _final_estimator(converted)
     # ZipMap would turn probabilities into a sequence of maps; plain tensors map to Arrow columns.
     options = {id(final): {"zipmap": False}} if _is_classifier(final) else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model: onnx.ModelProto = convert_sklearn(
-                estimator,
+                converted,
                 initial_types=[(input_name, tensor_type([None, layout.width]))],
                 target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
                 options=options,

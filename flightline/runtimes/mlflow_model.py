@@ -267,7 +267,7 @@ def _field(spec: Mapping[str, Any], index: int, kind: str, count: int) -> pa.Fie
         raise NotAnMlflowModel(f"{MLMODEL} {kind} column {name or index} has type {spec.get('type')!r}")
     if not name:
         name = "inputs" if count == 1 and kind == "input" else f"{kind}_{index}"
-    return pa.field(name, arrow, nullable=not spec.get("required", True))
+    return pa.field(name, arrow)
 
 
 def check_given(given: pa.Schema, signature: pa.Schema) -> None:

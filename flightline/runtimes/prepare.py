@@ -65,7 +65,7 @@ def prepare(
     """Raises UnknownFramework, ModelLoadError and the converter's ValueErrors (bad schemas/options)."""
     get_framework(framework)  # UnknownFramework names the valid ones
     accepting = for_framework(framework)
-    note = ""
+    note = converter = ""
     if accepting.converter is not None:
         convert = load_attribute(accepting.converter)
         result = convert(

@@ -61,6 +61,24 @@ def _wrapper_class(booster: Any) -> Any:
     return xgboost.XGBClassifier if kind == "classifier" else xgboost.XGBRegressor
 
 
+def without_feature_names(estimator: Any) -> Any:
+    """A copy whose XGBoost booster has no feature names: onnxmltools reads only f0, f1, ... (a model fitted
+    on a DataFrame records the column names). The original keeps them for verification and serving."""
+    final = estimator
+    while hasattr(final, "steps"):
+        final = final.steps[-1][1]
+    if not type(final).__module__.startswith(MODULE) or getattr(final, "feature_names_in_", None) is None:
+        return estimator
+    import copy
+
+    converted = copy.deepcopy(estimator)
+    inner = converted
+    while hasattr(inner, "steps"):
+        inner = inner.steps[-1][1]
+    inner.get_booster().feature_names = None
+    return converted
+
+
 class XGBoostRuntime(SklearnRuntime):
     name = RUNTIME
 

@@ -133,7 +133,7 @@ class Model(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model_id", "model_name", "version", "framework", "runtime", "runtime_kind", "status", "status_reason", "conversion_note", "input_schema", "output_schema", "sha256", "size_bytes", "original_sha256", "source", "conversion", "create_time", "update_time")
+    __slots__ = ("model_id", "model_name", "version", "framework", "runtime", "runtime_kind", "status", "status_reason", "conversion_note", "input_schema", "output_schema", "sha256", "size_bytes", "original_sha256", "source", "conversion", "create_time", "update_time", "mlflow", "converter")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,8 @@ class ModelVersion(_message.Message):
     CONVERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MLFLOW_FIELD_NUMBER: _ClassVar[int]
+    CONVERTER_FIELD_NUMBER: _ClassVar[int]
     model_id: int
     model_name: str
     version: int
@@ -170,7 +172,37 @@ class ModelVersion(_message.Message):
     conversion: Conversion
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, model_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., framework: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., conversion_note: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., original_sha256: _Optional[str] = ..., source: _Optional[str] = ..., conversion: _Optional[_Union[Conversion, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    mlflow: MlflowOrigin
+    converter: str
+    def __init__(self, model_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., framework: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_kind: _Optional[_Union[RuntimeKind, str]] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., conversion_note: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., original_sha256: _Optional[str] = ..., source: _Optional[str] = ..., conversion: _Optional[_Union[Conversion, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mlflow: _Optional[_Union[MlflowOrigin, _Mapping]] = ..., converter: _Optional[str] = ...) -> None: ...
+
+class MlflowOrigin(_message.Message):
+    __slots__ = ("uri", "name", "version", "alias", "model_id", "run_id", "mlflow_version", "flavors", "flavor", "serialization", "signature", "route")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MLFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FLAVORS_FIELD_NUMBER: _ClassVar[int]
+    FLAVOR_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    name: str
+    version: str
+    alias: str
+    model_id: str
+    run_id: str
+    mlflow_version: str
+    flavors: _containers.RepeatedScalarFieldContainer[str]
+    flavor: str
+    serialization: str
+    signature: str
+    route: str
+    def __init__(self, uri: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., alias: _Optional[str] = ..., model_id: _Optional[str] = ..., run_id: _Optional[str] = ..., mlflow_version: _Optional[str] = ..., flavors: _Optional[_Iterable[str]] = ..., flavor: _Optional[str] = ..., serialization: _Optional[str] = ..., signature: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class WatchModelVersionRequest(_message.Message):
     __slots__ = ("model_id", "version")

@@ -212,6 +212,25 @@ def model_version(v: records.ModelVersion) -> model_pb2.ModelVersion:
         conversion=conversion_out(v.conversion),
         create_time=timestamp(v.created_at),
         update_time=timestamp(v.updated_at),
+        mlflow=None if v.origin is None else mlflow_origin(v.origin),
+        converter=v.converter,
+    )
+
+
+def mlflow_origin(o: records.MlflowOrigin) -> model_pb2.MlflowOrigin:
+    return model_pb2.MlflowOrigin(
+        uri=o.uri,
+        name=o.name,
+        version=o.version,
+        alias=o.alias,
+        model_id=o.model_id,
+        run_id=o.run_id,
+        mlflow_version=o.mlflow_version,
+        flavors=o.flavors,
+        flavor=o.flavor,
+        serialization=o.serialization,
+        signature=o.signature,
+        route=o.route,
     )
 
 

@@ -55,7 +55,8 @@ _BACKOFF_CAP_SECONDS = 4.0
 # How much of a remote error body goes to the log: enough to diagnose, bounded against a flood.
 _LOGGED_BODY_CHARS = 2000
 _PATH_FORMS = (
-    "models:/<name>/<version>, models:/m-<id>, runs:/<run_id>/<path>, mlflow-artifacts:/<path>, "
+    "models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id>, runs:/<run_id>/<path>, "
+    "mlflow-artifacts:/<path>, "
     "dbfs:/<path>, /<dbfs path>, or a full_path URL of this registry"
 )
 
@@ -97,6 +98,19 @@ class ArtifactInfo:
     is_dir: bool
     modification_time: int
     path: str
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """What a `models:/` URI names, pinned to one immutable thing: a registered model's version (an alias
+    resolved to the version it pointed at when asked) or an MLflow 3 logged model. `uri` downloads
+    exactly that (`models:/<name>/<version>` or `models:/m-<id>`), however the alias moves later."""
+
+    uri: str
+    name: str = ""  # registered model name; "" for a logged model
+    version: str = ""  # registered version; "" for a logged model
+    alias: str = ""  # the alias that was resolved, if any
+    model_id: str = ""  # m-<id>: an MLflow 3 logged model
 
 
 @dataclass(frozen=True)
@@ -524,6 +538,37 @@ class MlflowRegistryClient:
             raise NotFound(f"model '{name}' version {version} has no files in registry at {self.url}")
         return [store.info(entry) for entry in entries]
 
+    def resolve_model(self, uri: str) -> ModelReference:
+        """Pins a `models:/<name>/<version>`, `models:/<name>@<alias>` or `models:/m-<id>` URI to the
+        version (or logged model) it names now; NotFound for an unknown alias, model or version."""
+        _refuse_traversal(unquote(uri), uri)
+        parts = urlsplit(uri)
+        if parts.scheme != "models":
+            raise InvalidArgument(f"{uri!r} is not a models:/ URI")
+        ref = parts.path.strip("/")
+        name, slash, version = ref.rpartition("/")
+        if slash and name and version:
+            return ModelReference(f"models:/{name}/{version}", name=name, version=version)
+        name, at, alias = ref.rpartition("@")
+        if at and name and alias:
+            what = f"alias '{alias}' of model '{name}'"
+            try:
+                body = self._http.get_json(
+                    "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias}, what
+                )
+            except InvalidArgument:  # MLflow answers an unknown alias with 400 INVALID_PARAMETER_VALUE
+                raise NotFound(f"{what} not found in registry at {self.url}") from None
+            version = str(body.get("model_version", {}).get("version", ""))
+            if not version.isdigit():
+                raise Unavailable(f"registry at {self.url} answered {what} without a version number")
+            return ModelReference(f"models:/{name}/{version}", name=name, version=version, alias=alias)
+        if ref.startswith("m-") and "/" not in ref:
+            return ModelReference(f"models:/{ref}", model_id=ref)
+        raise InvalidArgument(
+            f"cannot resolve {uri!r}: expected models:/<name>/<version>, models:/<name>@<alias> "
+            "or models:/m-<id>"
+        )
+
     def download(self, path: str, dest: Path, progress: Callable[[int], None] | None = None) -> Path:
         """Downloads a file to dest/<basename>, or a directory to a tree under dest/<basename>/.
 
@@ -609,6 +654,9 @@ class MlflowRegistryClient:
         name, _, version = ref.rpartition("/")
         if name and version:
             return self._version_root(name, version)
+        if "@" in ref:
+            pinned = self.resolve_model(path)
+            return self._version_root(pinned.name, pinned.version)
         if ref.startswith("m-"):
             what = f"logged model '{ref}'"
             body = self._http.get_json(f"/api/2.0/mlflow/logged-models/{quote(ref)}", {}, what)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from flightline.runtimes import mlflow_model
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
 from flightline.runtimes.plugins import for_framework, plugin
@@ -29,12 +30,13 @@ from flightline.server.hosting.environments import (
 from flightline.server.observability import DEFAULT, Observer
 from flightline.server.services.archives import zip_dir
 from flightline.server.services.changes import Changes
+from flightline.server.services.mlflow_models import mlflow_unit
 from flightline.server.services.names import check_dns_name, parse_schema
 from flightline.server.services.prepare import Converters, check_artifact, prepare
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.artifacts import ArtifactStore, StoredArtifact
 from flightline.server.store.metadata import VISIBILITIES, MetadataStore
-from flightline.server.store.records import Conversion, Model, ModelStatus, ModelVersion
+from flightline.server.store.records import Conversion, MlflowOrigin, Model, ModelStatus, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +106,48 @@ class ModelService:
         conversion: Conversion,
         progress: Callable[[int], None] | None = None,
     ) -> ModelVersion:
-        framework = self._check_request(workspace_id, name, visibility, conversion)
+        """Stores a registry file, folder or MLflow model. `models:/` URIs are pinned first (an alias to
+        the version it names now), so what is stored is one immutable registry version; a folder holding
+        MLmodel is one MLflow model, routed by its flavor (`runtimes/mlflow_model.py`)."""
         if not path:
             raise InvalidArgument(
                 "path is empty: pass a path from ListModelVersionArtifacts or models:/<name>/<version>"
             )
+        # The framework may be left empty for an MLflow model: it is checked once the MLmodel is read.
+        self._check_basics(workspace_id, name, visibility, conversion, framework_optional=True)
+        reference = (
+            self.registries.resolve_model(registry_id, workspace_id, path)
+            if path.startswith("models:")
+            else None
+        )
+        source = f"registry:{registry_id}:{path}"
+        if reference is not None and reference.version:
+            source = f"registry:{registry_id}:{reference.uri}"  # the pinned version, not the alias
         with self._folder() as tmp:
             report = progress or _log_progress(f"{name} from registry {registry_id}")
-            local = self.registries.download(registry_id, workspace_id, path, tmp / "download", report)
+            remote = reference.uri if reference is not None else path
+            local = self.registries.download(registry_id, workspace_id, remote, tmp / "download", report)
+            if local.is_dir() and (local / mlflow_model.MLMODEL).is_file():
+                unit = mlflow_unit(local, conversion, tmp, path, reference)
+                original = self.artifacts.put_file(unit.original)
+                served = self.artifacts.put_file(unit.served) if unit.served != unit.original else original
+                return self._record(
+                    workspace_id,
+                    name,
+                    visibility,
+                    get_framework(unit.conversion.framework),
+                    unit.conversion,
+                    source,
+                    served,
+                    unit.served.name,
+                    original=original,
+                    origin=unit.origin,
+                )
+            framework = self._check_request(workspace_id, name, visibility, conversion)
             if local.is_dir():
                 local = zip_dir(local, tmp / f"{local.name}.zip")
             check_artifact(framework, local)
             stored = self.artifacts.put_file(local)
-        source = f"registry:{registry_id}:{path}"
         return self._record(workspace_id, name, visibility, framework, conversion, source, stored, local.name)
 
     def upload(
@@ -190,13 +221,30 @@ class ModelService:
     def _check_request(
         self, workspace_id: int, name: str, visibility: str, conversion: Conversion
     ) -> FrameworkSpec:
+        framework = self._check_basics(workspace_id, name, visibility, conversion, framework_optional=False)
+        assert framework is not None
+        return framework
+
+    def _check_basics(
+        self,
+        workspace_id: int,
+        name: str,
+        visibility: str,
+        conversion: Conversion,
+        *,
+        framework_optional: bool,
+    ) -> FrameworkSpec | None:
+        """Checks what every upload names; the framework may be empty where the model names it
+        (`framework_optional`, an MLflow model), and is then None."""
         check_dns_name("model", name)
         if visibility not in VISIBILITIES:
             raise InvalidArgument(f"visibility must be one of {VISIBILITIES}, not {visibility!r}")
-        try:
-            framework = get_framework(conversion.framework)
-        except UnknownFramework as exc:
-            raise InvalidArgument(str(exc)) from exc
+        framework = None
+        if conversion.framework or not framework_optional:
+            try:
+                framework = get_framework(conversion.framework)
+            except UnknownFramework as exc:
+                raise InvalidArgument(str(exc)) from exc
         for field in ("input_schema", "output_schema"):
             schema = parse_schema(f"conversion.{field}", getattr(conversion, field))
             if schema is not None:
@@ -230,7 +278,12 @@ class ModelService:
         source: str,
         stored: StoredArtifact,
         filename: str,
+        *,
+        original: StoredArtifact | None = None,
+        origin: MlflowOrigin | None = None,
     ) -> ModelVersion:
+        """`stored` is what preparation starts from; `original` what was uploaded, when they differ (an
+        MLflow model directory, of which one flavor's file is prepared)."""
         version = self.store.add_model_version(
             workspace_id=workspace_id,
             name=name,
@@ -243,7 +296,8 @@ class ModelService:
             source=source,
             sha256=stored.sha256,
             size_bytes=stored.size,
-            original_sha256=stored.sha256,
+            original_sha256=(original or stored).sha256,
+            origin=origin,
         )
         self.changes.notify()
         self._pool.submit(self._prepare, version, framework, filename)
@@ -301,6 +355,7 @@ class ModelService:
             sha256=stored.sha256,
             size_bytes=stored.size,
             conversion_note=prepared.note,
+            converter=prepared.converter,
             input_schema=_ipc(prepared.input_schema),
             output_schema=_ipc(prepared.output_schema),
         )

@@ -13,6 +13,7 @@ from flightline.server.errors import InvalidArgument, NotFound
 from flightline.server.registries.mlflow import (
     ArtifactInfo,
     MlflowRegistryClient,
+    ModelReference,
     RegisteredModel,
     RegisteredModelVersion,
 )
@@ -68,6 +69,11 @@ class RegistryService:
     def list_artifacts(self, registry_id: str, name: str, version: str) -> list[ArtifactInfo]:
         with self._client(registry_id) as client:
             return client.list_artifacts(name, version)
+
+    def resolve_model(self, registry_id: str, workspace_id: int, uri: str) -> ModelReference:
+        """Pins a models:/ URI (version, alias or logged model) for use in `workspace_id`."""
+        with self._client(registry_id, workspace_id) as client:
+            return client.resolve_model(uri)
 
     def download(
         self,

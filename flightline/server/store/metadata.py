@@ -27,6 +27,7 @@ from flightline.server.store.records import (
     Deployment,
     DeploymentStatus,
     DeploymentStep,
+    MlflowOrigin,
     Model,
     ModelStatus,
     ModelVersion,
@@ -195,6 +196,7 @@ class MetadataStore:
         output_schema: bytes = b"",
         conversion_note: str = "",
         status_reason: str = "",
+        origin: MlflowOrigin | None = None,
     ) -> ModelVersion:
         """Adds version 1 of a new model, or the next version of an existing one (whose visibility follows
         the newest upload)."""
@@ -245,6 +247,7 @@ class MetadataStore:
                 created_at=now,
                 updated_at=now,
                 owner=self.owner,
+                origin=None if origin is None else origin.to_json(),
             )
             session.add(row)
             session.flush()
@@ -266,6 +269,7 @@ class MetadataStore:
         size_bytes: int | None = None,
         input_schema: bytes | None = None,
         output_schema: bytes | None = None,
+        converter: str | None = None,
     ) -> ModelVersion:
         """Changes the given fields (None leaves a field as it is)."""
         changes: dict[str, Any] = {
@@ -278,6 +282,7 @@ class MetadataStore:
             "size_bytes": size_bytes,
             "input_schema": input_schema,
             "output_schema": output_schema,
+            "converter": converter,
         }
 
         def update(session: Session) -> ModelVersion:
@@ -681,6 +686,8 @@ def _version(row: ModelVersionRow, model_name: str) -> ModelVersion:
         created_at=row.created_at,
         updated_at=row.updated_at,
         owner=row.owner,
+        origin=MlflowOrigin.from_json(row.origin),
+        converter=row.converter,
     )
 
 

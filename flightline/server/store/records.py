@@ -50,6 +50,37 @@ class Conversion:
 
 
 @dataclass(frozen=True)
+class MlflowOrigin:
+    """Where an MLflow model came from and how it is served: the registry version it was pinned to (an
+    alias resolved once, so the version is immutable), its flavors, and the flavor/file served."""
+
+    uri: str = ""  # as asked, e.g. models:/fraud@champion
+    name: str = ""  # registered model name
+    version: str = ""  # registered version the upload resolved to ("" for a logged model m-<id>)
+    alias: str = ""
+    model_id: str = ""  # MLflow 3 logged model id
+    run_id: str = ""
+    mlflow_version: str = ""  # the MLflow that logged it
+    flavors: tuple[str, ...] = ()
+    flavor: str = ""  # the flavor it is served from
+    serialization: str = ""  # e.g. skops, cloudpickle, ubj
+    signature: str = ""  # "columns", "tensors" or "" (none)
+    route: str = ""  # why this framework / runtime was chosen
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.__dict__, "flavors": list(self.flavors)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object] | None) -> MlflowOrigin | None:
+        if not data:
+            return None
+        flavors = data.get("flavors")
+        known = {k: str(v) for k, v in data.items() if k in cls.__dataclass_fields__ and k != "flavors"}
+        listed = tuple(str(f) for f in flavors) if isinstance(flavors, list) else ()
+        return cls(**known, flavors=listed)
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     model_id: int
     model_name: str
@@ -70,6 +101,8 @@ class ModelVersion:
     created_at: datetime
     updated_at: datetime
     owner: str = ""  # the server instance preparing it ("" before migration 0003 until claimed)
+    origin: MlflowOrigin | None = None  # for MLflow models (migration 0006)
+    converter: str = ""  # the converter and versions that converted it, or tried to
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,9 @@ class ModelVersionRow(Base):
     updated_at: Mapped[datetime]
     # The server instance that prepares the version: only it fails the version if it is interrupted.
     owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # An MLflow model's origin (records.MlflowOrigin as JSON); None for other uploads.
+    origin: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    converter: Mapped[str] = mapped_column(default="", server_default="")
 
 
 class DeploymentRow(Base):
@@ -175,6 +178,24 @@ class DeploymentStepRow(Base):
     in_front_door: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     location: Mapped[str] = mapped_column(default="", server_default="")
     model_key: Mapped[str] = mapped_column(default="", server_default="")
+
+
+class FollowRow(Base):
+    """A deployment that follows a registry alias: what to upload when it moves, and where it stands."""
+
+    __tablename__ = "deployment_follows"
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    registry_id: Mapped[str] = mapped_column(String(36))
+    uri: Mapped[str]  # models:/<name>@<alias>
+    model_name: Mapped[str]  # the Flightline model its versions are uploaded as
+    # The upload's Conversion, replayed for each new version (records.Conversion as JSON).
+    conversion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    followed_version: Mapped[str]  # the registry version now served
+    status_reason: Mapped[str]  # why the last move was not followed, "" when it was
+    checked_at: Mapped[datetime]
 
 
 class RouteStateRow(Base):
