@@ -370,7 +370,7 @@ class Flightline:
         *,
         name: str,
         workspace: WorkspaceRef,
-        framework: str,
+        framework: str = "",
         registry: str | None = None,
         input_schema: pa.Schema | None = None,
         output_schema: pa.Schema | None = None,
@@ -386,8 +386,10 @@ class Flightline:
         (PENDING_CONVERSION).
 
         `path_or_uri` is a local file (streamed with its size declared; `progress` sees the bytes sent),
-        or with `registry=` (a registry id) a path of that registry: `models:/<name>/<version>` or an
-        artifact path from `fl.registries.artifacts(...)`."""
+        or with `registry=` (a registry id) a path of that registry: `models:/<name>/<version>`,
+        `models:/<name>@<alias>` (pinned to the version it names now), `models:/m-<id>` or an artifact
+        path from `fl.registries.artifacts(...)`. `framework` may stay empty for an MLflow model: its
+        flavor decides (the version's `mlflow` says which); a file upload needs one."""
         conversion = model_pb2.Conversion(
             framework=framework,
             input_schema=input_schema.serialize().to_pybytes() if input_schema is not None else b"",

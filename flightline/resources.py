@@ -148,6 +148,10 @@ class ModelVersion:
     size_bytes: int
     source: str
     create_time: datetime | None = None
+    # For an MLflow model: the registry version it was pinned to and the flavor served ({} otherwise),
+    # e.g. {"name": "fraud", "version": "3", "alias": "champion", "flavor": "sklearn", ...}.
+    mlflow: dict[str, object] = field(default_factory=dict)
+    converter: str = ""
 
     @classmethod
     def from_proto(cls, m: model_pb2.ModelVersion) -> ModelVersion:
@@ -166,6 +170,8 @@ class ModelVersion:
             m.size_bytes,
             m.source,
             _time(m, "create_time"),
+            _origin(m),
+            m.converter,
         )
 
 
@@ -296,3 +302,15 @@ class Deployment:
     def refresh(self) -> Deployment:
         """The deployment's current state."""
         return self.client.deployments.get(self.name)
+
+
+def _origin(m: model_pb2.ModelVersion) -> dict[str, object]:
+    if not m.HasField("mlflow"):
+        return {}
+    o = m.mlflow
+    fields = ("uri", "name", "version", "alias", "model_id", "run_id", "mlflow_version", "flavor")
+    origin: dict[str, object] = {name: getattr(o, name) for name in fields}
+    origin.update(
+        serialization=o.serialization, signature=o.signature, route=o.route, flavors=list(o.flavors)
+    )
+    return origin

@@ -56,12 +56,21 @@ def _options(pairs: list[str]) -> dict[str, str]:
 def upload(
     source: Annotated[str, typer.Argument(help="A model file, or with --registry a registry path.")],
     name: Annotated[str, typer.Option(help="DNS-compliant model name.")],
-    framework: Annotated[str, typer.Option(help="e.g. onnx, sklearn, xgboost, python (see `frameworks`).")],
     workspace: Annotated[
         str, typer.Option("--workspace", "--workspace-id", "-w", help="Workspace id or name.")
     ],
+    framework: Annotated[
+        str,
+        typer.Option(
+            help="e.g. onnx, sklearn, xgboost, python (see `frameworks`); may be left out for an "
+            "MLflow model from a registry (its flavor decides)."
+        ),
+    ] = "",
     registry: Annotated[
-        str | None, typer.Option(help="Registry id: SOURCE is models:/<name>/<version> or an artifact path.")
+        str | None,
+        typer.Option(
+            help="Registry id: SOURCE is models:/<name>/<version>, models:/<name>@<alias> or a path."
+        ),
     ] = None,
     input_schema: Annotated[
         Path | None, typer.Option(help="File with an Arrow IPC-serialized schema.")

@@ -27,6 +27,7 @@ from flightline.server.store.records import (
     Deployment,
     DeploymentStatus,
     DeploymentStep,
+    Follow,
     MlflowOrigin,
     Model,
     ModelStatus,
@@ -38,6 +39,7 @@ from flightline.server.store.records import (
 from flightline.server.store.tables import (
     DeploymentRow,
     DeploymentStepRow,
+    FollowRow,
     ModelRow,
     ModelVersionRow,
     RegistryRow,
@@ -489,6 +491,51 @@ class MetadataStore:
         with self._read() as session:
             return int(session.scalar(select(RouteStateRow.version).where(RouteStateRow.id == 1)) or 0)
 
+    # -- alias follows
+
+    def put_follow(self, follow: Follow) -> Follow:
+        """Starts (or replaces) the follow of a deployment."""
+
+        def put(session: Session) -> Follow:
+            if session.get(DeploymentRow, follow.deployment_id) is None:
+                raise NotFound(f"deployment {follow.deployment_id} does not exist")
+            row = session.get(FollowRow, follow.deployment_id)
+            if row is None:
+                row = FollowRow(deployment_id=follow.deployment_id)
+            row.registry_id = follow.registry_id
+            row.uri = follow.uri
+            row.model_name = follow.model_name
+            row.conversion = _conversion_json(follow.conversion)
+            row.followed_version = follow.followed_version
+            row.status_reason = follow.status_reason
+            row.checked_at = follow.checked_at
+            session.add(row)
+            session.flush()
+            return _follow(row)
+
+        return self._write(put)
+
+    def update_follow(
+        self, deployment_id: int, *, followed_version: str | None = None, status_reason: str | None = None
+    ) -> Follow:
+        def update(session: Session) -> Follow:
+            row = session.get(FollowRow, deployment_id)
+            if row is None:
+                raise NotFound(f"deployment {deployment_id} follows no alias")
+            if followed_version is not None:
+                row.followed_version = followed_version
+            if status_reason is not None:
+                row.status_reason = status_reason
+            row.checked_at = utc_now()
+            session.flush()
+            return _follow(row)
+
+        return self._write(update)
+
+    def list_follows(self) -> list[Follow]:
+        with self._read() as session:
+            return [_follow(row) for row in session.scalars(select(FollowRow))]
+
     # -- plumbing
 
     @contextmanager
@@ -688,6 +735,39 @@ def _version(row: ModelVersionRow, model_name: str) -> ModelVersion:
         owner=row.owner,
         origin=MlflowOrigin.from_json(row.origin),
         converter=row.converter,
+    )
+
+
+def _conversion_json(c: Conversion) -> dict[str, Any]:
+    return {
+        "framework": c.framework,
+        "python_version": c.python_version,
+        "requirements": list(c.requirements),
+        "input_schema": c.input_schema.hex(),
+        "output_schema": c.output_schema.hex(),
+        "options": dict(c.options),
+    }
+
+
+def _follow(row: FollowRow) -> Follow:
+    c = row.conversion
+    conversion = Conversion(
+        framework=str(c.get("framework", "")),
+        python_version=str(c.get("python_version", "")),
+        requirements=tuple(c.get("requirements") or ()),
+        input_schema=bytes.fromhex(c.get("input_schema", "")),
+        output_schema=bytes.fromhex(c.get("output_schema", "")),
+        options=dict(c.get("options") or {}),
+    )
+    return Follow(
+        row.deployment_id,
+        row.registry_id,
+        row.uri,
+        row.model_name,
+        conversion,
+        row.followed_version,
+        row.status_reason,
+        row.checked_at,
     )
 
 

@@ -144,3 +144,18 @@ class Deployment:
     failed_by_fault: bool = False  # FAILED by a fault, not by the model: start-up retries it
     owner: str = ""  # the control-plane instance that starts its runtimes and resumes it
     placements: tuple[StepPlacement, ...] = ()  # one per step while RUNNING, () otherwise
+
+
+@dataclass(frozen=True)
+class Follow:
+    """A deployment following a registry alias (`uri` = models:/<name>@<alias>): each new version the
+    alias points at is uploaded as `model_name` with `conversion` and swapped in."""
+
+    deployment_id: int
+    registry_id: str
+    uri: str
+    model_name: str
+    conversion: Conversion
+    followed_version: str  # the registry version being served
+    status_reason: str  # why the last move was not followed; "" when it was
+    checked_at: datetime

@@ -1,0 +1,125 @@
+"""A deployment following a registry alias (services/follow.py) against a real `mlflow server`: the alias
+moves, the new version is uploaded and prepared and handed to `update` with the reason; a version that
+cannot be prepared is not handed over, the follow says why, and it is not retried.
+
+`DeploymentService.update` is being built on the rollout branch; until it is merged here, the follower is
+tested against the same signature (`follow.Updater`) with an updater that records what it is asked."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from support.mlflow_models import COLUMNS
+
+from flightline.server.app import App
+from flightline.server.client import Client
+from flightline.server.services.follow import ACTOR, AliasFollower
+from flightline.server.store.records import Conversion, Deployment, DeploymentStep, ModelStatus
+from flightline.v1 import model_pb2, registry_pb2, workspace_pb2
+
+NAME = "follow-model"
+
+
+@dataclass
+class RecordingUpdater:
+    calls: list[tuple[int, str, tuple[DeploymentStep, ...], str, str]] = field(default_factory=list)
+    app: App | None = None
+
+    def update(
+        self, workspace_id: int, name: str, steps: Sequence[DeploymentStep], *, reason: str, actor: str = ""
+    ) -> Deployment:
+        self.calls.append((workspace_id, name, tuple(steps), reason, actor))
+        assert self.app is not None
+        return self.app.store.get_deployment(name)
+
+
+def log_version(url: str, seed: int) -> str:
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(url)
+    rng = np.random.default_rng(seed)
+    train = pd.DataFrame(rng.normal(size=(200, len(COLUMNS))), columns=list(COLUMNS))
+    model = LogisticRegression().fit(train, (train["amount"] > seed - 1).astype(int))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=NAME, input_example=train.head(3),
+            pip_requirements=["scikit-learn"],
+        )  # fmt: skip
+    return str(info.registered_model_version)
+
+
+def log_broken_version(url: str) -> str:
+    """A version whose MLmodel says sklearn but whose model file is not a model."""
+    import mlflow
+
+    mlflow.set_tracking_uri(url)
+    with tempfile.TemporaryDirectory() as scratch, mlflow.start_run() as run:
+        folder = Path(scratch) / "broken"
+        folder.mkdir()
+        (folder / "MLmodel").write_text(
+            "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n    model_path: model.pkl\n"
+            "  sklearn:\n    pickled_model: model.pkl\n    serialization_format: cloudpickle\n"
+        )
+        (folder / "model.pkl").write_bytes(b"not a pickle")
+        mlflow.log_artifacts(str(folder), "broken")
+        created = mlflow.MlflowClient(url).create_model_version(
+            NAME, f"runs:/{run.info.run_id}/broken", run.info.run_id
+        )
+    return str(created.version)
+
+
+def test_alias_moves_are_followed_and_a_broken_version_is_not(
+    app: App, client: Client, mlflow_registry: tuple[str, dict[str, object]]
+) -> None:
+    import mlflow
+
+    url, _ = mlflow_registry
+    registry_client = mlflow.MlflowClient(url)
+    first = log_version(url, 1)
+    registry_client.set_registered_model_alias(NAME, "champion", first)
+    workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="followers"))
+    registry = client.registries.CreateRegistry(
+        registry_pb2.CreateRegistryRequest(workspace_id=workspace.id, name="mlflow", url=url)
+    )
+    uri = f"models:/{NAME}@champion"
+    uploaded = client.models.UploadFromRegistry(
+        model_pb2.UploadFromRegistryRequest(
+            registry_id=registry.id, name="champion", path=uri, workspace_id=workspace.id
+        )
+    )
+    ready = client.wait_version(uploaded.model_id, uploaded.version.version)
+    assert ready.status == model_pb2.MODEL_STATUS_READY, ready.status_reason
+    client.deploy(workspace.id, "champion", uploaded.model_id)
+
+    updater = RecordingUpdater(app=app)
+    follower = AliasFollower(app.store, app.models, app.registries, updater, period=0)
+    follow = follower.follow(workspace.id, "champion", registry.id, uri, Conversion(framework=""))
+    assert follow.followed_version == first
+    assert follower.check() == [] and updater.calls == []  # nothing moved
+
+    second = log_version(url, 2)
+    registry_client.set_registered_model_alias(NAME, "champion", second)
+    assert follower.check() == [f"alias champion of {NAME} moved to version {second}: serving it"]
+    ((workspace_id, name, steps, reason, actor),) = updater.calls
+    assert (workspace_id, name, actor) == (workspace.id, "champion", ACTOR)
+    assert reason == f"alias champion of {NAME} moved to version {second}"
+    new = app.store.get_model_version(steps[0].model_id, steps[0].version)
+    assert new.status == ModelStatus.READY and new.origin is not None and new.origin.version == second
+    assert app.store.list_follows()[0].followed_version == second
+
+    broken = log_broken_version(url)
+    registry_client.set_registered_model_alias(NAME, "champion", broken)
+    (line,) = follower.check()
+    assert f"moved to version {broken}: not followed (it failed to prepare:" in line
+    assert "not a loadable pickle" in line and len(updater.calls) == 1  # the old one keeps serving
+    (state,) = app.store.list_follows()
+    assert state.followed_version == second and state.status_reason.startswith(f"version {broken} ")
+    versions_before = len(app.store.list_model_versions(uploaded.model_id, 100, 0))
+    assert follower.check() == []  # the same broken version is not uploaded again
+    assert len(app.store.list_model_versions(uploaded.model_id, 100, 0)) == versions_before
