@@ -307,7 +307,7 @@ FRAMEWORKS: tuple[FrameworkSpec, ...] = (
         _ANY,
         "export the model with tf2onnx and upload it as framework 'onnx'",
     ),
-    _spec("sklearn", "pickle", True, _ANY),
+    _spec("sklearn", "pickle, or skops (.skops)", True, _ANY),
     _spec(
         "pytorch",
         "TorchScript (.pt or .pth)",
@@ -315,7 +315,7 @@ FRAMEWORKS: tuple[FrameworkSpec, ...] = (
         _ANY,
         "export the model with torch.onnx.export and upload it as framework 'onnx'",
     ),
-    _spec("xgboost", "pickle (XGB files are not supported)", True, _ANY),
+    _spec("xgboost", "pickle, or an XGBoost booster file (.ubj, .json, .xgb)", True, _ANY),
     *(
         _containerized(f"hugging-face-{task}", "Hugging Face pipeline as .zip", schemas)
         for task, schemas in _HUGGING_FACE_TASKS.items()

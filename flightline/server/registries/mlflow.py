@@ -613,7 +613,10 @@ class MlflowRegistryClient:
         what = f"model '{name}' version {version}"
         params = {"name": name, "version": version}
         body = self._http.get_json("/api/2.0/mlflow/model-versions/get-download-uri", params, what)
-        return self._served_location(str(body.get("artifact_uri", "")), what)
+        uri = str(body.get("artifact_uri", ""))
+        if uri.startswith("runs:/"):  # a version registered from a run's folder (create_model_version)
+            return self._resolve(uri)
+        return self._served_location(uri, what)
 
     def _served_location(self, uri: str, what: str) -> tuple[_Store, str]:
         """Maps an artifact URI that the registry reported to the store that serves it."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from flightline.server.errors import InvalidArgument, NotFound
+from flightline.server.errors import FlightlineError, InvalidArgument, NotFound
 from flightline.server.services.models import TERMINAL, ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.metadata import MetadataStore
@@ -161,9 +161,9 @@ class AliasFollower:
             step = DeploymentStep(prepared.model_id, prepared.version)
             self.updater.update(deployment.workspace_id, deployment.name, [step], reason=what, actor=ACTOR)
         except Exception as exc:  # the old version keeps serving; the follow says why
-            why = (
-                str(exc) if isinstance(exc, _NotFollowed | InvalidArgument | NotFound) else type(exc).__name__
-            )
+            # Our own errors carry messages meant for people; anything else is named, its detail logged.
+            known = isinstance(exc, _NotFollowed | FlightlineError)
+            why = str(exc) if known else f"internal error: {type(exc).__name__}"
             if not isinstance(exc, _NotFollowed):
                 log.warning("following %s for %s failed", what, deployment.name, exc_info=exc)
             self.store.update_follow(follow.deployment_id, status_reason=f"{_tried(moved_to)}{why}")
