@@ -33,6 +33,7 @@ from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
 from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService
+from flightline.server.services.follow import AliasFollower, InPlaceUpdates
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.services.workspaces import WorkspaceService
@@ -153,6 +154,14 @@ class App:
             settings.route_poll_seconds,
             "follow-deployments",
         )
+        # Deployments that follow a registry alias (services/follow.py).
+        self.follower = AliasFollower(
+            self.store,
+            self.models,
+            self.registries,
+            InPlaceUpdates(self.deployments),
+            period=settings.follow_poll_seconds,
+        )
         self.grpc_server = self._grpc_server()
         self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         self.metrics_port = self.observer.metrics.serve(settings.host, settings.metrics_port)  # -1: off
@@ -172,6 +181,7 @@ class App:
         self.grpc_server.start()
         self.deployments.resume()
         self._follow.start()
+        self.follower.start()
         log.info(
             "instance %s (role %s) serving gRPC on %s and Flight on %s",
             self.instance_id,
@@ -191,6 +201,7 @@ class App:
         closed = self.front_door is None or self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
         self._follow.close()
+        self.follower.close()
         self.models.close()
         self.deployments.close()
         self.sandbox.close()
@@ -222,7 +233,7 @@ class App:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registries), server)
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentServicer(self.deployments, self.flight_location), server
+            DeploymentServicer(self.deployments, self.flight_location, self.follower), server
         )
         health_servicer = health.HealthServicer()
         for service in SERVICES:

@@ -54,6 +54,9 @@ class Settings:
     # data_dir/instance-id, created once, so a restarted instance is the same owner. Two processes must
     # not share an id (nor, therefore, a data_dir) unless they are one instance.
     instance_id: str = ""
+    # How often deployments that follow a registry alias read it (seconds; 0 turns following off): one
+    # GET per followed deployment, so a move is served within a period plus its preparation.
+    follow_poll_seconds: float = 30.0
     # How often a front door of role "frontdoor" checks the metadata store for changed routes (seconds).
     route_poll_seconds: float = 1.0
     # The front door that clients of a role "control" server are told to use (Deployment.flight_location).

@@ -43,6 +43,30 @@ class DeployRequest(_message.Message):
     batching: Batching
     def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSpec, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
 
+class FollowAliasRequest(_message.Message):
+    __slots__ = ("workspace_id", "name", "registry_id", "uri")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: int
+    name: str
+    registry_id: str
+    uri: str
+    def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., registry_id: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class AliasFollow(_message.Message):
+    __slots__ = ("uri", "followed_version", "status_reason", "check_time")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    followed_version: str
+    status_reason: str
+    check_time: _timestamp_pb2.Timestamp
+    def __init__(self, uri: _Optional[str] = ..., followed_version: _Optional[str] = ..., status_reason: _Optional[str] = ..., check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Batching(_message.Message):
     __slots__ = ("max_batch_rows", "max_delay_ms")
     MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]

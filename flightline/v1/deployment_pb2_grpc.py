@@ -39,6 +39,11 @@ class DeploymentServiceStub:
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.DeployRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.FollowAlias = channel.unary_unary(
+                '/flightline.v1.DeploymentService/FollowAlias',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.AliasFollow.FromString,
+                _registered_method=True)
         self.WatchDeployment = channel.unary_stream(
                 '/flightline.v1.DeploymentService/WatchDeployment',
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.SerializeToString,
@@ -71,6 +76,18 @@ class DeploymentServiceServicer:
         with the deployment DEPLOYING; its runtimes start in the background and it ends RUNNING or
         FAILED (status_reason says why, e.g. the model could not load). Follow it with
         WatchDeployment or poll GetDeployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowAlias(self, request, context):
+        """Makes a RUNNING one-step deployment follow a registry alias (models:/<name>@<alias>): whenever the
+        alias moves, the version it names is uploaded (as the deployed model, with the same framework and
+        input schema), prepared and swapped in without downtime; a version that fails to prepare or load
+        is not swapped in and AliasFollow.status_reason says why. Polled every
+        FLIGHTLINE_FOLLOW_POLL_SECONDS. Calling it again replaces the follow. NOT_FOUND for an unknown
+        deployment, registry, model or alias; INVALID_ARGUMENT for a uri without an alias.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +130,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.Deploy,
                     request_deserializer=flightline_dot_v1_dot_deployment__pb2.DeployRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
+            'FollowAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.FollowAlias,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.AliasFollow.SerializeToString,
             ),
             'WatchDeployment': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDeployment,
@@ -162,6 +184,33 @@ class DeploymentService:
             '/flightline.v1.DeploymentService/Deploy',
             flightline_dot_v1_dot_deployment__pb2.DeployRequest.SerializeToString,
             flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/FollowAlias',
+            flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.AliasFollow.FromString,
             options,
             channel_credentials,
             insecure,

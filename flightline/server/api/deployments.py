@@ -7,16 +7,32 @@ from collections.abc import Iterator
 import grpc
 
 from flightline.server.api import messages
+from flightline.server.errors import FailedPrecondition
 from flightline.server.services.deployments import DeploymentService, batching_of
+from flightline.server.services.follow import AliasFollower
 from flightline.server.store.records import Deployment, DeploymentStep
 from flightline.v1 import deployment_pb2 as pb
 from flightline.v1 import deployment_pb2_grpc
 
 
 class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
-    def __init__(self, deployments: DeploymentService, flight_location: str) -> None:
+    def __init__(
+        self, deployments: DeploymentService, flight_location: str, follower: AliasFollower | None = None
+    ) -> None:
         self.deployments = deployments
         self.flight_location = flight_location
+        self.follower = follower
+
+    def FollowAlias(self, request: pb.FollowAliasRequest, context: grpc.ServicerContext) -> pb.AliasFollow:
+        if self.follower is None:
+            raise FailedPrecondition("this server does not follow registry aliases")
+        follow = self.follower.follow(request.workspace_id, request.name, request.registry_id, request.uri)
+        return pb.AliasFollow(
+            uri=follow.uri,
+            followed_version=follow.followed_version,
+            status_reason=follow.status_reason,
+            check_time=messages.timestamp(follow.checked_at),
+        )
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
         steps = [

@@ -70,6 +70,9 @@ MAXIMA: dict[str, int] = {
     "flightline.v1.ListFrameworksRequest.page_token": 64,
     # deployments
     "flightline.v1.DeployRequest.name": 63,
+    "flightline.v1.FollowAliasRequest.name": 63,
+    "flightline.v1.FollowAliasRequest.registry_id": 36,
+    "flightline.v1.FollowAliasRequest.uri": 4096,
     "flightline.v1.DeployRequest.steps": 32,
     "flightline.v1.UndeployRequest.name": 63,
     "flightline.v1.GetDeploymentRequest.name": 63,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from flightline.server.errors import FlightlineError, InvalidArgument, NotFound
+from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument, NotFound
 from flightline.server.services.models import TERMINAL, ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.metadata import MetadataStore
@@ -53,6 +53,29 @@ class Updater(Protocol):
     ) -> Deployment: ...
 
 
+class InPlaceUpdates:
+    """`DeploymentService.update` as the follower's Updater. That method is built on the rollout branch;
+    until it is merged, a server finds no `update` and records each move as not followed, saying so."""
+
+    def __init__(self, deployments: object) -> None:
+        self._deployments = deployments
+
+    def update(
+        self,
+        workspace_id: int,
+        name: str,
+        steps: Sequence[DeploymentStep],
+        *,
+        reason: str,
+        actor: str = "",
+    ) -> Deployment:
+        method = getattr(self._deployments, "update", None)
+        if method is None:
+            raise FailedPrecondition("this server cannot swap a deployment's version in place yet")
+        result: Deployment = method(workspace_id, name, steps, reason=reason, actor=actor)
+        return result
+
+
 class AliasFollower:
     def __init__(
         self,
@@ -73,11 +96,18 @@ class AliasFollower:
         self._lock = threading.Lock()  # one pass at a time (the poller, or a webhook receiver)
 
     def follow(
-        self, workspace_id: int, name: str, registry_id: str, uri: str, conversion: Conversion
+        self,
+        workspace_id: int,
+        name: str,
+        registry_id: str,
+        uri: str,
+        conversion: Conversion | None = None,
     ) -> Follow:
         """Makes deployment `name` follow `uri` (models:/<name>@<alias>). Its current version counts as
         followed when it was uploaded from that alias's model; otherwise the next check swaps in the
-        version the alias names."""
+        version the alias names. New versions are uploaded with `conversion`, by default the deployed
+        version's framework, input schema and options: a version whose signature does not fit the
+        schema clients use is refused (its own requirements are read from it, not carried over)."""
         deployment = self.store.get_deployment(name)
         if deployment.workspace_id != workspace_id:
             raise NotFound(f"deployment {name!r} does not exist in workspace {workspace_id}")
@@ -89,13 +119,20 @@ class AliasFollower:
         step = deployment.steps[0]
         current = self.store.get_model_version(step.model_id, step.version)
         served = current.origin.version if current.origin and current.origin.name == reference.name else ""
+        asked = current.conversion
+        replayed = conversion or Conversion(
+            framework=asked.framework,
+            input_schema=asked.input_schema,
+            output_schema=asked.output_schema,
+            options=dict(asked.options),
+        )
         return self.store.put_follow(
             Follow(
                 deployment.id,
                 registry_id,
                 uri,
                 current.model_name,
-                conversion,
+                replayed,
                 served,
                 "",
                 utc_now(),
