@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from support.mlflow_models import COLUMNS
 
 from flightline.server.app import App
@@ -123,3 +124,47 @@ def test_alias_moves_are_followed_and_a_broken_version_is_not(
     versions_before = len(app.store.list_model_versions(uploaded.model_id, 100, 0))
     assert follower.check() == []  # the same broken version is not uploaded again
     assert len(app.store.list_model_versions(uploaded.model_id, 100, 0)) == versions_before
+
+
+def test_follow_alias_over_grpc_and_its_refusals(
+    client: Client, mlflow_registry: tuple[str, dict[str, object]]
+) -> None:
+    import grpc
+    import mlflow
+
+    from flightline.v1 import deployment_pb2
+
+    url, _ = mlflow_registry
+    version = log_version(url, 0)
+    mlflow.MlflowClient(url).set_registered_model_alias(NAME, "grpc-champion", version)
+    workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="grpc-follow"))
+    registry = client.registries.CreateRegistry(
+        registry_pb2.CreateRegistryRequest(workspace_id=workspace.id, name="mlflow", url=url)
+    )
+    uri = f"models:/{NAME}@grpc-champion"
+    uploaded = client.models.UploadFromRegistry(
+        model_pb2.UploadFromRegistryRequest(
+            registry_id=registry.id, name="grpc-champion", path=uri, workspace_id=workspace.id
+        )
+    )
+    client.wait_version(uploaded.model_id, uploaded.version.version)
+    client.deploy(workspace.id, "grpc-champion", uploaded.model_id)
+
+    def follow(**fields: object) -> deployment_pb2.AliasFollow:
+        request = {"workspace_id": workspace.id, "name": "grpc-champion", "registry_id": registry.id}
+        message = deployment_pb2.FollowAliasRequest(**{**request, "uri": uri, **fields})  # type: ignore[arg-type]
+        answer: deployment_pb2.AliasFollow = client.deployments.FollowAlias(message)
+        return answer
+
+    state = follow()
+    assert (state.uri, state.followed_version, state.status_reason) == (uri, version, "")
+    for fields, code in (
+        ({"uri": f"models:/{NAME}/{version}"}, grpc.StatusCode.INVALID_ARGUMENT),  # no alias
+        ({"uri": f"models:/{NAME}@nobody"}, grpc.StatusCode.NOT_FOUND),
+        ({"name": "no-such-deployment"}, grpc.StatusCode.NOT_FOUND),
+        ({"workspace_id": workspace.id + 1000}, grpc.StatusCode.NOT_FOUND),
+        ({"uri": "x" * 5000}, grpc.StatusCode.INVALID_ARGUMENT),  # over the limit
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            follow(**fields)
+        assert refused.value.code() == code, fields

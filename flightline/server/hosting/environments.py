@@ -60,6 +60,14 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "xgboost-cpu==3.2.0",  # the `xgboost` module without CUDA (xgboost pulls 470 MB of NCCL)
         "pandas==3.1.1",
     ),
+    # Booster files; the runtime is the sklearn runtime's code (flightline/runtimes/xgboost_booster.py).
+    "xgboost": (
+        "xgboost-cpu==3.2.0",
+        "scikit-learn==1.9.1",
+        "scipy==1.17.1",
+        "joblib==1.6.0",
+        "pandas==3.1.1",
+    ),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
