@@ -13,7 +13,8 @@ Routing (`route`), first match wins:
 - `xgboost` (ubj, json, deprecated binary) -> `xgboost`, the booster file (converted with onnxmltools,
   else served by the native `xgboost` runtime);
 - `tensorflow`, `keras`, `pytorch` -> the frameworks of the same name; `transformers` ->
-  `hugging-face-<task>`: the flavor's files, for those frameworks' plug-ins;
+  `hugging-face-<task>`: the whole directory as a zip with MLmodel at its root (the flavor's files are
+  where MLmodel says), for those frameworks' plug-ins;
 - anything else with `python_function` -> `mlflow` (the pyfunc runtime), the whole directory as a zip with
   `MLmodel` at its root, in an environment built from the model's own requirements.
 A caller may ask for `mlflow` explicitly to serve any pyfunc model through MLflow itself.
@@ -90,6 +91,7 @@ class Route:
     artifact: str
     serialization: str  # e.g. "skops", "cloudpickle", "ubj"; "" when the flavor has one form
     reason: str  # why this runtime family: shown on the version
+    own_environment: bool = False  # served by MLflow itself, in an env from the model's requirements
 
 
 def read(folder: Path) -> MlflowModel:
@@ -141,7 +143,7 @@ def route(model: MlflowModel, requested: str = "", known: Sequence[str] = ()) ->
                 f"conversion.framework 'mlflow' needs a python_function flavor; the model has "
                 f"{list(model.flavors)}"
             )
-        return Route(PYFUNC_FRAMEWORK, "python_function", "", "", "asked for: served by MLflow pyfunc")
+        return Route(PYFUNC_FRAMEWORK, "python_function", "", "", "asked for: served by MLflow pyfunc", True)
     for flavor, framework in _FLAVOR_FRAMEWORKS:
         conf = model.flavors.get(flavor)
         if conf is None:
@@ -163,7 +165,7 @@ def route(model: MlflowModel, requested: str = "", known: Sequence[str] = ()) ->
         raise ValueError(f"the model's flavors {list(model.flavors)} include none Flightline serves")
     others = [f for f in model.flavors if f != "python_function"]
     why = f"no ONNX or native runtime for flavor {others[0]}" if others else "a python_function model"
-    return Route(PYFUNC_FRAMEWORK, "python_function", "", "", f"{why}: served by MLflow pyfunc")
+    return Route(PYFUNC_FRAMEWORK, "python_function", "", "", f"{why}: served by MLflow pyfunc", True)
 
 
 def _flavor_artifact(flavor: str, conf: Mapping[str, Any]) -> tuple[str, str]:
@@ -174,13 +176,7 @@ def _flavor_artifact(flavor: str, conf: Mapping[str, Any]) -> tuple[str, str]:
         return _relative(conf.get("pickled_model"), "model.pkl"), str(conf.get("serialization_format") or "")
     if flavor == "xgboost":
         return _relative(conf.get("data"), "model.xgb"), str(conf.get("model_format") or "")
-    if flavor == "tensorflow":
-        return _relative(conf.get("saved_model_dir"), "tfmodel"), ""
-    if flavor in ("keras", "pytorch"):
-        return _relative(conf.get("model_data") or conf.get("data"), "data"), ""
-    if flavor == "transformers":
-        return _relative(conf.get("model_binary"), "model"), ""
-    return "", ""
+    return "", ""  # the whole directory
 
 
 def _relative(value: Any, default: str) -> str:

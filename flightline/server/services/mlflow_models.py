@@ -63,7 +63,7 @@ def mlflow_unit(
     given_out = parse_schema("conversion.output_schema", conversion.output_schema)
     served_out = given_out if given_out is not None else signature_out
     requirements, python_version = list(conversion.requirements), conversion.python_version
-    if not route.artifact and not requirements:
+    if route.own_environment and not requirements:
         # Served by MLflow itself: in an environment built from the model's own requirements.
         requirements, found_python = mlflow_model.requirements(folder)
         python_version = python_version or found_python
