@@ -8,17 +8,21 @@ tested against the same signature (`follow.Updater`) with an updater that record
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from support.mlflow_models import COLUMNS
 
 from flightline.server.app import App
-from flightline.server.client import Client
+from flightline.server.client import Client, infer
+from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.follow import ACTOR, AliasFollower
 from flightline.server.store.records import Conversion, Deployment, DeploymentStep, ModelStatus
 from flightline.v1 import model_pb2, registry_pb2, workspace_pb2
@@ -168,3 +172,71 @@ def test_follow_alias_over_grpc_and_its_refusals(
         with pytest.raises(grpc.RpcError) as refused:
             follow(**fields)
         assert refused.value.code() == code, fields
+
+
+@pytest.mark.skipif(
+    not hasattr(DeploymentService, "update"), reason="DeploymentService.update (rollout) is not merged yet"
+)
+def test_alias_move_is_swapped_in_under_streaming_clients(
+    app: App, client: Client, mlflow_registry: tuple[str, dict[str, object]]
+) -> None:
+    """Clients stream without pause while the alias moves: no request fails, and the answers switch
+    from version 1's predictions to version 2's (each checked against MLflow's own pyfunc)."""
+    import mlflow
+    from support.mlflow_models import pyfunc_predict
+
+    url, _ = mlflow_registry
+    registry_client = mlflow.MlflowClient(url)
+    first = log_version(url, 1)
+    registry_client.set_registered_model_alias(NAME, "live", first)
+    workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="live"))
+    registry = client.registries.CreateRegistry(
+        registry_pb2.CreateRegistryRequest(workspace_id=workspace.id, name="mlflow", url=url)
+    )
+    uri = f"models:/{NAME}@live"
+    uploaded = client.models.UploadFromRegistry(
+        model_pb2.UploadFromRegistryRequest(
+            registry_id=registry.id, name="live", path=uri, workspace_id=workspace.id
+        )
+    )
+    client.wait_version(uploaded.model_id, uploaded.version.version)
+    deployment = client.deploy(workspace.id, "live", uploaded.model_id)
+    app.follower.follow(workspace.id, "live", registry.id, uri)
+
+    rows = pd.DataFrame(np.random.default_rng(7).normal(size=(64, len(COLUMNS))), columns=list(COLUMNS))
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    expected_first = np.asarray(pyfunc_predict(url, f"models:/{NAME}/{first}", rows))
+    answers: list[list[np.ndarray]] = [[], []]  # per client, in order
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def stream(mine: list[np.ndarray]) -> None:
+        while not stop.is_set():
+            try:
+                result = infer(deployment.flight_location, "live", table, mode="outputs")
+                mine.append(result.column("out.predictions").to_numpy())
+            except BaseException as error:  # every failure counts
+                failures.append(error)
+
+    clients = [threading.Thread(target=stream, args=(mine,)) for mine in answers]
+    for thread in clients:
+        thread.start()
+    try:
+        second = log_version(url, 0)  # another threshold: other answers
+        registry_client.set_registered_model_alias(NAME, "live", second)
+        (line,) = app.follower.check()
+        assert line.endswith(f"moved to version {second}: serving it"), line
+        seen = sum(map(len, answers))
+        deadline = time.monotonic() + 30
+        while sum(map(len, answers)) < seen + 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    expected_second = np.asarray(pyfunc_predict(url, f"models:/{NAME}/{second}", rows))
+    assert not (expected_first == expected_second).all()
+    assert failures == []
+    for mine in answers:  # each client: version 1's answers, then version 2's, never back
+        kinds = [1 if (a == expected_first).all() else 2 if (a == expected_second).all() else 0 for a in mine]
+        assert kinds and kinds[0] == 1 and kinds[-1] == 2 and kinds == sorted(kinds), kinds

@@ -384,5 +384,11 @@ def _unsupported_class(exc: Exception, estimator: Any) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of a converter's message, without file paths (it becomes the version's note, which
+    clients read; e.g. XGBoost names its own build folder)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return _PATH.sub("<path>", line)[:500]
+
+
+_PATH = re.compile(r"(?<![\w:/])/(?:[\w.+-]+/)+[\w.+-]*(?::\d+)?")

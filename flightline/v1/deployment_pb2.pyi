@@ -56,16 +56,16 @@ class FollowAliasRequest(_message.Message):
     def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., registry_id: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class AliasFollow(_message.Message):
-    __slots__ = ("uri", "followed_version", "status_reason", "check_time")
+    __slots__ = ("uri", "followed_version", "status_reason", "update_time")
     URI_FIELD_NUMBER: _ClassVar[int]
     FOLLOWED_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
-    CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     uri: str
     followed_version: str
     status_reason: str
-    check_time: _timestamp_pb2.Timestamp
-    def __init__(self, uri: _Optional[str] = ..., followed_version: _Optional[str] = ..., status_reason: _Optional[str] = ..., check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, uri: _Optional[str] = ..., followed_version: _Optional[str] = ..., status_reason: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_rows", "max_delay_ms")

@@ -31,7 +31,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             uri=follow.uri,
             followed_version=follow.followed_version,
             status_reason=follow.status_reason,
-            check_time=messages.timestamp(follow.checked_at),
+            update_time=messages.timestamp(follow.checked_at),
         )
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
