@@ -60,6 +60,9 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "xgboost==3.2.0",
         "pandas==3.1.1",
     ),
+    # MLflow pyfunc models: the slim client is enough to load and predict (a model's own `mlflow` pin is
+    # turned into mlflow-skinny of that version by runtimes/pyfunc.py); pyfunc predicts on DataFrames.
+    "pyfunc": ("mlflow-skinny==3.17.2", "pandas==3.1.1"),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
@@ -139,7 +142,7 @@ def wanted(plugin: Plugin, requirements: Sequence[str] = (), python_version: str
     knows what it was trained with). EnvironmentBuildError naming an invalid requirement."""
     own = normalize(requirements)
     python = own_python(python_version)
-    if own or python is not None:
+    if own or python is not None or plugin.own_environment:
         names = {canonicalize_name(Requirement(r).name) for r in own}
         family = tuple(
             r for r in plugin_requirements(plugin) if canonicalize_name(Requirement(r).name) not in names
