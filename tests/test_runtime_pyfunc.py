@@ -214,3 +214,22 @@ def test_outputs_become_arrow_columns_whatever_predict_returns() -> None:
         to_batch(
             pd.DataFrame({"a": [1.0], "b": [2.0]}), pa.schema([("z", pa.float64()), ("b", pa.float64())])
         )
+
+
+def test_params_of_the_signature_reach_predict(saved: Path) -> None:
+    """The runtime declares the signature's params and passes a request's to MLflow (in this process:
+    the server's MLflow is the one that saved it); how they travel over Flight is runtimes/params.py."""
+    import mlflow
+
+    from flightline.runtimes.archives import unpacked
+    from flightline.runtimes.base import ModelSpec
+    from flightline.runtimes.pyfunc import PyfuncRuntime
+
+    with unpacked(saved) as root:
+        runtime = PyfuncRuntime.load(ModelSpec(root, "mlflow"))
+    assert runtime.params_schema == pa.schema([("threshold", pa.float64())])
+    data = rows(50, seed=2)
+    batch = pa.RecordBatch.from_pandas(data, preserve_index=False)
+    strict = runtime.infer_with_params(batch, {"threshold": 1.0}).column("flag").to_pylist()
+    expected = mlflow.pyfunc.load_model(str(saved)).predict(data, params={"threshold": 1.0})
+    assert strict == expected["flag"].tolist() != runtime.infer(batch).column("flag").to_pylist()

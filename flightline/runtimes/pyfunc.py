@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 from flightline.runtimes.archives import read_member, unpacked
 from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime
 from flightline.runtimes.rules import as_tensor, from_tensor
-from flightline.runtimes.signatures import UNNAMED_OUTPUT, Form, Signature, check_declared, parse
+from flightline.runtimes.signatures import UNNAMED_OUTPUT, Form, Signature, check_declared, params, parse
 
 MLMODEL = "MLmodel"
 FLAVOR = "python_function"
@@ -129,6 +130,9 @@ class PyfuncRuntime(Runtime):
         self._form = form
         self.input_schema = input_schema
         self.output_schema = output_schema
+        # The per-request parameters the signature declares (MLflow's params schema); None: none.
+        signature = model.metadata.signature
+        self.params_schema = params(signature.to_dict().get("params")) if signature is not None else None
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Self:
@@ -142,6 +146,12 @@ class PyfuncRuntime(Runtime):
 
     def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return to_batch(self._model.predict(self._inputs(batch)), self.output_schema)
+
+    def infer_with_params(self, batch: pa.RecordBatch, params: Mapping[str, Any]) -> pa.RecordBatch:
+        """`infer` with the request's parameters, already checked against `params_schema`: MLflow fills
+        the ones not sent with the signature's defaults."""
+        result = self._model.predict(self._inputs(batch), params=dict(params))
+        return to_batch(result, self.output_schema)
 
     def _inputs(self, batch: pa.RecordBatch) -> Any:
         if self._form == "tensor":

@@ -72,6 +72,26 @@ def parse(specs: str | list[Any] | None, side: str) -> Signature | None:
     return Signature(pa.schema([_tensor(i, str(i["name"]), side) for i in items]), "tensors")
 
 
+def params(specs: str | list[Any] | None) -> pa.Schema | None:
+    """The signature's params (e.g. a threshold) as one field each (a `shape` makes a list); None when
+    it declares none. ModelLoadError naming a param of a type without an Arrow column here."""
+    if specs is None or specs == "":
+        return None
+    try:
+        items = json.loads(specs) if isinstance(specs, str) else specs
+    except ValueError:
+        raise ModelLoadError("the model's signature params are not JSON") from None
+    fields = []
+    for item in items if isinstance(items, list) else []:
+        leaf = _COLUMN_TYPES.get(str(item.get("type"))) if isinstance(item, dict) else None
+        if leaf is None or not item.get("name"):
+            raise ModelLoadError(
+                f"the model's signature declares a param of no known type: {str(item)[:200]}"
+            )
+        fields.append(pa.field(str(item["name"]), pa.list_(leaf) if item.get("shape") else leaf))
+    return pa.schema(fields) if fields else None
+
+
 def _column(item: dict[str, Any], index: int, side: str) -> pa.Field:
     name = str(item.get("name") or index)
     kind = item.get("type")
