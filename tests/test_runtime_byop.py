@@ -276,3 +276,26 @@ def test_ragged_columns_become_object_arrays_and_back() -> None:
     assert fixed.shape == (2, 2)
     back = from_arrays({"r": rows, "n": np.array([1, 2, 3])}, pa.schema([("r", pa.list_(pa.float64()))]))
     assert back.column("r").to_pylist() == [[1.0, 2.0], [], [3.0]] and back.schema.names == ["r"]
+
+
+def test_the_uploads_own_requirement_wins_over_the_archives(
+    client: Client, workspace: int, world: Path, kmeans: KMeans
+) -> None:
+    conversion = model_pb2.Conversion(
+        framework="custom", input_schema=INPUT.serialize().to_pybytes(), requirements=["SIX == 1.15.0"]
+    )
+    meta = model_pb2.UploadMetadata(name="overridden", workspace_id=workspace, conversion=conversion)
+    version = client.upload_file(byop_zip(world, "overridden", good_files(kmeans)), meta).version
+    assert version.status == model_pb2.MODEL_STATUS_READY, version.status_reason
+    assert list(version.conversion.requirements) == ["SIX == 1.15.0", SKLEARN]
+
+
+def test_a_requirements_line_that_is_not_a_requirement_is_an_error_naming_it(
+    client: Client, workspace: int, world: Path, kmeans: KMeans
+) -> None:
+    files = good_files(kmeans, "--index-url http://127.0.0.1:9/simple\nsix\n")
+    version = upload(client, workspace, byop_zip(world, "index-url", files), "index-url")
+    assert version.status == model_pb2.MODEL_STATUS_ERROR
+    assert version.status_reason.startswith(
+        "requirements.txt in the archive: invalid requirement '--index-url http://127.0.0.1:9/simple'"
+    ), version.status_reason

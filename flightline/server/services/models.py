@@ -322,11 +322,12 @@ class ModelService:
         read: Callable[[Path], tuple[tuple[str, ...], str]] = load_attribute(reader)
         from_archive, python = read(archive)
         conversion = version.conversion
+        given = {canonicalize_name(Requirement(r).name) for r in normalize(conversion.requirements)}
         try:
-            given = {canonicalize_name(Requirement(r).name) for r in normalize(conversion.requirements)}
-            kept = [r for r in normalize(from_archive) if canonicalize_name(Requirement(r).name) not in given]
+            listed = normalize(from_archive)
         except EnvironmentBuildError as error:
             raise ModelLoadError(f"requirements.txt in the archive: {error}") from None
+        kept = [r for r in listed if canonicalize_name(Requirement(r).name) not in given]
         return self.store.update_model_version(
             version.model_id,
             version.version,
