@@ -299,3 +299,31 @@ def test_a_requirements_line_that_is_not_a_requirement_is_an_error_naming_it(
     assert version.status_reason.startswith(
         "requirements.txt in the archive: invalid requirement '--index-url http://127.0.0.1:9/simple'"
     ), version.status_reason
+
+
+def test_the_mac_api_checks_model_types_and_assignment() -> None:
+    from flightline.runtimes.byop import _mac
+
+    inference_base, builder_base, config_class = _mac()
+    import mac.exceptions
+    import mac.types
+
+    class Doubler(inference_base):  # type: ignore[misc, valid-type]
+        @property
+        def expected_model_types(self) -> set[type]:
+            return {float}
+
+        def _predict(self, input_data: mac.types.InferenceData) -> mac.types.InferenceData:
+            return {"y": input_data["x"] * self.model}
+
+    doubler = Doubler()
+    with pytest.raises(mac.exceptions.ModelNotAssignedError):
+        doubler.predict({"x": np.ones(2)})
+    with pytest.raises(TypeError, match=r"the model is a str; Doubler.expected_model_types is \['float'\]"):
+        doubler.model = "two"
+    doubler.model = 2.0
+    assert doubler.predict({"x": np.ones(2)})["y"].tolist() == [2.0, 2.0]
+    assert config_class(model_path=Path("/m")).model_path == Path("/m")
+    assert issubclass(mac.exceptions.InferenceDataValidationError, Exception)
+    with pytest.raises(TypeError, match="abstract"):
+        builder_base()

@@ -233,3 +233,42 @@ def test_params_of_the_signature_reach_predict(saved: Path) -> None:
     strict = runtime.infer_with_params(batch, {"threshold": 1.0}).column("flag").to_pylist()
     expected = mlflow.pyfunc.load_model(str(saved)).predict(data, params={"threshold": 1.0})
     assert strict == expected["flag"].tolist() != runtime.infer(batch).column("flag").to_pylist()
+
+
+TENSOR_CODE = textwrap.dedent("""
+    import mlflow
+    import numpy as np
+
+
+    class Projector(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return np.asarray(model_input, dtype=np.float32) @ np.arange(6, dtype=np.float32).reshape(3, 2)
+
+
+    mlflow.models.set_model(Projector())
+""")
+
+
+def test_a_tensor_signature_is_a_fixed_size_list_column_and_predict_gets_the_ndarray(world: Path) -> None:
+    """In this process (no environment to build): the tensor form of inputs and outputs."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from flightline.runtimes.base import ModelSpec
+    from flightline.runtimes.host import Host
+    from flightline.runtimes.pyfunc import PyfuncRuntime, describe
+
+    code = world / "projector.py"
+    code.write_text(TENSOR_CODE)
+    x = np.random.default_rng(3).normal(size=(20, 3)).astype(np.float32)
+    folder = world / "projector"
+    signature = infer_signature(x, x[:, :2])
+    mlflow.pyfunc.save_model(str(folder), python_model=str(code), signature=signature)
+    served_in, served_out = describe(zip_folder(folder, world / "projector.zip"))
+    assert served_in == pa.schema([pa.field("inputs", pa.list_(pa.float32(), 3), nullable=False)])
+    assert served_out == pa.schema([pa.field("predictions", pa.list_(pa.float32(), 2), nullable=False)])
+    host = Host(PyfuncRuntime.load(ModelSpec(folder, "mlflow", served_in, served_out)))
+    column = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 3)
+    result = host.run(pa.record_batch([column], names=["inputs"]))
+    got = np.stack(result.column("predictions").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, mlflow.pyfunc.load_model(str(folder)).predict(x), rtol=1e-6)
