@@ -272,3 +272,22 @@ def test_a_tensor_signature_is_a_fixed_size_list_column_and_predict_gets_the_nda
     result = host.run(pa.record_batch([column], names=["inputs"]))
     got = np.stack(result.column("predictions").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(got, mlflow.pyfunc.load_model(str(folder)).predict(x), rtol=1e-6)
+
+
+def test_reading_requirements_imports_no_model_framework(saved: Path, world: Path) -> None:
+    """The control plane calls the plug-ins' `own_requirements`: importing and running them loads
+    neither mlflow nor the BYOP `mac` package (nor the model's code)."""
+    import subprocess
+    import sys
+
+    archive = zip_folder(saved, world / "imports.zip")
+    check = (
+        "import sys; from pathlib import Path; "
+        "from flightline.runtimes import byop, pyfunc; "
+        f"print(pyfunc.own_requirements(Path({str(archive)!r}))[0]); "
+        f"print(byop.own_requirements(Path({str(archive)!r}))[0]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'mac', 'six', 'pandas')))"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
+    assert PINNED in out.splitlines()[0] and PINNED in out.splitlines()[1]
