@@ -17,11 +17,12 @@ the configured index; nothing else is downloaded.
 `FAMILIES` is the one table of family environments; the plug-in registry will own it later.
 
 Which environment a model runs in (`wanted`): a model with its own requirements (or another Python than
-the server's) runs in one built from its plug-in's family requirements plus its own, built at upload
-time; else a plug-in whose `environment` is a family runs in that family's environment (built by
-`flightline runtimes install`); else the server's own interpreter. Everything it depends on is recorded
-on the version (runtime, Conversion.requirements and python_version), so a deploy derives the same key
-and only looks it up (`Environments.lookup`): deploys never build."""
+the server's), or of a plug-in with `own_environment` (pyfunc), runs in one built from its plug-in's
+family requirements plus its own, built at upload time; else a plug-in whose `environment` is a family
+runs in that family's environment (built by `flightline runtimes install`); else the server's own
+interpreter. Everything it depends on is recorded on the version (runtime, Conversion.requirements and
+python_version), so a deploy derives the same key and only looks it up (`Environments.lookup`):
+deploys never build."""
 
 from __future__ import annotations
 
