@@ -77,18 +77,23 @@ def test_frameworks_without_a_plugin_name_no_runtime_and_say_so(name: str) -> No
     assert not spec.available and spec.install_hint.startswith(NO_PLUGIN_HINT)
 
 
-@pytest.mark.parametrize(
-    "name", [f"hugging-face-{task}" for task in HUGGING_FACE_TASKS] + ["custom", "mlflow"]
-)
+@pytest.mark.parametrize("name", [f"hugging-face-{task}" for task in HUGGING_FACE_TASKS])
 def test_containerized_frameworks_are_zips_not_served_yet(name: str) -> None:
     spec = get_framework(name)
     assert (spec.native, spec.runtime, spec.converts_to_onnx) == (False, "", False)
     assert spec.archive and not spec.available and spec.install_hint == NO_PLUGIN_HINT
 
 
+@pytest.mark.parametrize(("name", "runtime"), [("custom", "byop"), ("mlflow", "pyfunc")])
+def test_custom_and_mlflow_zips_are_served_by_their_plugins(name: str, runtime: str) -> None:
+    spec = get_framework(name)
+    assert (spec.native, spec.runtime, spec.converts_to_onnx) == (False, runtime, False)
+    assert spec.archive and spec.available and spec.install_hint == ""
+
+
 def test_every_runtime_the_catalog_names_is_a_plugin() -> None:
     named = {spec.runtime for spec in FRAMEWORKS} | {spec.fallback_runtime for spec in FRAMEWORKS}
-    assert named - {"", None} == {"onnx", "python", "sklearn"} <= {p.name for p in PLUGINS}
+    assert named - {"", None} == {"onnx", "python", "sklearn", "pyfunc", "byop"} <= {p.name for p in PLUGINS}
     fallbacks = {spec.fallback_runtime for spec in FRAMEWORKS} - {None}
     assert fallbacks == {"sklearn"}
 

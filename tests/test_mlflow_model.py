@@ -106,11 +106,8 @@ def test_a_given_schema_is_checked_against_the_signature() -> None:
         mlflow_model.check_given(pa.schema([("inputs", pa.list_(pa.float64(), 3))]), signature)
 
 
-def test_requirements_and_python_version_come_from_the_model_directory(tmp_path: Path) -> None:
-    (tmp_path / "requirements.txt").write_text(
-        "mlflow==3.17.2\n# a comment\n-r other.txt\nscikit-learn==1.9.1\n"
-    )
-    (tmp_path / "python_env.yaml").write_text("python: 3.11.7\nbuild_dependencies: [pip]\n")
-    assert mlflow_model.requirements(tmp_path) == (["mlflow==3.17.2", "scikit-learn==1.9.1"], "3.11.7")
+def test_read_finds_mlmodel_at_the_root(tmp_path: Path) -> None:
+    with pytest.raises(NotAnMlflowModel, match="no MLmodel"):
+        mlflow_model.read(tmp_path)
     (tmp_path / "MLmodel").write_text(SKLEARN)
     assert mlflow_model.read(tmp_path).model_id == "m-abc"

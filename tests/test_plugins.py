@@ -37,12 +37,21 @@ ALLOWED = {
     "runtimes/onnx.py",
     "runtimes/sklearn.py",
     "runtimes/mlflow_model.py",
+    "runtimes/pyfunc.py",
+    "runtimes/byop.py",
 }
 
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) and {"onnx", "python", "sklearn", "xgboost"} <= set(names)
+    assert len(names) == len(set(names)) and {
+        "onnx",
+        "python",
+        "sklearn",
+        "xgboost",
+        "pyfunc",
+        "byop",
+    } <= set(names)
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
@@ -100,7 +109,7 @@ def test_a_plugin_missing_a_module_is_unavailable_with_its_install_hint() -> Non
 def test_every_plugin_names_real_code(registered: Plugin) -> None:
     cls = runtime_class(registered.name)
     assert issubclass(cls, Runtime) and cls.name == registered.name
-    for target in (registered.describe, registered.converter):
+    for target in (registered.describe, registered.converter, registered.own_requirements):
         if target is not None:
             assert callable(load_attribute(target)), target
 
@@ -112,26 +121,30 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "python": (False, False, False, False),  # code, one call at a time
         "sklearn": (False, False, False, False),  # pickles are code; any class may be inside
         "xgboost": (False, False, False, False),  # booster files: XGBoost's parser kept in the sandbox
+        "pyfunc": (False, False, False, True),  # an MLflow model folder: user code, unpacked
+        "byop": (False, False, False, True),  # scripts: user code, unpacked
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
         ModelLoadError,
-        match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn', 'xgboost'\]",
+        match=r"unknown runtime 'pytorch'; known runtimes: "
+        r"\['byop', 'onnx', 'pyfunc', 'python', 'sklearn', 'xgboost'\]",
     ):
         plugin("pytorch")
-    with pytest.raises(ModelLoadError, match="'mlflow' is in the catalog"):
-        for_framework("mlflow")
+    with pytest.raises(ModelLoadError, match="'pytorch' is in the catalog"):
+        for_framework("pytorch")
     assert serving("not-in-the-catalog") is None
 
 
 def test_list_frameworks_reports_availability_and_install_hints(client: Client) -> None:
     listed = {f.name: f for f in client.models.ListFrameworks(model_pb2.ListFrameworksRequest()).frameworks}
     assert set(listed) == CATALOG
-    for name in ("onnx", "python", "sklearn", "xgboost"):
+    for name in ("onnx", "python", "sklearn", "xgboost", "mlflow", "custom"):
         assert listed[name].available and listed[name].install_hint == "", name
-    for name in ("tensorflow", "pytorch", "mlflow", "custom", "hugging-face-summarization"):
+    assert (listed["mlflow"].runtime, listed["custom"].runtime) == ("pyfunc", "byop")
+    for name in ("tensorflow", "pytorch", "hugging-face-summarization"):
         assert not listed[name].available and listed[name].install_hint.startswith(NO_PLUGIN_HINT), name
         assert listed[name].runtime == ""  # no runtime name that does not exist
     assert "torch.onnx.export" in listed["pytorch"].install_hint

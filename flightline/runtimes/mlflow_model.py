@@ -16,7 +16,8 @@ Routing (`route`), first match wins:
   `hugging-face-<task>`: the whole directory as a zip with MLmodel at its root (the flavor's files are
   where MLmodel says), for those frameworks' plug-ins;
 - anything else with `python_function` -> `mlflow` (the pyfunc runtime), the whole directory as a zip with
-  `MLmodel` at its root, in an environment built from the model's own requirements.
+  `MLmodel` at its root, in an environment built from the model's own requirements (read by the pyfunc
+  plug-in).
 A caller may ask for `mlflow` explicitly to serve any pyfunc model through MLflow itself.
 """
 
@@ -33,7 +34,6 @@ import pyarrow as pa
 MLMODEL: Final = "MLmodel"
 PYFUNC_FRAMEWORK: Final = "mlflow"  # the catalog framework served by the pyfunc runtime
 MAX_MLMODEL_BYTES: Final = 1 << 20
-MAX_REQUIREMENTS_BYTES: Final = 256 << 10
 # MLflow's column types (mlflow.types.DataType) as Arrow types.
 _COLUMN_TYPES: Final[dict[str, pa.DataType]] = {
     "double": pa.float64(),
@@ -304,30 +304,3 @@ def _compatible(given: pa.DataType, wanted: pa.DataType) -> bool:
     if pa.types.is_fixed_size_list(given) and pa.types.is_fixed_size_list(wanted):
         return given.list_size == wanted.list_size and _compatible(given.value_type, wanted.value_type)
     return False
-
-
-# -- environment ------------------------------------------------------------------------------------
-
-
-def requirements(folder: Path) -> tuple[list[str], str]:
-    """(requirements.txt lines, python version from python_env.yaml) of a model directory."""
-    lines: list[str] = []
-    path = folder / "requirements.txt"
-    if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_REQUIREMENTS_BYTES:
-        lines = [
-            line.strip()
-            for line in path.read_text(errors="replace").splitlines()
-            if line.strip() and not line.lstrip().startswith(("#", "-"))
-        ]
-    python = ""
-    env = folder / "python_env.yaml"
-    if env.is_file() and not env.is_symlink() and env.stat().st_size <= MAX_REQUIREMENTS_BYTES:
-        import yaml
-
-        try:
-            data = yaml.safe_load(env.read_text(errors="replace"))
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict) and data.get("python"):
-            python = str(data["python"])
-    return lines, python

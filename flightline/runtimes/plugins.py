@@ -60,6 +60,17 @@ class Plugin:
     # Modules needed for one framework only, e.g. xgboost pickles need xgboost besides sklearn.
     framework_requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     install_hint: str = ""  # what to install when not available
+    # "module:function" (archive: Path) -> (requirements, python_version): what the model itself says it
+    # needs (an MLflow model's requirements.txt, a BYOP zip's), recorded on the version at upload so its
+    # environment is built from it. Runs in the control plane: it reads text entries of the checked
+    # archive and never imports or runs the model's code; its module imports nothing heavy at the top.
+    own_requirements: str | None = None
+    # Its models always run in an environment built for them (their requirements on top of its family
+    # row in hosting/environments.py FAMILIES), never on the server's own packages.
+    own_environment: bool = False
+    # Declared schemas may hold variable-size list columns (ragged rows), which other runtimes refuse:
+    # the guide's answer for such shapes is BYOP.
+    variable_lists: bool = False
 
     @property
     def unpacks(self) -> bool:
@@ -100,6 +111,8 @@ class Plugin:
             return f"the {self.name} runtime needs {', '.join(missing)}: {self.install_hint}"
         return ""
 
+
+_ZIP_OF = "zip archive (.zip)"
 
 PLUGINS: tuple[Plugin, ...] = (
     Plugin(
@@ -173,6 +186,35 @@ PLUGINS: tuple[Plugin, ...] = (
         native=True,
         requires=("xgboost",),
         install_hint="pip install xgboost",
+    ),
+    Plugin(
+        name="pyfunc",
+        entry="flightline.runtimes.pyfunc:PyfuncRuntime",
+        frameworks=("mlflow",),
+        forms=(ArtifactForm(".zip", f"MLflow model directory as a {_ZIP_OF}", archive=True),),
+        # Not a family built ahead: each model runs in an environment built at upload from its own
+        # requirements (`own_environment`), which the server's packages never stand in for.
+        environment=SERVER_ENVIRONMENT,
+        # A PythonModel's predict is user code that may keep state; nothing says it is reentrant.
+        concurrent=False,
+        trusted_artifacts=False,  # cloudpickled models and models-from-code run the author's code
+        native=False,
+        describe="flightline.runtimes.pyfunc:describe",
+        own_requirements="flightline.runtimes.pyfunc:own_requirements",
+        own_environment=True,
+    ),
+    Plugin(
+        name="byop",
+        entry="flightline.runtimes.byop:ByopRuntime",
+        frameworks=("custom",),
+        forms=(ArtifactForm(".zip", f"Arbitrary Python (BYOP) {_ZIP_OF}: scripts, artifacts", archive=True),),
+        environment=SERVER_ENVIRONMENT,  # or its own, from the zip's requirements.txt
+        concurrent=False,  # user code
+        trusted_artifacts=False,
+        native=False,
+        describe="flightline.runtimes.byop:describe",
+        own_requirements="flightline.runtimes.byop:own_requirements",
+        variable_lists=True,
     ),
 )
 

@@ -299,10 +299,11 @@ def check_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return BatchRules(schema).check(batch)
 
 
-def check_schema(what: str, schema: pa.Schema) -> None:
+def check_schema(what: str, schema: pa.Schema, *, variable_lists: bool = False) -> None:
     """A declared schema must describe what the rules above accept, so a model is never registered
     with a contract no batch can meet: tensors of a fixed shape (nested fixed-size lists; a
-    variable-size list allows ragged rows) and of one dtype (no union, struct or map)."""
+    variable-size list allows ragged rows) and of one dtype (no union, struct or map). A runtime that
+    takes ragged data (BYOP) allows variable-size lists (`variable_lists`)."""
     for field in schema:
         column_type = field.type
         while True:
@@ -310,6 +311,9 @@ def check_schema(what: str, schema: pa.Schema) -> None:
                 raise InvalidInput(
                     f"{what}: field '{field.name}' mixes value types ({field.type}); a tensor holds one dtype"
                 )
+            if (pt.is_list(column_type) or pt.is_large_list(column_type)) and variable_lists:
+                column_type = column_type.value_type
+                continue
             if pt.is_list(column_type) or pt.is_large_list(column_type):
                 raise InvalidInput(
                     f"{what}: field '{field.name}' is a variable-size list ({field.type}); tensors have a "

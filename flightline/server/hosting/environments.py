@@ -17,11 +17,12 @@ the configured index; nothing else is downloaded.
 `FAMILIES` is the one table of family environments; the plug-in registry will own it later.
 
 Which environment a model runs in (`wanted`): a model with its own requirements (or another Python than
-the server's) runs in one built from its plug-in's family requirements plus its own, built at upload
-time; else a plug-in whose `environment` is a family runs in that family's environment (built by
-`flightline runtimes install`); else the server's own interpreter. Everything it depends on is recorded
-on the version (runtime, Conversion.requirements and python_version), so a deploy derives the same key
-and only looks it up (`Environments.lookup`): deploys never build."""
+the server's), or of a plug-in with `own_environment` (pyfunc), runs in one built from its plug-in's
+family requirements plus its own, built at upload time; else a plug-in whose `environment` is a family
+runs in that family's environment (built by `flightline runtimes install`); else the server's own
+interpreter. Everything it depends on is recorded on the version (runtime, Conversion.requirements and
+python_version), so a deploy derives the same key and only looks it up (`Environments.lookup`):
+deploys never build."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "joblib==1.6.0",
         "pandas==3.1.1",
     ),
+    # MLflow pyfunc models: the slim client is enough to load and predict (a model's own `mlflow` pin is
+    # turned into mlflow-skinny of that version by runtimes/pyfunc.py); pyfunc predicts on DataFrames.
+    "pyfunc": ("mlflow-skinny==3.17.2", "pandas==3.1.1"),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
@@ -147,7 +151,7 @@ def wanted(plugin: Plugin, requirements: Sequence[str] = (), python_version: str
     knows what it was trained with). EnvironmentBuildError naming an invalid requirement."""
     own = normalize(requirements)
     python = own_python(python_version)
-    if own or python is not None:
+    if own or python is not None or plugin.own_environment:
         names = {canonicalize_name(Requirement(r).name) for r in own}
         family = tuple(
             r for r in plugin_requirements(plugin) if canonicalize_name(Requirement(r).name) not in names

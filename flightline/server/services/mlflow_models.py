@@ -5,7 +5,8 @@ What is stored: the whole directory as a deterministic zip with MLmodel at its r
 `original_sha256`, an immutable copy of exactly the registry version that was resolved), and, for a
 flavor served by one of our runtimes, the flavor's own file or folder (the version's `sha256`, what
 preparation converts or the runtime loads). The pyfunc framework is served from the directory zip
-itself. The flavor knowledge is `flightline/runtimes/mlflow_model.py`'s; this module only applies it.
+itself, in an environment its plug-in reads from the zip's requirements. The flavor knowledge is
+`flightline/runtimes/mlflow_model.py`'s; this module only applies it.
 MLmodel is parsed as data (bounded YAML), never loaded as a model: that happens in preparation.
 """
 
@@ -62,18 +63,13 @@ def mlflow_unit(
             raise InvalidArgument(f"the model's signature cannot be served: {exc}") from exc
     given_out = parse_schema("conversion.output_schema", conversion.output_schema)
     served_out = given_out if given_out is not None else signature_out
-    requirements, python_version = list(conversion.requirements), conversion.python_version
-    if route.own_environment and not requirements:
-        # Served by MLflow itself: in an environment built from the model's own requirements.
-        requirements, found_python = mlflow_model.requirements(folder)
-        python_version = python_version or found_python
+    # A pyfunc model's own requirements (requirements.txt, python_env.yaml) are read from the stored zip
+    # by its plug-in (`Plugin.own_requirements`) when it is prepared, as for any pyfunc zip.
     recorded = dataclasses.replace(
         conversion,
         framework=route.framework,
         input_schema=_ipc(served_in),
         output_schema=_ipc(served_out),
-        requirements=tuple(requirements),
-        python_version=python_version,
     )
     original = zip_dir(folder, work / PYFUNC_ARCHIVE)
     served = original if not route.artifact else _flavor_file(folder, route, work)

@@ -272,9 +272,14 @@ class MetadataStore:
         input_schema: bytes | None = None,
         output_schema: bytes | None = None,
         converter: str | None = None,
+        requirements: tuple[str, ...] | None = None,
+        python_version: str | None = None,
     ) -> ModelVersion:
-        """Changes the given fields (None leaves a field as it is)."""
+        """Changes the given fields (None leaves a field as it is). `requirements` and `python_version`
+        are the conversion's: what the model's environment is built from."""
         changes: dict[str, Any] = {
+            "conversion_requirements": None if requirements is None else list(requirements),
+            "conversion_python_version": python_version,
             "status": None if status is None else ModelStatus(status).value,
             "status_reason": status_reason,
             "conversion_note": conversion_note,
