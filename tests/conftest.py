@@ -41,3 +41,13 @@ def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
         yield server.url, populate(server.url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_playground(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second real `mlflow server`, empty, for tests that register models and move aliases: the
+    listings of `mlflow_registry` stay exactly what populate() logged."""
+    from support.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-playground")) as server:
+        yield server.url

@@ -80,11 +80,11 @@ def log_broken_version(url: str) -> str:
 
 
 def test_alias_moves_are_followed_and_a_broken_version_is_not(
-    app: App, client: Client, mlflow_registry: tuple[str, dict[str, object]]
+    app: App, client: Client, mlflow_playground: str
 ) -> None:
     import mlflow
 
-    url, _ = mlflow_registry
+    url = mlflow_playground
     registry_client = mlflow.MlflowClient(url)
     first = log_version(url, 1)
     registry_client.set_registered_model_alias(NAME, "champion", first)
@@ -131,14 +131,14 @@ def test_alias_moves_are_followed_and_a_broken_version_is_not(
 
 
 def test_follow_alias_over_grpc_and_its_refusals(
-    client: Client, mlflow_registry: tuple[str, dict[str, object]]
+    client: Client, mlflow_playground: str
 ) -> None:
     import grpc
     import mlflow
 
     from flightline.v1 import deployment_pb2
 
-    url, _ = mlflow_registry
+    url = mlflow_playground
     version = log_version(url, 0)
     mlflow.MlflowClient(url).set_registered_model_alias(NAME, "grpc-champion", version)
     workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="grpc-follow"))
@@ -178,14 +178,14 @@ def test_follow_alias_over_grpc_and_its_refusals(
     not hasattr(DeploymentService, "update"), reason="DeploymentService.update (rollout) is not merged yet"
 )
 def test_alias_move_is_swapped_in_under_streaming_clients(
-    app: App, client: Client, mlflow_registry: tuple[str, dict[str, object]]
+    app: App, client: Client, mlflow_playground: str
 ) -> None:
     """Clients stream without pause while the alias moves: no request fails, and the answers switch
     from version 1's predictions to version 2's (each checked against MLflow's own pyfunc)."""
     import mlflow
     from support.mlflow_models import pyfunc_predict
 
-    url, _ = mlflow_registry
+    url = mlflow_playground
     registry_client = mlflow.MlflowClient(url)
     first = log_version(url, 1)
     registry_client.set_registered_model_alias(NAME, "live", first)

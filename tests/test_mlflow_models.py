@@ -17,8 +17,8 @@ from flightline.v1 import model_pb2, registry_pb2, workspace_pb2
 
 
 @pytest.fixture(scope="module")
-def logged(mlflow_registry: tuple[str, dict[str, object]]) -> Logged:
-    url, _ = mlflow_registry
+def logged(mlflow_playground: str) -> Logged:
+    url = mlflow_playground
     return log_default_models(url)
 
 

@@ -43,12 +43,12 @@ def served(world: Path) -> Iterator[Client]:
 
 
 def test_pyfunc_with_params_from_the_registry(
-    served: Client, world: Path, mlflow_registry: tuple[str, dict[str, object]]
+    served: Client, world: Path, mlflow_playground: str
 ) -> None:
     import mlflow
     from mlflow.models import infer_signature
 
-    url, _ = mlflow_registry
+    url = mlflow_playground
     mlflow.set_tracking_uri(url)
     code = world / "scorer.py"
     code.write_text(MODEL_CODE)
