@@ -130,9 +130,7 @@ def test_alias_moves_are_followed_and_a_broken_version_is_not(
     assert len(app.store.list_model_versions(uploaded.model_id, 100, 0)) == versions_before
 
 
-def test_follow_alias_over_grpc_and_its_refusals(
-    client: Client, mlflow_playground: str
-) -> None:
+def test_follow_alias_over_grpc_and_its_refusals(client: Client, mlflow_playground: str) -> None:
     import grpc
     import mlflow
 

@@ -42,9 +42,7 @@ def served(world: Path) -> Iterator[Client]:
         yield client
 
 
-def test_pyfunc_with_params_from_the_registry(
-    served: Client, world: Path, mlflow_playground: str
-) -> None:
+def test_pyfunc_with_params_from_the_registry(served: Client, world: Path, mlflow_playground: str) -> None:
     import mlflow
     from mlflow.models import infer_signature
 
