@@ -36,9 +36,9 @@ def _save_rows(out: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
     for suffix, column, values in (("in", "inputs", x), ("out", "output", y)):
         array = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
         table = pa.table({column: array})
-        with pa.OSFile(str(out / f"{name}.{suffix}.arrow"), "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+        path = str(out / f"{name}.{suffix}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
 
 
 def main(out: Path) -> None:

@@ -321,8 +321,10 @@ class Environments:
         env.pop("VIRTUAL_ENV", None)
         # Local wheel folders pip is configured with (e.g. this machine's CPU build of torch) are
         # searched by uv too; uv reads no pip configuration of its own.
-        if "UV_FIND_LINKS" not in env and env.get("PIP_FIND_LINKS"):
-            env["UV_FIND_LINKS"] = ",".join(env["PIP_FIND_LINKS"].split())
+        if "UV_FIND_LINKS" not in env:
+            links = env.get("PIP_FIND_LINKS") or _pip_config("global.find-links")
+            if links:
+                env["UV_FIND_LINKS"] = ",".join(links.split())
         output: list[str] = []
         with subprocess.Popen(
             [_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -366,6 +368,21 @@ class Environments:
             check=True,
         ).stdout.strip()
         return path, version
+
+
+def _pip_config(name: str) -> str:
+    """A value of pip's configuration files ("" when unset or pip is not there)."""
+    try:
+        found = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 def _uv_bin() -> str:
