@@ -13,7 +13,13 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, artifact_file
+from flightline.runtimes.base import (
+    ModelLoadError,
+    ModelSpec,
+    Runtime,
+    artifact_file,
+    default_intra_op_threads,
+)
 from flightline.runtimes.ports import Port, port_field, served_ports
 from flightline.runtimes.rules import as_tensor, from_tensor, numpy_dtype
 
@@ -33,10 +39,6 @@ ONNX_TYPES: dict[str, pa.DataType] = {
     "tensor(string)": pa.string(),
 }
 
-# One intra-op thread is fastest for small models and leaves the other core to the Flight transport;
-# a model with megabytes of weights is dominated by matrix products and gets every core (measured with
-# the benchmark's models A and B). `options["intra_op_threads"]` overrides both.
-HEAVY_MODEL_BYTES = 1 << 20
 # onnxruntime prefixes messages with its build's source location and C++ signature; users need neither.
 _ORT_SOURCE = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:[^()]*\([^)]*\) )?")
 
@@ -79,8 +81,9 @@ def _zero_row(port: Port) -> np.ndarray:
 
 def _session_options(spec: ModelSpec, path: Path) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    default_threads = (os.cpu_count() or 1) if path.stat().st_size >= HEAVY_MODEL_BYTES else 1
-    options.intra_op_num_threads = int(spec.options.get("intra_op_threads", default_threads))
+    # base.default_intra_op_threads: one thread for small models, the CPU share for heavy ones;
+    # `options["intra_op_threads"]` overrides it.
+    options.intra_op_num_threads = int(spec.options.get("intra_op_threads", default_intra_op_threads(path)))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

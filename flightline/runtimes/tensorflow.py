@@ -17,7 +17,13 @@ from typing import Any, Final, Self
 import numpy as np
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, cpu_share, thread_option
+from flightline.runtimes.base import (
+    ModelLoadError,
+    ModelSpec,
+    Runtime,
+    default_intra_op_threads,
+    thread_option,
+)
 from flightline.runtimes.ports import Port, port_field, served_ports
 from flightline.runtimes.rules import as_tensor, from_tensor, numpy_dtype, tensor_shape
 
@@ -30,14 +36,15 @@ _configured_threads: tuple[int, int] | None = None
 
 
 def _tf(spec: ModelSpec) -> Any:
-    """tensorflow, its thread pools sized once per process, before the first op creates them: every
-    core of this process's share for one call (intra-op), one pool for independent ops (inter-op).
+    """tensorflow, its thread pools sized once per process, before the first op creates them: one
+    thread for a small model, the process's CPU share for a heavy one (intra-op), one for independent
+    ops (inter-op).
     A runtime server hosting several models shares them; the first model's options win."""
     global _configured_threads
     import tensorflow as tf
 
     if _configured_threads is None:
-        intra = thread_option(spec, "intra_op_threads", cpu_share())
+        intra = thread_option(spec, "intra_op_threads", default_intra_op_threads(spec.artifact))
         inter = thread_option(spec, "inter_op_threads", 1)
         try:
             tf.config.threading.set_intra_op_parallelism_threads(intra)

@@ -17,7 +17,13 @@ from typing import Any, Final, Self
 import numpy as np
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, cpu_share, thread_option
+from flightline.runtimes.base import (
+    ModelLoadError,
+    ModelSpec,
+    Runtime,
+    default_intra_op_threads,
+    thread_option,
+)
 from flightline.runtimes.ports import Port, port_field, served_ports
 from flightline.runtimes.rules import as_tensor, from_tensor, is_open, numpy_dtype, tensor_shape
 
@@ -34,13 +40,16 @@ _threads_set = False
 
 
 def _torch(spec: ModelSpec) -> Any:
-    """torch with its thread pools sized once per process from this process's cores (inter-op pool:
-    one thread; it can only be set before any parallel work)."""
+    """torch with its thread pools sized once per process (base.default_intra_op_threads: one thread
+    for a small model, the CPU share for a heavy one; inter-op: one thread, settable only before any
+    parallel work)."""
     global _threads_set
     import torch
 
     if not _threads_set:
-        torch.set_num_threads(thread_option(spec, "intra_op_threads", cpu_share()))
+        torch.set_num_threads(
+            thread_option(spec, "intra_op_threads", default_intra_op_threads(spec.artifact))
+        )
         with contextlib.suppress(RuntimeError):  # parallel work already started in this process
             torch.set_num_interop_threads(thread_option(spec, "inter_op_threads", 1))
         _threads_set = True
