@@ -7,7 +7,9 @@ The same MLP as model A (29-32-16-2, random weights from a fixed seed) in each f
 `tensorflow` a tf.Module SavedModel zip (served natively) and a Keras `.keras` file (converted to ONNX);
 for `torch` a scripted TorchScript module in float32 (converted) and in float64 (the float32 rule keeps
 it on the TorchScript runtime). Prints one JSON object: {model key: {rows: in-process rows/s}}, each
-timed like bench/measure.py (warm-up, then ~1 s of calls on the same batch)."""
+timed like bench/measure.py (warm-up, then ~1 s of calls on the same batch), with one intra-op and one
+inter-op thread: what Flightline's runtimes pick for a model this small (and, on a busy 2-core
+machine, far faster for torch than its default of one thread per core)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def tensorflow(out: Path, sizes: list[int]) -> dict[str, dict[int, float]]:
     import keras
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     weights = _weights(np.float32)
 
     class Mlp(tf.Module):  # type: ignore[misc]
@@ -92,6 +96,7 @@ def torch_models(out: Path, sizes: list[int]) -> dict[str, dict[int, float]]:
     import torch
 
     torch.set_num_interop_threads(1)
+    torch.set_num_threads(1)
 
     def mlp(dtype: Any) -> Any:
         layers: list[torch.nn.Module] = []

@@ -148,6 +148,28 @@ def test_keras_in_every_form_is_converted_to_onnx_and_answers_as_keras(
     assert_same(served(client, workspace, version, inputs), want)
 
 
+def test_keras_that_tf2onnx_cannot_convert_is_served_by_the_tensorflow_runtime(
+    client: Client, workspace: int, models: Path
+) -> None:
+    schema = pa.schema([pa.field("text", pa.string())])
+    version = upload(client, workspace, models / "keras3_hashing.keras", "keras-hashing", "keras", schema)
+    assert version.status == READY, version.status_reason
+    assert version.runtime == "tensorflow", version.conversion_note
+    note = version.conversion_note
+    assert (
+        note.startswith("Keras 3 .keras not converted to ONNX (from_keras: ")
+        and "StringToHashBucketFast" in note
+    )
+    assert (
+        "tf.function: " in note
+        and "SavedModel: " in note
+        and note.endswith("served by the TensorFlow runtime")
+    )
+    assert version.sha256 != version.original_sha256  # the SavedModel exported at preparation is served
+    inputs, want = rows(models, "keras3_hashing")
+    assert_same(served(client, workspace, version, inputs), want)
+
+
 def test_a_tensorflow_savedmodel_with_a_string_input_is_served_natively_with_derived_schemas(
     client: Client, workspace: int, models: Path
 ) -> None:

@@ -74,6 +74,14 @@ def keras3(out: Path) -> None:
     for name in ("keras3_h5", "keras3_keras", "keras3_export"):
         _save_rows(out, name, {"inputs": x}, {"output_0": y})
 
+    # A Keras model tf2onnx cannot convert (no ONNX op for StringToHashBucketFast): served by the
+    # TensorFlow runtime from the SavedModel the preparation exports.
+    text = keras.Input((), dtype="string")
+    hashing = keras.Model(text, keras.layers.Hashing(num_bins=16)(text))
+    hashing.save(out / "keras3_hashing.keras")
+    words = np.array([f"word {i % 5}" for i in range(ROWS)], dtype=object)
+    _save_rows(out, "keras3_hashing", {"text": words}, {"output_0": hashing(words).numpy()})
+
     # A tf.Module SavedModel with two inputs, one of them strings, and two outputs.
     class Scorer(tf.Module):
         def __init__(self) -> None:
