@@ -4,6 +4,7 @@ serve (also over ListFrameworks), and the only place framework names are branche
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,26 @@ def test_no_framework_or_runtime_name_is_branched_on_outside_the_registry() -> N
         for line, name in _framework_literals_compared(ast.parse(path.read_text()), names):
             offenders.append(f"{relative}:{line} {name!r}")
     assert offenders == []
+
+
+def test_framework_thread_pools_follow_model_size_and_options(tmp_path: Path) -> None:
+    from flightline.runtimes.base import (
+        HEAVY_MODEL_BYTES,
+        ModelSpec,
+        cpu_share,
+        default_intra_op_threads,
+        thread_option,
+    )
+
+    small, heavy = tmp_path / "small.pt", tmp_path / "saved" / "variables.data"
+    small.write_bytes(b"x" * 1000)
+    heavy.parent.mkdir()
+    with heavy.open("wb") as file:
+        file.truncate(HEAVY_MODEL_BYTES)
+    assert default_intra_op_threads(small) == 1
+    assert default_intra_op_threads(heavy.parent) == cpu_share()
+    assert 1 <= cpu_share() <= len(os.sched_getaffinity(0))
+    spec = ModelSpec(small, "pytorch", options={"intra_op_threads": "3", "inter_op_threads": "zero"})
+    assert thread_option(spec, "intra_op_threads", 1) == 3
+    with pytest.raises(ModelLoadError, match="option inter_op_threads must be an integer"):
+        thread_option(spec, "inter_op_threads", 1)
