@@ -132,7 +132,8 @@ class RegistryArtifact:
 @dataclass(frozen=True)
 class ModelVersion:
     """One uploaded version of a model. `status` is READY once it can be deployed; `status_reason` says
-    why it is ERROR; `conversion_note` why a convertible model runs on its original runtime."""
+    why it is ERROR; `conversion_note` why a convertible model runs on its original runtime (or which
+    conversion route won, for frameworks with several)."""
 
     model_id: int
     model_name: str

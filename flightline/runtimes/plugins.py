@@ -39,6 +39,11 @@ class ArtifactForm:
     suffix: str  # ".onnx", ".pkl", ".py", ".zip", ...; "" = any file
     description: str  # "ONNX model (.onnx)"
     archive: bool = False  # a zip that is checked at upload and unpacked for the runtime
+    # The plug-in's frameworks this form is for; () = all of them (e.g. .h5 is Keras, not TensorFlow).
+    frameworks: tuple[str, ...] = ()
+
+    def accepted_for(self, framework: str) -> bool:
+        return not self.frameworks or framework in self.frameworks
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,12 @@ class Plugin:
     # Declared schemas may hold variable-size list columns (ragged rows), which other runtimes refuse:
     # the guide's answer for such shapes is BYOP.
     variable_lists: bool = False
+    # Frameworks served as uploaded, never given to the converter (TensorFlow SavedModels are native).
+    unconverted: tuple[str, ...] = ()
+
+    def converts(self, framework: str) -> bool:
+        """Uploads of `framework` go through the converter first."""
+        return self.converter is not None and framework not in self.unconverted
 
     @property
     def unpacks(self) -> bool:
@@ -194,6 +205,51 @@ PLUGINS: tuple[Plugin, ...] = (
         describe="flightline.runtimes.byop:describe",
         own_requirements="flightline.runtimes.byop:own_requirements",
         variable_lists=True,
+    ),
+    Plugin(
+        name="tensorflow",
+        entry="flightline.runtimes.tensorflow:TensorflowRuntime",
+        # One framework, several forms, told apart by content (flightline.runtimes.keras_convert): a Keras
+        # upload is converted to ONNX where tf2onnx can, else served here as a SavedModel.
+        frameworks=("tensorflow", "keras"),
+        forms=(
+            ArtifactForm(".zip", "SavedModel folder as .zip", archive=True),
+            ArtifactForm(".h5", "Keras HDF5 (.h5), Keras 3 or Keras 2", frameworks=("keras",)),
+            ArtifactForm(".keras", "Keras native format (.keras)", frameworks=("keras",)),
+        ),
+        environment="tensorflow",
+        # A SavedModel signature is a graph function; TensorFlow runs concurrent calls of one function
+        # safely, each on the shared inter/intra-op pools (sized from the cores at load).
+        concurrent=True,
+        # Not data: TensorFlow graphs can read and write files (ReadFile/WriteFile ops) and Keras files
+        # can hold Lambda layers, so they run on the workspace's own sandboxed runtime server.
+        trusted_artifacts=False,
+        native=True,  # the guide's native tensorflow runtime
+        converter="flightline.runtimes.keras_convert:convert",
+        describe="flightline.runtimes.tensorflow:describe",
+        requires=("tensorflow", "tf2onnx"),
+        install_hint="flightline runtimes install tensorflow",
+        unconverted=("tensorflow",),
+    ),
+    Plugin(
+        name="torchscript",
+        entry="flightline.runtimes.torchscript:TorchScriptRuntime",
+        frameworks=("pytorch",),
+        forms=(
+            ArtifactForm(".pt", "TorchScript (.pt)"),
+            ArtifactForm(".pth", "TorchScript (.pth)"),
+            ArtifactForm("", "TorchScript under any name"),
+        ),
+        environment="torch",
+        # Serialized: scripted code may assign module attributes in forward(), and torch's intra-op
+        # pool already spreads one call over the cores it was given.
+        concurrent=False,
+        trusted_artifacts=False,  # TorchScript is a program (it can call torch.ops of any loaded library)
+        native=False,  # the guide's onnx/flight: native only once converted
+        converter="flightline.runtimes.torch_convert:convert",
+        describe="flightline.runtimes.torchscript:describe",
+        requires=("torch",),
+        install_hint="flightline runtimes install torch",
     ),
 )
 

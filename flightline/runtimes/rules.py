@@ -38,6 +38,14 @@ _NUMERIC = (
 _NUMPY_DTYPES: dict[pa.DataType, np.dtype] = {pa.from_numpy_dtype(d): np.dtype(d) for d in _NUMERIC}
 
 
+def numpy_dtype(leaf: pa.DataType) -> np.dtype:
+    """The numpy dtype of a tensor leaf type (object for strings and other non-numeric leaves), without
+    pyarrow's pandas shim, which family environments do not have."""
+    if pt.is_boolean(leaf):
+        return np.dtype(bool)
+    return _NUMPY_DTYPES.get(leaf, np.dtype(object))
+
+
 def is_open(schema: pa.Schema) -> bool:
     """True for the empty schema, which a runtime uses to say "I accept (or produce) any columns"."""
     return len(schema) == 0
