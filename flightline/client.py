@@ -243,9 +243,11 @@ class Deployments(_Part):
         for m in self._c._pages(self._c._stubs.deployments.ListDeployments, request, "deployments"):
             yield Deployment.from_proto(m, self._c)
 
-    def get(self, name: str) -> Deployment:
-        """A deployment by name."""
-        request = deployment_pb2.GetDeploymentRequest(name=name)
+    def get(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
+        """A deployment by name: of `workspace`, or the one of that name you can see."""
+        request = deployment_pb2.GetDeploymentRequest(
+            name=name, workspace_id=self._c._optional_workspace(workspace)
+        )
         return Deployment.from_proto(
             self._c._call(self._c._stubs.deployments.GetDeployment, request), self._c
         )
@@ -338,6 +340,10 @@ class Flightline:
         if workspace.isdigit():
             return int(workspace)
         return self.workspaces.get(workspace).id
+
+    def _optional_workspace(self, workspace: WorkspaceRef | None) -> int:
+        """A workspace's id, or 0 ("the one deployment of that name I can see") for None."""
+        return 0 if workspace is None else self._workspace_id(workspace)
 
     def close(self) -> None:
         """Closes the gRPC channel and every Flight connection."""
@@ -463,7 +469,7 @@ class Flightline:
         deployment = self._call(self._stubs.deployments.Deploy, request)
         if not wait:
             return Deployment.from_proto(deployment, self)
-        return self.wait_deployment(name, on_status=on_status, timeout=timeout)
+        return self.wait_deployment(name, workspace=workspace_id, on_status=on_status, timeout=timeout)
 
     def _step(self, ref: ModelRef, workspace_id: int) -> deployment_pb2.StepSpec:
         if isinstance(ref, ModelVersion):
@@ -482,11 +488,14 @@ class Flightline:
         self,
         name: str,
         *,
+        workspace: WorkspaceRef | None = None,
         on_status: Callable[[Deployment], None] | None = None,
         timeout: float | None = None,
     ) -> Deployment:
         """Waits until a deployment is RUNNING, FAILED or STOPPED and returns it."""
-        request = deployment_pb2.WatchDeploymentRequest(name=name)
+        request = deployment_pb2.WatchDeploymentRequest(
+            name=name, workspace_id=self._optional_workspace(workspace)
+        )
         show = None if on_status is None else (lambda m: on_status(Deployment.from_proto(m, self)))
         with self._grpc_errors():
             found = follow(
@@ -497,9 +506,9 @@ class Flightline:
             )
         return Deployment.from_proto(found, self)
 
-    def undeploy(self, name: str) -> Deployment:
-        """Stops a deployment; returns it STOPPED."""
-        request = deployment_pb2.UndeployRequest(name=name)
+    def undeploy(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
+        """Stops a deployment (of `workspace`, or the one of that name you can see); returns it STOPPED."""
+        request = deployment_pb2.UndeployRequest(name=name, workspace_id=self._optional_workspace(workspace))
         return Deployment.from_proto(self._call(self._stubs.deployments.Undeploy, request), self)
 
 

@@ -21,6 +21,7 @@ import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
 
+from flightline.runtimes.flight_service import runtime_client
 from flightline.runtimes.plugins import SERVER_ENVIRONMENT, plugin
 from flightline.server.app import App
 from flightline.server.client import Client, infer
@@ -238,7 +239,7 @@ def test_a_family_plugin_runs_in_its_family_environment_once_it_is_built(world: 
             group, LoadRequest(key="m", runtime="python", artifact=stored.sha256, framework="python")
         )
         batch = pa.record_batch([pa.array([1])], names=["n"])
-        with flight.connect(backend.ensure_server(group)) as connection:
+        with runtime_client(backend.ensure_server(group), backend.secret(group)) as connection:
             writer, reader = connection.do_exchange(flight.FlightDescriptor.for_path("m", "raw"))
             with writer:
                 writer.begin(batch.schema)
