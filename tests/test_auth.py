@@ -228,7 +228,7 @@ def b_requests(t: Teams) -> dict[str, Callable[[Client], Any]]:
                 path="models:/m/1",
                 workspace_id=t.b,
                 conversion=mod.Conversion(framework="onnx"),
-            )  # fmt: skip
+            )
         ),
         "UploadModel": lambda c: c.models.UploadModel(iter([mod.UploadModelRequest(metadata=meta)])),
         "WatchModelVersion": lambda c: c.models.WatchModelVersion(

@@ -11,6 +11,7 @@ import os
 from concurrent import futures
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import httpx
@@ -98,13 +99,13 @@ def _read(path: str) -> bytes:
     return Path(path).expanduser().read_bytes()
 
 
-def flight_tls(settings: Settings) -> dict[str, object]:
+def flight_tls(settings: Settings) -> dict[str, Any]:
     """FlightServerBase options for TLS (and mTLS) from settings; {} without TLS."""
     if not settings.tls:
         return {}
     import pyarrow.flight as flight
 
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "tls_certificates": [flight.CertKeyPair(_read(settings.tls_cert), _read(settings.tls_key))]
     }
     if settings.tls_client_ca:

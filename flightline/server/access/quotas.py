@@ -9,8 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from flightline.server.access.authn import Identity
 from flightline.server.errors import ResourceExhausted
@@ -25,10 +24,10 @@ class CallerLimits:
         self._lock = threading.Lock()
         self._open: Counter[tuple[str, int]] = Counter()
 
-    def upload(self, identity: Identity, counted: bool = True) -> ContextManager[None]:
+    def upload(self, identity: Identity, counted: bool = True) -> AbstractContextManager[None]:
         return self._hold("uploads", identity, self.uploads) if counted else nullcontext()
 
-    def stream(self, identity: Identity) -> ContextManager[None]:
+    def stream(self, identity: Identity) -> AbstractContextManager[None]:
         return self._hold("streams", identity, self.streams)
 
     @contextmanager

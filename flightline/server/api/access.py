@@ -13,6 +13,12 @@ from flightline.server.store.records import Member, TokenInfo, User
 from flightline.v1 import access_pb2 as pb
 from flightline.v1 import access_pb2_grpc
 
+ROLES: dict[Role, pb.Role] = {
+    Role.VIEWER: pb.ROLE_VIEWER,
+    Role.EDITOR: pb.ROLE_EDITOR,
+    Role.ADMIN: pb.ROLE_ADMIN,
+}
+
 
 def caller() -> Identity:
     identity = current()
@@ -28,8 +34,9 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.ServicerContext) -> pb.WhoAmIResponse:
         me = caller()
         user = self.access.store.get_user(me.user_id)
-        members = [pb.Member(workspace_id=w, user_id=me.user_id, user_name=me.name, role=int(r))
-                   for w, r in sorted(me.roles.items())]  # fmt: skip
+        members = [
+            _member(Member(w, me.user_id, me.name, role.label)) for w, role in sorted(me.roles.items())
+        ]
         return pb.WhoAmIResponse(user=_user(user), memberships=members, token_id=me.token_id)
 
     def CreateUser(self, request: pb.CreateUserRequest, context: grpc.ServicerContext) -> pb.User:
@@ -106,5 +113,5 @@ def _member(member: Member) -> pb.Member:
         workspace_id=member.workspace_id,
         user_id=member.user_id,
         user_name=member.user_name,
-        role=int(Role.parse(member.role)),
+        role=ROLES[Role.parse(member.role)],
     )

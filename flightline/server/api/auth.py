@@ -156,9 +156,8 @@ class Authorizer:
             raise PermissionDenied(f"{_short(method)} is for platform administrators")
         if rule.role is None:
             return None
-        if rule.scope is Scope.WORKSPACE and method.endswith("/ListDeployments"):
-            if not request.HasField("workspace_id"):
-                return None  # lists the caller's workspaces only (the servicer filters)
+        if method.endswith("/ListDeployments") and not request.HasField("workspace_id"):
+            return None  # lists the caller's workspaces only (the servicer filters)
         target = self._target(identity, rule.scope, request)
         self._require(identity, rule.role, target, method)
         if method.endswith("/AttachRegistry"):  # the registry's side was checked; now the workspace's

@@ -68,7 +68,7 @@ class HandshakeOnly(flight.ServerAuthHandler):  # type: ignore[misc]
 def caller(context: flight.ServerCallContext) -> Identity:
     """The caller of a Flight call; FlightUnauthenticatedError when it sent no credentials."""
     middleware = context.get_middleware(KEY)
-    identity = middleware.identity if middleware is not None else None
+    identity: Identity | None = middleware.identity if isinstance(middleware, AuthMiddleware) else None
     if identity is None:
         raise flight.FlightUnauthenticatedError(
             "missing credentials: send `authorization: Bearer <token>`, or log in with the basic-token "

@@ -133,7 +133,7 @@ class RemoteStep(Step):
             client = self._clients[slot]
             if client is None:
                 client = self._clients[slot] = runtime_client(
-                    self.location, self.secret, generic_options=CLIENT_OPTIONS
+                    self.location or "", self.secret, generic_options=CLIENT_OPTIONS
                 )
             return client
 
