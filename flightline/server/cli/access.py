@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from flightline.server.cli._app import WorkspaceOption, app, client, console, usage
+from flightline.server.cli._app import WorkspaceOption, app, client, console, stderr, usage
+from flightline.v1 import access_pb2
 
 users = typer.Typer(help="Users and service accounts (platform admins).", no_args_is_help=True)
 tokens = typer.Typer(help="API tokens: sent as 'authorization: Bearer <token>'.", no_args_is_help=True)
@@ -25,9 +26,13 @@ def whoami() -> None:
     """Prints the caller of --token: user, roles, token id."""
     with client() as fl:
         me = fl.whoami()
-    roles = ", ".join(f"{m.workspace_id}:{m.role}" for m in me.memberships) or "-"
+    roles = ", ".join(f"{_role(m.role)} of {m.workspace_id}" for m in me.memberships) or "-"
     admin = " (platform admin)" if me.user.admin else ""
     console.print(f"user {me.user.name} (id {me.user.id}){admin}; token {me.token_id}; roles {roles}")
+
+
+def _role(role: int) -> str:
+    return access_pb2.Role.Name(role).removeprefix("ROLE_").lower()
 
 
 @users.command("create")
@@ -51,7 +56,7 @@ def create_token(
     with client() as fl:
         token_id, secret = fl.create_token(user_id=user, name=name, ttl_seconds=ttl)
     typer.echo(secret)
-    console.print(f"token {token_id}: shown once; keep it secret", style="dim", highlight=False)
+    stderr.print(f"token {token_id}: shown once; keep it secret", style="dim", highlight=False)
 
 
 @tokens.command("revoke")
