@@ -90,7 +90,7 @@ def test_migrations_create_exactly_the_tables_of_tables_py(db_url: str) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0005_auth"
     engine.dispose()
     # A database already at head opens as it is.
     MetadataStore(db_url).close()
@@ -128,6 +128,52 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         )
     finally:
         store.close()
+
+
+def test_migration_0005_keeps_rows_and_the_next_start_encrypts_clear_registry_tokens(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+            now = "CURRENT_TIMESTAMP"
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('a', {now})")
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('b', {now})")
+            connection.exec_driver_sql(
+                "INSERT INTO registries (id, name, url, token, created_at, updated_at) "
+                f"VALUES ('r', 'r', 'https://x.invalid', 'dapi-in-clear', {now}, {now})"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO deployments (name, workspace_id, status, status_reason, failed_by_fault, "
+                f"created_at) VALUES ('old', 1, 'stopped', '', false, {now})"
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT token FROM registries").scalar() == "dapi-in-clear"
+    finally:
+        engine.dispose()
+    store = MetadataStore(db_url)
+    try:
+        assert store.encrypt_clear_tokens() == 1
+        assert store.encrypt_clear_tokens() == 0  # once
+        assert store.get_registry("r").token == "dapi-in-clear"
+        # the same name in another workspace is a deployment of its own now
+        version = add_version(store, 2, "m", status=ModelStatus.READY)
+        store.create_deployment(2, "old", [DeploymentStep(version.model_id, 1)])
+        assert {d.workspace_id for d in store.deployments_named("old")} == {1, 2}
+    finally:
+        store.close()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT token FROM registries").scalar()
+            assert str(stored).startswith("fernet:") and "dapi" not in str(stored)
+    finally:
+        engine.dispose()
 
 
 def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_url: str) -> None:
