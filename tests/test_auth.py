@@ -503,6 +503,7 @@ def test_first_start_writes_an_admin_token_only_its_owner_can_read(tmp_path: Pat
 
 
 def test_changes_are_audited_with_who_what_and_which_resource(teams: Teams) -> None:
+    assert teams.app.audit.flush()
     events = teams.app.store.audit_events(limit=1000)
     uploads = [e for e in events if e.action == "UploadModel" and e.actor == "carol"]
     assert uploads and uploads[0].outcome == "OK" and uploads[0].workspace_id == teams.b

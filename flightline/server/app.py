@@ -211,6 +211,7 @@ class App:
             settings.route_poll_seconds,
             "follow-deployments",
         )
+        self.audit = Recorder(self.store)
         self.grpc_server = self._grpc_server()
         address = f"{settings.host}:{settings.grpc_port}"
         if settings.tls:
@@ -258,6 +259,7 @@ class App:
         closed = self.front_door is None or self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
         self._follow.close()
+        self.audit.close()
         self.models.close()
         self.deployments.close()
         self.sandbox.close()
@@ -281,7 +283,7 @@ class App:
                 AuthInterceptor(
                     self.access.authenticator,
                     Authorizer(self.store),
-                    Recorder(self.store),
+                    self.audit,
                     self.access.limits,
                 ),
                 CallInterceptor(self.slow_lane),
