@@ -171,7 +171,9 @@ def test_groups_get_their_own_processes(backend: LocalBackend, tmp_path: Path) -
     assert backend.server(GROUP).pid != backend.server(other).pid
     assert backend.ensure_server(GROUP) != backend.ensure_server(other)
     with pytest.raises(pa.ArrowKeyError):  # workspace 2's model is not reachable on workspace 1's server
-        run(backend.ensure_server(GROUP), "b.0", [1])
+        run(backend.ensure_server(GROUP), "b.0", [1], backend.secret(GROUP))
+    with pytest.raises(flight.FlightUnauthenticatedError):  # and the other's secret does not open it
+        run(backend.ensure_server(GROUP), "a.0", [1], backend.secret(other))
 
 
 def test_runtime_environment_is_an_allow_list() -> None:

@@ -116,7 +116,7 @@ class FrontDoor(FlightService):
             except Exception as exc:  # over the caller's limit: RESOURCE_EXHAUSTED-like, retry later
                 raise flight.FlightUnavailableError(str(exc)) from None
         streams = [step.open() for step in route.steps]
-        seen = self.observer.flight_stream(route.name)  # counts, times and logs this stream
+        seen = self.observer.flight_stream(_display(route))  # counts, times and logs this stream
         try:
             result_schema: pa.Schema | None = None
             output_schema: pa.Schema | None = None
@@ -268,4 +268,9 @@ def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -
 
 def _step_name(route: Route, index: int) -> str:
     # Built only when a step failed: the happy path formats nothing per batch.
-    return f"step {index + 1} of {route.name!r}"
+    return f"step {index + 1} of {_display(route)!r}"
+
+
+def _display(route: Route) -> str:
+    """A route's deployment name, as clients and metrics know it (the key is "<workspace>/<name>")."""
+    return route.name.rpartition("/")[2]
