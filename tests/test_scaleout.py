@@ -29,13 +29,21 @@ from flightline.server.dataplane.routes import LocalStep, RemoteStep
 from flightline.server.settings import Settings
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import DeploymentStatus, DeploymentStep, ModelStatus
+from flightline.server.store.secrets import Secrets
 from flightline.v1 import deployment_pb2, workspace_pb2
 
 PORT0 = ("--flight-port", "0")
 
 
+# Servers sharing a database share the key of its secrets at rest (runtime servers' secrets, which front
+# doors read with the placements; registry tokens).
+SHARED_KEY = Secrets.generate_key()
+
+
 def shared(settings: Settings, database_url: str, artifacts: Path, **overrides: object) -> Settings:
-    return replace(settings, database_url=database_url, artifacts_url=str(artifacts), **overrides)
+    return replace(
+        settings, database_url=database_url, artifacts_url=str(artifacts), secret_key=SHARED_KEY, **overrides
+    )
 
 
 def deploy_pipeline(client: Client, tmp_path: Path, name: str) -> tuple[Path, deployment_pb2.Deployment]:
@@ -179,6 +187,7 @@ def test_serve_role_frontdoor_as_a_process(tmp_path: Path) -> None:
             "FLIGHTLINE_DATA_DIR": str(tmp_path / "door"),
             "FLIGHTLINE_DATABASE_URL": url,
             "FLIGHTLINE_ARTIFACTS_URL": str(artifacts),
+            "FLIGHTLINE_SECRET_KEY": SHARED_KEY,
         }
         door = subprocess.Popen(
             [

@@ -52,7 +52,10 @@ class Secrets:
         try:
             return self._fernet.decrypt(stored.removeprefix(PREFIX).encode()).decode()
         except InvalidToken:
-            raise SecretsError("a stored secret cannot be decrypted with the configured keys") from None
+            raise SecretsError(
+                "a stored secret cannot be decrypted with the configured keys (servers sharing a database "
+                "must share FLIGHTLINE_SECRET_KEY)"
+            ) from None
 
     def is_current(self, stored: str) -> bool:
         """Whether `stored` is encrypted with the first key (what rotation leaves behind)."""
