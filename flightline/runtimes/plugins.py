@@ -32,6 +32,25 @@ SERVER_ENVIRONMENT = "server"
 # What converters produce: their output is served by the plug-in that serves this framework.
 CONVERTED_FRAMEWORK = "onnx"
 NO_PLUGIN_HINT = "no runtime plug-in serves this framework yet"
+# The Hugging Face pipeline tasks of the catalog (frameworks `hugging-face-<task>`), served by `hf`.
+HF_TASKS: tuple[str, ...] = (
+    "feature-extraction",
+    "image-classification",
+    "image-segmentation",
+    "image-to-text",
+    "object-detection",
+    "question-answering",
+    "stable-diffusion-text-2-img",
+    "summarization",
+    "text-classification",
+    "translation",
+    "zero-shot-classification",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+    "sentiment-analysis",
+    "text-generation",
+    "automatic-speech-recognition",
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,9 @@ class Plugin:
     # Modules needed for one framework only, e.g. xgboost pickles need xgboost besides sklearn.
     framework_requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     install_hint: str = ""  # what to install when not available
+    # Its schemas are tensors of a fixed shape (rules.check_schema, at upload). False: they may hold
+    # variable lists and structs (Hugging Face's boxes per image, ASR chunks), which `describe` checks.
+    fixed_shapes: bool = True
 
     @property
     def unpacks(self) -> bool:
@@ -152,6 +174,23 @@ PLUGINS: tuple[Plugin, ...] = (
         requires=("sklearn", "joblib"),
         framework_requires=(("xgboost", ("xgboost",)),),
         install_hint="pip install scikit-learn joblib xgboost",
+    ),
+    Plugin(
+        name="hf",
+        entry="flightline.runtimes.hf:HuggingFaceRuntime",
+        frameworks=tuple(f"hugging-face-{task}" for task in HF_TASKS),
+        forms=(ArtifactForm(".zip", "zip of a pipeline's save_pretrained folder", archive=True),),
+        environment="hf",
+        # Serialized: a pipeline keeps per-call state on itself (its parameters of the call, a call
+        # counter) and torch already spreads one call over every core. Throughput comes from one
+        # pipeline call per batch (batch_size) and from adaptive batching of concurrent requests.
+        concurrent=False,
+        # A save_pretrained folder may hold pickled weights (pytorch_model.bin) and remote code; it is
+        # loaded only by sandboxed processes of the hf environment, never by a server process.
+        trusted_artifacts=False,
+        native=False,
+        describe="flightline.runtimes.hf:describe",
+        fixed_shapes=False,
     ),
 )
 

@@ -20,6 +20,8 @@ import json
 import os
 import resource
 import sys
+import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,20 +79,37 @@ def prepare(
         )
         if result.onnx_path is not None:
             target = for_framework(CONVERTED_FRAMEWORK)
-            served_in, served_out = _describe(target, result.onnx_path, input_schema, output_schema)
+            served_in, served_out = _describe(
+                target, result.onnx_path, input_schema, output_schema, CONVERTED_FRAMEWORK
+            )
             return Preparation(target.name, Path(result.onnx_path), served_in, served_out)
         note = result.note
-    served_in, served_out = _describe(accepting, artifact, input_schema, output_schema)
+    served_in, served_out = _describe(accepting, artifact, input_schema, output_schema, framework)
     return Preparation(accepting.name, None, served_in, served_out, note)
 
 
 def _describe(
-    serving: Plugin, path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None
+    serving: Plugin,
+    path: Path,
+    input_schema: pa.Schema | None,
+    output_schema: pa.Schema | None,
+    framework: str,
 ) -> tuple[pa.Schema | None, pa.Schema | None]:
     if serving.describe is None:
         return input_schema, output_schema
     describe: Callable[..., tuple[pa.Schema | None, pa.Schema | None]] = load_attribute(serving.describe)
-    return describe(path, input_schema, output_schema)
+    if serving.unpacks and path.is_file():
+        # The runtime loads the unpacked archive; inspect the same. In a scratch folder, removed after:
+        # nothing of it is handed back to the control plane. The zip was checked at upload (names,
+        # sizes); extractall also drops absolute and parent parts of member names.
+        with tempfile.TemporaryDirectory(prefix="unpacked-") as scratch:  # in TMPDIR
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(scratch)
+            except (zipfile.BadZipFile, OSError) as error:
+                raise ModelLoadError(f"the archive cannot be unpacked: {error}") from None
+            return describe(Path(scratch), input_schema, output_schema, framework)
+    return describe(path, input_schema, output_schema, framework)
 
 
 def _read_schema(path: str | None) -> pa.Schema | None:

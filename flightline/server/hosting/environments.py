@@ -60,6 +60,20 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "xgboost==3.2.0",
         "pandas==3.1.1",
     ),
+    # Hugging Face pipelines (runtimes/hf.py). transformers stays on 4.x: 5.x removed the
+    # question-answering, summarization, translation and image-to-text pipelines. torch 2.13.0 is the
+    # CPU wheel this machine keeps in its find-links folder (see `_find_links`); the same pin as the
+    # torch family's. The index's torch is a CUDA build that pulls gigabytes of nvidia-* packages.
+    "hf": (
+        "torch==2.13.0",
+        "transformers==4.57.6",
+        "tokenizers==0.22.2",
+        "huggingface-hub==0.36.2",
+        "safetensors==0.8.0",
+        "pillow==13.0.0",
+        "diffusers==0.39.0",
+        "sentencepiece==0.2.3",
+    ),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
@@ -288,7 +302,15 @@ class Environments:
             )
             say(f"installing {len(requirements)} requirements: {' '.join(requirements)}")
             self._uv(
-                ["pip", "install", "--no-build", "--python", str(staging / "bin" / "python"), *requirements],
+                [
+                    "pip",
+                    "install",
+                    "--no-build",
+                    *_find_links(),
+                    "--python",
+                    str(staging / "bin" / "python"),
+                    *requirements,
+                ],
                 say,
                 requirements,
             )
@@ -347,6 +369,15 @@ class Environments:
             check=True,
         ).stdout.strip()
         return path, version
+
+
+def _find_links() -> list[str]:
+    """uv reads no pip configuration, so the machine's local wheel folders (PIP_FIND_LINKS, e.g. the
+    CPU torch wheel a machine keeps on disk) are passed on: uv then prefers them to the index's builds
+    of the same version. UV_FIND_LINKS, when set, is read by uv itself."""
+    return [
+        arg for folder in os.environ.get("PIP_FIND_LINKS", "").split() for arg in ("--find-links", folder)
+    ]
 
 
 def _uv_bin() -> str:

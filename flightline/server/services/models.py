@@ -199,7 +199,9 @@ class ModelService:
             raise InvalidArgument(str(exc)) from exc
         for field in ("input_schema", "output_schema"):
             schema = parse_schema(f"conversion.{field}", getattr(conversion, field))
-            if schema is not None:
+            # A plug-in whose schemas hold variable lists (boxes per image) checks them itself, at
+            # preparation (its `describe`); the others serve tensors of a fixed shape.
+            if schema is not None and (framework.plugin is None or framework.plugin.fixed_shapes):
                 check_schema(f"conversion.{field}", schema)
         self.store.get_workspace(workspace_id)
         return framework
