@@ -24,6 +24,7 @@ from flightline.runtimes.plugins import (
     unavailable_reason,
 )
 from flightline.server.client import Client
+from flightline.server.hosting.environments import FAMILIES, Environments
 from flightline.v1 import model_pb2
 
 CATALOG = {spec.name for spec in FRAMEWORKS}
@@ -104,12 +105,14 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "onnx": (True, True, True, False),  # data, thread-safe sessions: also served in the front door
         "python": (False, False, False, False),  # code, one call at a time
         "sklearn": (False, False, False, False),  # pickles are code; any class may be inside
+        "hf": (False, False, False, True),  # zipped folders (pickled weights possible), one call at a time
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
-        ModelLoadError, match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn'\]"
+        ModelLoadError,
+        match=r"unknown runtime 'pytorch'; known runtimes: \['hf', 'onnx', 'python', 'sklearn'\]",
     ):
         plugin("pytorch")
     with pytest.raises(ModelLoadError, match="'mlflow' is in the catalog"):
@@ -122,9 +125,18 @@ def test_list_frameworks_reports_availability_and_install_hints(client: Client) 
     assert set(listed) == CATALOG
     for name in ("onnx", "python", "sklearn", "xgboost"):
         assert listed[name].available and listed[name].install_hint == "", name
-    for name in ("tensorflow", "pytorch", "mlflow", "custom", "hugging-face-summarization"):
+    for name in ("tensorflow", "pytorch", "mlflow", "custom"):
         assert not listed[name].available and listed[name].install_hint.startswith(NO_PLUGIN_HINT), name
         assert listed[name].runtime == ""  # no runtime name that does not exist
+    # A family plug-in: available exactly when its environment is built in the server's cache.
+    summarization = listed["hugging-face-summarization"]
+    assert summarization.runtime == "hf"
+    built = Environments().lookup(FAMILIES["hf"]) is not None
+    assert summarization.available == built
+    if built:
+        assert summarization.install_hint == ""
+    else:
+        assert summarization.install_hint.endswith("which is not built: flightline runtimes install hf")
     assert "torch.onnx.export" in listed["pytorch"].install_hint
 
 

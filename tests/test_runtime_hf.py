@@ -14,6 +14,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from flightline.server.client import Client, infer
 from flightline.server.hosting.environments import Environment, Environments
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
+# Module fixtures build sixteen models, prepare and deploy them (minutes on 2 busy cores): the first
+# test's timeout covers them.
+pytestmark = pytest.mark.timeout(1200)
 SUPPORT = Path(__file__).parent / "support"
 TEXTS = [
     "The cat sat on the mat.",
@@ -252,9 +256,10 @@ def upload(
 
 @pytest.fixture(scope="module")
 def deployed(client: Client, workspace: int, models: Path) -> dict[str, deployment_pb2.Deployment]:
-    """Every case uploaded (the seed's schemas unless the case gives its own) and deployed."""
-    result = {}
-    for case in CASES:
+    """Every case uploaded (the seed's schemas unless the case gives its own) and deployed. Three at a
+    time: a preparation is mostly an interpreter importing torch."""
+
+    def serve(case: Case) -> deployment_pb2.Deployment:
         version = upload(
             client, workspace, models / f"{case.task}.zip", case.deployment, case.task,
             case.input_schema, case.output_schema,
@@ -265,8 +270,10 @@ def deployed(client: Client, workspace: int, models: Path) -> dict[str, deployme
         assert recorded.equals(case.input_schema or defaults(case.task)[0])
         deployment = client.deploy(workspace, case.deployment, version.model_id)
         assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, deployment.status_reason
-        result[case.task] = deployment
-    return result
+        return deployment
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(BY_TASK, pool.map(serve, CASES), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +318,15 @@ def test_the_plugin_serves_the_sixteen_catalog_tasks() -> None:
         assert spec.runtime == "hf" and spec.archive
         assert spec.default_input_schema is not None and spec.default_output_schema is not None
     assert sorted(BY_TASK) == sorted(HF_TASKS)
+
+
+def test_the_hf_environment_has_transformers_4_and_a_cpu_torch(hf_env: Environment) -> None:
+    versions = run_in(
+        hf_env, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"
+    ).split()
+    assert versions[0] == "2.13.0+cpu"  # the machine's CPU wheel, not the index's CUDA build
+    assert versions[1].startswith("4.57.")
+    assert not list(hf_env.path.glob("lib/python*/site-packages/nvidia*"))  # no CUDA libraries
 
 
 @pytest.mark.parametrize("task", [case.task for case in CASES])
