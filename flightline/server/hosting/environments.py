@@ -57,7 +57,7 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "scikit-learn==1.9.1",
         "scipy==1.17.1",
         "joblib==1.6.0",
-        "xgboost==3.2.0",
+        "xgboost-cpu==3.2.0",  # the `xgboost` module without CUDA (xgboost pulls 470 MB of NCCL)
         "pandas==3.1.1",
     ),
     # Hugging Face pipelines (runtimes/hf.py). transformers stays on 4.x: 5.x removed the
