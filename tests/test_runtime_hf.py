@@ -173,9 +173,16 @@ CASES = [
     Case("sentiment-analysis", {"inputs": strings(TEXTS[:2])}, [([0, 1], {"top_k": 2})]),
     Case(
         "text-generation",
-        {"inputs": strings(TEXTS), "max_new_tokens": pa.array([3, None, None], pa.int64())},
-        [([0], {"max_new_tokens": 3}), ([1, 2], {})],
-        input_schema=with_fields(defaults("text-generation")[0], ("max_new_tokens", pa.int64())),
+        {
+            "inputs": strings(TEXTS),
+            "max_new_tokens": pa.array([3, None, None], pa.int64()),
+            # The pipeline samples by default: greedy answers can be compared (a forwarded boolean).
+            "do_sample": pa.array([False] * 3),
+        },
+        [([0], {"max_new_tokens": 3, "do_sample": False}), ([1, 2], {"do_sample": False})],
+        input_schema=with_fields(
+            defaults("text-generation")[0], ("max_new_tokens", pa.int64()), ("do_sample", pa.bool_())
+        ),
     ),
     Case(
         "automatic-speech-recognition",
@@ -254,10 +261,27 @@ def upload(
     return client.upload_file(path, meta).version
 
 
+def selected(request: pytest.FixtureRequest, also: tuple[str, ...] = ()) -> list[Case]:
+    """The cases this session's selected tests compare (`-k` may pick a few), plus `also`."""
+    tasks = {
+        item.callspec.params["task"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec") and "task" in item.callspec.params
+    }
+    return [case for case in CASES if case.task in tasks or case.task in also]
+
+
+# The bad-input tests use these deployments.
+ALWAYS_DEPLOYED = ("text-classification", "image-classification", "summarization")
+
+
 @pytest.fixture(scope="module")
-def deployed(client: Client, workspace: int, models: Path) -> dict[str, deployment_pb2.Deployment]:
-    """Every case uploaded (the seed's schemas unless the case gives its own) and deployed. Three at a
-    time: a preparation is mostly an interpreter importing torch."""
+def deployed(
+    request: pytest.FixtureRequest, client: Client, workspace: int, models: Path
+) -> dict[str, deployment_pb2.Deployment]:
+    """The cases this session runs uploaded (the seed's schemas unless the case gives its own) and
+    deployed. Three at a time: a preparation is mostly an interpreter importing torch."""
+    cases = selected(request, ALWAYS_DEPLOYED)
 
     def serve(case: Case) -> deployment_pb2.Deployment:
         version = upload(
@@ -273,14 +297,16 @@ def deployed(client: Client, workspace: int, models: Path) -> dict[str, deployme
         return deployment
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(BY_TASK, pool.map(serve, CASES), strict=True))
+        return dict(zip([case.task for case in cases], pool.map(serve, cases), strict=True))
 
 
 @pytest.fixture(scope="module")
-def reference(hf_env: Environment, models: Path, world: Path) -> dict[str, list[dict[str, Any]]]:
+def reference(
+    request: pytest.FixtureRequest, hf_env: Environment, models: Path, world: Path
+) -> dict[str, list[dict[str, Any]]]:
     """Each case's rows through its pipeline in-process, in the hf environment."""
     specs = []
-    for case in CASES:
+    for case in selected(request):
         rows = world / f"{case.task}.arrow"
         table = case.table()
         with pa.ipc.new_file(rows, table.schema) as writer:
