@@ -13,6 +13,7 @@ import sys
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the hf runtime sets it (runtimes/hf.py)
 
 import numpy as np
 import transformers

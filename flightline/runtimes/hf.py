@@ -44,6 +44,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["DIFFUSERS_VERBOSITY"] = "error"
+# Before torch is imported: its OpenMP threads sleep between parallel regions instead of spinning. A
+# runtime server shares the cores with other runtime servers and the front door, and spinning threads
+# that outnumber the free cores collapse: a tiny BERT's 1-row call took 133 ms spinning, 2 ms passive, on
+# a loaded 2-core machine (2026-12-01). An operator's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger(__name__)
 
