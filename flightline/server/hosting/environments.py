@@ -372,12 +372,21 @@ class Environments:
 
 
 def _find_links() -> list[str]:
-    """uv reads no pip configuration, so the machine's local wheel folders (PIP_FIND_LINKS, e.g. the
-    CPU torch wheel a machine keeps on disk) are passed on: uv then prefers them to the index's builds
-    of the same version. UV_FIND_LINKS, when set, is read by uv itself."""
-    return [
-        arg for folder in os.environ.get("PIP_FIND_LINKS", "").split() for arg in ("--find-links", folder)
-    ]
+    """uv reads no pip configuration, so the machine's local wheel folders (pip's `find-links`: its
+    PIP_FIND_LINKS variable, else its configuration files, e.g. the CPU torch wheel a machine keeps on
+    disk) are passed on: uv then prefers them to the index's builds of the same version (the index's
+    torch is a CUDA build of several GB). UV_FIND_LINKS, when set, is read by uv itself."""
+    folders = os.environ.get("PIP_FIND_LINKS", "").split()
+    if not folders:
+        asked = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        folders = asked.stdout.split() if asked.returncode == 0 else []
+    return [arg for folder in folders for arg in ("--find-links", folder)]
 
 
 def _uv_bin() -> str:
