@@ -362,6 +362,35 @@ def build(task: str, folder: Path) -> None:
             feat_extract_norm="group",
         )
         save(folder, tf.Wav2Vec2ForCTC(config).eval(), tok, extractor)
+    elif task == "whisper":  # automatic-speech-recognition by a Whisper model
+        specials = [
+            "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+        ]  # fmt: skip
+        byte_bpe(specials).model.save(str(folder))  # vocab.json and merges.txt
+        eos = "<|endoftext|>"
+        tok = tf.WhisperTokenizer(
+            str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=eos, bos_token=eos,
+            eos_token=eos, pad_token=eos,
+        )  # fmt: skip
+        tok.add_special_tokens({"additional_special_tokens": specials[1:]})
+        ids = {token: tok.convert_tokens_to_ids(token) for token in specials}
+        config = tf.WhisperConfig(
+            vocab_size=len(tok), num_mel_bins=80, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, encoder_ffn_dim=37,
+            decoder_ffn_dim=37, max_source_positions=1500, max_target_positions=64, pad_token_id=ids[eos],
+            bos_token_id=ids[eos], eos_token_id=ids[eos], decoder_start_token_id=ids["<|startoftranscript|>"],
+        )  # fmt: skip
+        model = tf.WhisperForConditionalGeneration(config).eval()
+        generation = model.generation_config
+        generation.decoder_start_token_id = ids["<|startoftranscript|>"]
+        generation.no_timestamps_token_id = ids["<|notimestamps|>"]
+        generation.max_length = 12
+        generation.is_multilingual = False
+        generation.forced_decoder_ids = None
+        generation.suppress_tokens = []
+        generation.begin_suppress_tokens = []  # random weights transcribe to "": the shape is compared
+        save(folder, model, tok, tf.WhisperFeatureExtractor(feature_size=80))
     elif task == "stable-diffusion-text-2-img":
         import diffusers
 
@@ -439,6 +468,7 @@ TASKS = [
     "sentiment-analysis",
     "text-generation",
     "automatic-speech-recognition",
+    "whisper",
 ]
 
 
