@@ -36,7 +36,7 @@ ALLOWED = {"runtimes/plugins.py", "runtimes/catalog.py", "runtimes/onnx.py", "ru
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) == 3
+    assert len(names) == len(set(names)) == 4
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
