@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.types as pt
 
+from flightline.runtimes.archives import unpacked
 from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec, Runtime
 from flightline.runtimes.catalog import get_framework
 from flightline.runtimes.host import Host, ModelOutputError
@@ -737,7 +738,13 @@ def describe(
 ) -> tuple[pa.Schema, pa.Schema]:
     """At upload, in the hf environment: the schemas served (the given ones, else the task's), checked
     against the task, then against the model by one generated row whose outputs must fit them."""
-    runtime = HuggingFaceRuntime.load(ModelSpec(path, framework, input_schema, output_schema))
+    with unpacked(path) as root:  # the preparation gets the zip; runtime servers, the unpacked folder
+        runtime = HuggingFaceRuntime.load(ModelSpec(root, framework, input_schema, output_schema))
+        _check_with_a_generated_row(runtime)
+    return runtime.input_schema, runtime.output_schema
+
+
+def _check_with_a_generated_row(runtime: HuggingFaceRuntime) -> None:
     try:
         Host(runtime).run(runtime.example())  # the data rules, the call, the output schema's check
     except InvalidInput as error:
@@ -747,4 +754,3 @@ def describe(
     except Exception as error:  # the model's own failure: its type only, the rest is logged
         log.warning("a generated row failed at upload: %s", error, exc_info=True)
         raise ModelLoadError(f"the model failed on a generated row ({type(error).__name__})") from None
-    return runtime.input_schema, runtime.output_schema

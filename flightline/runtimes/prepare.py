@@ -9,19 +9,18 @@ subprocess of the control plane, under memory and time limits:
 Schema files hold Arrow IPC serialized schemas. On success the process writes
 `OUTDIR/input_schema.arrow` and `OUTDIR/output_schema.arrow` (each only when there is a schema) and
 prints one JSON line `{"runtime": <plug-in name>, "artifact": <path relative to OUTDIR, or "" for the
-original>, "note": <why a convertible upload was not converted, or "">}`; on failure it prints
-`{"error": <reason>}`. Exit codes: 0 done, 2 bad request, 3 the model cannot be served.
+original>, "note": <which conversion route won and why others did not, or why it was not converted>}`;
+on failure it prints `{"error": <reason>}`. Exit codes: 0 done, 2 bad request, 3 the model cannot be served.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
 import sys
-import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ class InvalidPrepareRequest(ValueError):
 @dataclass(frozen=True)
 class Preparation:
     runtime: str  # the plug-in that serves the result
-    artifact: Path | None  # the converted file; None: the original is served
+    artifact: Path | None  # the converted (or re-exported) file; None: the original is served
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     note: str = ""
@@ -67,7 +66,8 @@ def prepare(
     get_framework(framework)  # UnknownFramework names the valid ones
     accepting = for_framework(framework)
     note = ""
-    if accepting.converter is not None:
+    served = artifact
+    if accepting.converter is not None and accepting.converts(framework):
         convert = load_attribute(accepting.converter)
         result = convert(
             framework,
@@ -82,10 +82,11 @@ def prepare(
             served_in, served_out = _describe(
                 target, result.onnx_path, input_schema, output_schema, CONVERTED_FRAMEWORK
             )
-            return Preparation(target.name, Path(result.onnx_path), served_in, served_out)
+            return Preparation(target.name, Path(result.onnx_path), served_in, served_out, result.note)
         note = result.note
-    served_in, served_out = _describe(accepting, artifact, input_schema, output_schema, framework)
-    return Preparation(accepting.name, None, served_in, served_out, note)
+        served = result.served_path or artifact
+    served_in, served_out = _describe(accepting, served, input_schema, output_schema, framework)
+    return Preparation(accepting.name, None if served is artifact else served, served_in, served_out, note)
 
 
 def _describe(
@@ -98,18 +99,10 @@ def _describe(
     if serving.describe is None:
         return input_schema, output_schema
     describe: Callable[..., tuple[pa.Schema | None, pa.Schema | None]] = load_attribute(serving.describe)
-    if serving.unpacks and path.is_file():
-        # The runtime loads the unpacked archive; inspect the same. In a scratch folder, removed after:
-        # nothing of it is handed back to the control plane. The zip was checked at upload (names,
-        # sizes); extractall also drops absolute and parent parts of member names.
-        with tempfile.TemporaryDirectory(prefix="unpacked-") as scratch:  # in TMPDIR
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    archive.extractall(scratch)
-            except (zipfile.BadZipFile, OSError) as error:
-                raise ModelLoadError(f"the archive cannot be unpacked: {error}") from None
-            return describe(Path(scratch), input_schema, output_schema, framework)
-    return describe(path, input_schema, output_schema, framework)
+    # A plug-in serving several frameworks (hf: sixteen tasks) is told which one.
+    if "framework" in inspect.signature(describe).parameters:
+        return describe(path, input_schema, output_schema, framework=framework)
+    return describe(path, input_schema, output_schema)
 
 
 def _read_schema(path: str | None) -> pa.Schema | None:
