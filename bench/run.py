@@ -26,6 +26,7 @@ from bench.paths import (
     bare_flight,
     families,
     flightline,
+    hf,
     inprocess,
     json_http,
     mlflow_serve,
@@ -58,6 +59,7 @@ SERVING: dict[str, tuple[str, ServingRunner]] = {
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
     "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
     "families": ("TensorFlow, Keras and TorchScript against the framework in-process", families.run_cells),
+    "hf": ("Hugging Face text-classification, in-process vs service, batching, 1 and 32 clients", hf.run),
 }
 KEYS = [*PATHS, *SERVING]
 

@@ -14,7 +14,6 @@ from flightline.runtimes import runtime_class
 from flightline.runtimes.base import ModelLoadError, Runtime
 from flightline.runtimes.catalog import FRAMEWORKS, get_framework
 from flightline.runtimes.plugins import (
-    NO_PLUGIN_HINT,
     PLUGINS,
     ArtifactForm,
     Plugin,
@@ -47,7 +46,7 @@ ALLOWED = {
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
@@ -69,15 +68,12 @@ def test_served_frameworks_are_available_here(name: str) -> None:
 
 
 def test_availability_follows_the_plugins_not_what_happens_to_be_installed() -> None:
-    # Whether or not transformers is installed, no plug-in serves it yet: availability follows the plug-ins.
+    # Whether or not transformers is installed here, the hf plug-in serves it from its family's
+    # environment: availability is that environment being built, never this interpreter's modules.
     spec = get_framework("hugging-face-summarization")
-    assert serving("hugging-face-summarization") is None
-    assert not spec.available and spec.install_hint.startswith(NO_PLUGIN_HINT)
-    with pytest.raises(
-        ModelLoadError,
-        match="'hugging-face-summarization' is in the catalog, but its runtime plug-in is not built",
-    ):
-        for_framework("hugging-face-summarization")
+    assert serving("hugging-face-summarization") is plugin("hf") and plugin("hf").missing() == ()
+    assert not spec.available and spec.install_hint.endswith("flightline runtimes install hf")
+    assert spec.unavailable(lambda family: family == "hf") == ""
     # TensorFlow is served by a plug-in whose modules live in its family's environment, not here.
     assert serving("tensorflow") is plugin("tensorflow") and plugin("tensorflow").missing() == ()
 
@@ -123,18 +119,18 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "byop": (False, False, False, True),  # scripts: user code, unpacked
         "tensorflow": (True, False, False, True),  # graphs may read files; SavedModel zips are unpacked
         "torchscript": (False, False, False, False),  # a program; forward() may mutate the module
+        "hf": (False, False, False, True),  # zipped folders (pickled weights possible), one call at a time
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
         ModelLoadError,
-        match=r"unknown runtime 'pytorch'; known runtimes: \['byop', 'onnx', 'pyfunc', 'python', 'sklearn', "
-        r"'tensorflow', 'torchscript'\]",
+        match=r"unknown runtime 'pytorch'; known runtimes: \['byop', 'hf', 'onnx', 'pyfunc', 'python', "
+        r"'sklearn', 'tensorflow', 'torchscript'\]",
     ):
         plugin("pytorch")
-    with pytest.raises(ModelLoadError, match="'hugging-face-summarization' is in the catalog"):
-        for_framework("hugging-face-summarization")
+    assert all(serving(spec.name) is not None for spec in FRAMEWORKS)  # every catalog framework is served
     assert serving("not-in-the-catalog") is None
 
 
@@ -144,15 +140,18 @@ def test_list_frameworks_reports_availability_and_install_hints(client: Client) 
     for name in ("onnx", "python", "sklearn", "xgboost", "mlflow", "custom"):
         assert listed[name].available and listed[name].install_hint == "", name
     assert (listed["mlflow"].runtime, listed["custom"].runtime) == ("pyfunc", "byop")
-    for name in ("hugging-face-summarization",):
-        assert not listed[name].available and listed[name].install_hint.startswith(NO_PLUGIN_HINT), name
-        assert listed[name].runtime == ""  # no runtime name that does not exist
-    # Served once their family is built (.ci/setup builds both); until then the hint says how.
-    for name, family in (("tensorflow", "tensorflow"), ("keras", "tensorflow"), ("pytorch", "torch")):
+    # Served once their family is built (.ci/setup builds them); until then the hint says how.
+    for name, family in (
+        ("tensorflow", "tensorflow"),
+        ("keras", "tensorflow"),
+        ("pytorch", "torch"),
+        ("hugging-face-summarization", "hf"),
+    ):
         assert listed[name].runtime == get_framework(name).runtime, name
         hint = listed[name].install_hint
         assert listed[name].available == (hint == ""), name
         assert hint == "" or f"flightline runtimes install {family}" in hint, name
+    assert listed["hugging-face-summarization"].runtime == "hf"
 
 
 def _framework_literals_compared(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:

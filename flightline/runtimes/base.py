@@ -80,6 +80,9 @@ class Runtime(ABC):
     name: ClassVar[str]
     input_schema: pa.Schema
     output_schema: pa.Schema
+    # Input columns a request may leave out or hold nulls in: per-row arguments (a pipeline's top_k),
+    # not tensors. The data rules (rules.BatchRules) fill a missing one with nulls.
+    optional_inputs: frozenset[str] = frozenset()
 
     @classmethod
     @abstractmethod

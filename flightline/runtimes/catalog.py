@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from flightline.runtimes.plugins import (
     CONVERTED_FRAMEWORK,
+    HF_TASKS,
     ArtifactForm,
     Plugin,
     plugin,
@@ -279,6 +280,9 @@ _HUGGING_FACE_TASKS: dict[str, tuple[pa.Schema, pa.Schema]] = {
     ),
 }
 
+
+if tuple(_HUGGING_FACE_TASKS) != HF_TASKS:  # the plug-in table lists the same tasks, in this order
+    raise RuntimeError("catalog.py and plugins.HF_TASKS list different Hugging Face tasks")
 
 _ZIP = (ArtifactForm(".zip", "zip archive", archive=True),)
 _ANY = (ArtifactForm("", "any file"),)

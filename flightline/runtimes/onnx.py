@@ -160,7 +160,10 @@ class OnnxRuntime(Runtime):
 
 
 def describe(
-    path: Path, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+    path: Path,
+    input_schema: pa.Schema | None = None,
+    output_schema: pa.Schema | None = None,
+    framework: str = "",
 ) -> tuple[pa.Schema, pa.Schema]:
     """The (input, output) schemas the runtime will serve for an ONNX file and the schemas declared at
     upload, for the control plane to record. Raises ModelLoadError if they cannot be served."""

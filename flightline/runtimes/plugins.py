@@ -32,6 +32,25 @@ SERVER_ENVIRONMENT = "server"
 # What converters produce: their output is served by the plug-in that serves this framework.
 CONVERTED_FRAMEWORK = "onnx"
 NO_PLUGIN_HINT = "no runtime plug-in serves this framework yet"
+# The Hugging Face pipeline tasks of the catalog (frameworks `hugging-face-<task>`), served by `hf`.
+HF_TASKS: tuple[str, ...] = (
+    "feature-extraction",
+    "image-classification",
+    "image-segmentation",
+    "image-to-text",
+    "object-detection",
+    "question-answering",
+    "stable-diffusion-text-2-img",
+    "summarization",
+    "text-classification",
+    "translation",
+    "zero-shot-classification",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+    "sentiment-analysis",
+    "text-generation",
+    "automatic-speech-recognition",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,9 @@ class Plugin:
     # Declared schemas may hold variable-size list columns (ragged rows), which other runtimes refuse:
     # the guide's answer for such shapes is BYOP.
     variable_lists: bool = False
+    # Its `describe` checks declared schemas itself, which may hold variable lists AND structs (Hugging
+    # Face's boxes per image, ASR chunks): the control plane's tensor check (rules.check_schema) is skipped.
+    checks_own_schemas: bool = False
     # Frameworks served as uploaded, never given to the converter (TensorFlow SavedModels are native).
     unconverted: tuple[str, ...] = ()
 
@@ -250,6 +272,23 @@ PLUGINS: tuple[Plugin, ...] = (
         describe="flightline.runtimes.torchscript:describe",
         requires=("torch",),
         install_hint="flightline runtimes install torch",
+    ),
+    Plugin(
+        name="hf",
+        entry="flightline.runtimes.hf:HuggingFaceRuntime",
+        frameworks=tuple(f"hugging-face-{task}" for task in HF_TASKS),
+        forms=(ArtifactForm(".zip", "zip of a pipeline's save_pretrained folder", archive=True),),
+        environment="hf",
+        # Serialized: a pipeline keeps per-call state on itself (its parameters of the call, a call
+        # counter) and torch already spreads one call over every core. Throughput comes from one
+        # pipeline call per batch (batch_size) and from adaptive batching of concurrent requests.
+        concurrent=False,
+        # A save_pretrained folder may hold pickled weights (pytorch_model.bin) and remote code; it is
+        # loaded only by sandboxed processes of the hf environment, never by a server process.
+        trusted_artifacts=False,
+        native=False,
+        describe="flightline.runtimes.hf:describe",
+        checks_own_schemas=True,
     ),
 )
 

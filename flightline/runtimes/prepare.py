@@ -16,6 +16,7 @@ on failure it prints `{"error": <reason>}`. Exit codes: 0 done, 2 bad request, 3
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -78,20 +79,29 @@ def prepare(
         )
         if result.onnx_path is not None:
             target = for_framework(CONVERTED_FRAMEWORK)
-            served_in, served_out = _describe(target, result.onnx_path, input_schema, output_schema)
+            served_in, served_out = _describe(
+                target, result.onnx_path, input_schema, output_schema, CONVERTED_FRAMEWORK
+            )
             return Preparation(target.name, Path(result.onnx_path), served_in, served_out, result.note)
         note = result.note
         served = result.served_path or artifact
-    served_in, served_out = _describe(accepting, served, input_schema, output_schema)
+    served_in, served_out = _describe(accepting, served, input_schema, output_schema, framework)
     return Preparation(accepting.name, None if served is artifact else served, served_in, served_out, note)
 
 
 def _describe(
-    serving: Plugin, path: Path, input_schema: pa.Schema | None, output_schema: pa.Schema | None
+    serving: Plugin,
+    path: Path,
+    input_schema: pa.Schema | None,
+    output_schema: pa.Schema | None,
+    framework: str,
 ) -> tuple[pa.Schema | None, pa.Schema | None]:
     if serving.describe is None:
         return input_schema, output_schema
     describe: Callable[..., tuple[pa.Schema | None, pa.Schema | None]] = load_attribute(serving.describe)
+    # A plug-in serving several frameworks (hf: sixteen tasks) is told which one.
+    if "framework" in inspect.signature(describe).parameters:
+        return describe(path, input_schema, output_schema, framework=framework)
     return describe(path, input_schema, output_schema)
 
 

@@ -79,6 +79,19 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
     # machine without it fails to build this family instead of downloading CUDA. A GPU host would pin
     # the plain version (or "+cu12x") instead, see the README.
     "torch": ("torch==2.13.0+cpu", "onnx==1.23.2", "onnxruntime==1.32.0"),
+    # Hugging Face pipelines (runtimes/hf.py). transformers stays on 4.x: 5.x removed the
+    # question-answering, summarization, translation and image-to-text pipelines. torch: the torch
+    # family's CPU pin (a local wheel from pip's find-links, which `_uv` passes on).
+    "hf": (
+        "torch==2.13.0+cpu",
+        "transformers==4.57.6",
+        "tokenizers==0.22.2",
+        "huggingface-hub==0.36.2",
+        "safetensors==0.8.0",
+        "pillow==13.0.0",
+        "diffusers==0.39.0",
+        "sentencepiece==0.2.3",
+    ),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
