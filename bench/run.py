@@ -22,7 +22,17 @@ if __package__ in (None, ""):  # `python bench/run.py` as well as `python -m ben
 from bench.context import RunContext
 from bench.measure import Budget, Cell
 from bench.models import BenchModel, build_models
-from bench.paths import bare_flight, flightline, inprocess, json_http, mlflow_serve, mlserver, serving
+from bench.paths import (
+    bare_flight,
+    families,
+    flightline,
+    hf,
+    inprocess,
+    json_http,
+    mlflow_serve,
+    mlserver,
+    serving,
+)
 from bench.procs import Processes, signals_as_interrupt
 from bench.report import Table, comparison, target_checks
 
@@ -48,6 +58,8 @@ SERVING: dict[str, tuple[str, ServingRunner]] = {
     "concurrent": ("64 concurrent 1-row clients, ONNX in and out of process", serving.run_concurrent),
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
     "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
+    "families": ("TensorFlow, Keras and TorchScript against the framework in-process", families.run_cells),
+    "hf": ("Hugging Face text-classification, in-process vs service, batching, 1 and 32 clients", hf.run),
 }
 KEYS = [*PATHS, *SERVING]
 

@@ -4,6 +4,7 @@ serve (also over ListFrameworks), and the only place framework names are branche
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from flightline.runtimes import runtime_class
 from flightline.runtimes.base import ModelLoadError, Runtime
 from flightline.runtimes.catalog import FRAMEWORKS, get_framework
 from flightline.runtimes.plugins import (
-    NO_PLUGIN_HINT,
     PLUGINS,
     ArtifactForm,
     Plugin,
@@ -39,19 +39,16 @@ ALLOWED = {
     "runtimes/mlflow_model.py",
     "runtimes/pyfunc.py",
     "runtimes/byop.py",
+    "runtimes/tensorflow.py",
+    "runtimes/keras_convert.py",
+    "runtimes/torchscript.py",
+    "runtimes/torch_convert.py",
 }
 
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) and {
-        "onnx",
-        "python",
-        "sklearn",
-        "xgboost",
-        "pyfunc",
-        "byop",
-    } <= set(names)
+    assert len(names) == len(set(names)) == 9
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
@@ -73,14 +70,14 @@ def test_served_frameworks_are_available_here(name: str) -> None:
 
 
 def test_availability_follows_the_plugins_not_what_happens_to_be_installed() -> None:
-    # Whether or not tensorflow is installed, no plug-in serves it yet: availability follows the plug-ins.
-    spec = get_framework("tensorflow")
-    assert serving("tensorflow") is None
-    assert not spec.available and spec.install_hint.startswith(NO_PLUGIN_HINT)
-    with pytest.raises(
-        ModelLoadError, match="'tensorflow' is in the catalog, but its runtime plug-in is not built"
-    ):
-        for_framework("tensorflow")
+    # Whether or not transformers is installed here, the hf plug-in serves it from its family's
+    # environment: availability is that environment being built, never this interpreter's modules.
+    spec = get_framework("hugging-face-summarization")
+    assert serving("hugging-face-summarization") is plugin("hf") and plugin("hf").missing() == ()
+    assert not spec.available and spec.install_hint.endswith("flightline runtimes install hf")
+    assert spec.unavailable(lambda family: family == "hf") == ""
+    # TensorFlow is served by a plug-in whose modules live in its family's environment, not here.
+    assert serving("tensorflow") is plugin("tensorflow") and plugin("tensorflow").missing() == ()
 
 
 def test_a_plugin_missing_a_module_is_unavailable_with_its_install_hint() -> None:
@@ -123,18 +120,20 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "xgboost": (False, False, False, False),  # booster files: XGBoost's parser kept in the sandbox
         "pyfunc": (False, False, False, True),  # an MLflow model folder: user code, unpacked
         "byop": (False, False, False, True),  # scripts: user code, unpacked
+        "tensorflow": (True, False, False, True),  # graphs may read files; SavedModel zips are unpacked
+        "torchscript": (False, False, False, False),  # a program; forward() may mutate the module
+        "hf": (False, False, False, True),  # zipped folders (pickled weights possible), one call at a time
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
         ModelLoadError,
-        match=r"unknown runtime 'pytorch'; known runtimes: "
-        r"\['byop', 'onnx', 'pyfunc', 'python', 'sklearn', 'xgboost'\]",
+        match=r"unknown runtime 'pytorch'; known runtimes: \['byop', 'hf', 'onnx', 'pyfunc', 'python', "
+        r"'sklearn', 'tensorflow', 'torchscript', 'xgboost'\]",
     ):
         plugin("pytorch")
-    with pytest.raises(ModelLoadError, match="'pytorch' is in the catalog"):
-        for_framework("pytorch")
+    assert all(serving(spec.name) is not None for spec in FRAMEWORKS)  # every catalog framework is served
     assert serving("not-in-the-catalog") is None
 
 
@@ -144,10 +143,18 @@ def test_list_frameworks_reports_availability_and_install_hints(client: Client) 
     for name in ("onnx", "python", "sklearn", "xgboost", "mlflow", "custom"):
         assert listed[name].available and listed[name].install_hint == "", name
     assert (listed["mlflow"].runtime, listed["custom"].runtime) == ("pyfunc", "byop")
-    for name in ("tensorflow", "pytorch", "hugging-face-summarization"):
-        assert not listed[name].available and listed[name].install_hint.startswith(NO_PLUGIN_HINT), name
-        assert listed[name].runtime == ""  # no runtime name that does not exist
-    assert "torch.onnx.export" in listed["pytorch"].install_hint
+    # Served once their family is built (.ci/setup builds them); until then the hint says how.
+    for name, family in (
+        ("tensorflow", "tensorflow"),
+        ("keras", "tensorflow"),
+        ("pytorch", "torch"),
+        ("hugging-face-summarization", "hf"),
+    ):
+        assert listed[name].runtime == get_framework(name).runtime, name
+        hint = listed[name].install_hint
+        assert listed[name].available == (hint == ""), name
+        assert hint == "" or f"flightline runtimes install {family}" in hint, name
+    assert listed["hugging-face-summarization"].runtime == "hf"
 
 
 def _framework_literals_compared(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
@@ -176,3 +183,26 @@ def test_no_framework_or_runtime_name_is_branched_on_outside_the_registry() -> N
         for line, name in _framework_literals_compared(ast.parse(path.read_text()), names):
             offenders.append(f"{relative}:{line} {name!r}")
     assert offenders == []
+
+
+def test_framework_thread_pools_follow_model_size_and_options(tmp_path: Path) -> None:
+    from flightline.runtimes.base import (
+        HEAVY_MODEL_BYTES,
+        ModelSpec,
+        cpu_share,
+        default_intra_op_threads,
+        thread_option,
+    )
+
+    small, heavy = tmp_path / "small.pt", tmp_path / "saved" / "variables.data"
+    small.write_bytes(b"x" * 1000)
+    heavy.parent.mkdir()
+    with heavy.open("wb") as file:
+        file.truncate(HEAVY_MODEL_BYTES)
+    assert default_intra_op_threads(small) == 1
+    assert default_intra_op_threads(heavy.parent) == cpu_share()
+    assert 1 <= cpu_share() <= len(os.sched_getaffinity(0))
+    spec = ModelSpec(small, "pytorch", options={"intra_op_threads": "3", "inter_op_threads": "zero"})
+    assert thread_option(spec, "intra_op_threads", 1) == 3
+    with pytest.raises(ModelLoadError, match="option inter_op_threads must be an integer"):
+        thread_option(spec, "inter_op_threads", 1)

@@ -195,3 +195,20 @@ def test_large_batches_are_checked_without_python_loops() -> None:
     column = pa.ListArray.from_arrays(pa.array(broken), values)
     with pytest.raises(InvalidInput, match=rf"row {rows - 2} has 3 values, expected 4"):
         check_batch(_batch(column, pa.array(np.zeros(rows, np.float32))), SCHEMA)
+
+
+def test_optional_columns_may_be_left_out_or_hold_nulls() -> None:
+    schema = pa.schema([("inputs", pa.list_(pa.float32(), 2)), ("top_k", pa.int64()), ("mode", pa.string())])
+    rules = BatchRules(schema, optional=frozenset({"top_k", "mode"}))
+    inputs = pa.FixedSizeListArray.from_arrays(pa.array([1, 2, 3, 4], pa.float32()), 2)
+    left_out = rules.check(pa.record_batch([inputs], names=["inputs"]))
+    assert left_out.schema.equals(schema)
+    assert left_out.column("top_k").null_count == 2 and left_out.column("mode").null_count == 2
+    some = rules.check(pa.record_batch([inputs, pa.array([None, 3], pa.int64())], names=["inputs", "top_k"]))
+    assert some.column("top_k").to_pylist() == [None, 3]
+    all_null = rules.check(pa.record_batch([inputs, pa.nulls(2)], names=["inputs", "mode"]))  # e.g. pandas
+    assert all_null.column("mode").type == pa.string()
+    with pytest.raises(InvalidInput, match=r"column 'inputs' is missing"):
+        rules.check(pa.record_batch([pa.array([1, 2], pa.int64())], names=["top_k"]))
+    with pytest.raises(InvalidInput, match=r"column 'inputs' has a null at row 1"):
+        rules.check(pa.record_batch([pa.array([[1, 2], None], pa.list_(pa.float32(), 2))], names=["inputs"]))

@@ -217,7 +217,7 @@ def test_a_byop_zip_in_the_guides_style_is_served_from_its_own_environment(
     assert served.column("out.history_sorted").to_pylist() == [sorted(row) for row in history]
     assert set(served.column("out.six").to_pylist()) == {"1.16.0"}  # its own six, in its environment
     server = app.backend.server(ServerGroup(env.key, workspace_group(workspace)))
-    assert set(server.models) == {"clustering.0"}
+    assert set(server.models) == {f"{workspace}/clustering.0"}
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,7 @@ def test_a_pyfunc_model_is_served_from_its_own_environment_as_mlflow_predicts(
     # The model imported its own pinned six, in its environment's runtime server, not the server's.
     assert set(served.column("out.six").to_pylist()) == {"1.16.0"} != set(expected["six"])
     server = app.backend.server(ServerGroup(env.key, workspace_group(workspace)))
-    assert set(server.models) == {"scorer.0"}
+    assert set(server.models) == {f"{workspace}/scorer.0"}
 
 
 def _broken(world: Path, name: str, files: dict[str, str]) -> Path:

@@ -120,7 +120,7 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         engine.dispose()
     store = MetadataStore(db_url)
     try:
-        old = store.get_deployment("old")
+        old = store.get_deployment(1, "old")
         assert (old.status, old.status_reason, old.failed_by_fault) == (
             DeploymentStatus.FAILED,
             "model broke",
@@ -128,6 +128,52 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         )
     finally:
         store.close()
+
+
+def test_migration_0005_keeps_rows_and_the_next_start_encrypts_clear_registry_tokens(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+            now = "CURRENT_TIMESTAMP"
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('a', {now})")
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('b', {now})")
+            connection.exec_driver_sql(
+                "INSERT INTO registries (id, name, url, token, created_at, updated_at) "
+                f"VALUES ('r', 'r', 'https://x.invalid', 'dapi-in-clear', {now}, {now})"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO deployments (name, workspace_id, status, status_reason, failed_by_fault, "
+                f"created_at) VALUES ('old', 1, 'stopped', '', false, {now})"
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT token FROM registries").scalar() == "dapi-in-clear"
+    finally:
+        engine.dispose()
+    store = MetadataStore(db_url)
+    try:
+        assert store.encrypt_clear_tokens() == 1
+        assert store.encrypt_clear_tokens() == 0  # once
+        assert store.get_registry("r").token == "dapi-in-clear"
+        # the same name in another workspace is a deployment of its own now
+        version = add_version(store, 2, "m", status=ModelStatus.READY)
+        store.create_deployment(2, "old", [DeploymentStep(version.model_id, 1)])
+        assert {d.workspace_id for d in store.deployments_named("old")} == {1, 2}
+    finally:
+        store.close()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT token FROM registries").scalar()
+            assert str(stored).startswith("fernet:") and "dapi" not in str(stored)
+    finally:
+        engine.dispose()
 
 
 def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_url: str) -> None:
@@ -148,11 +194,11 @@ def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_ur
         engine.dispose()
     first, second = MetadataStore(db_url, owner="a"), MetadataStore(db_url, owner="b")
     try:
-        assert first.get_deployment("old").owner == ""
+        assert first.get_deployment(1, "old").owner == ""
         assert first.route_version() == 0
         first.claim_unowned()
         second.claim_unowned()  # too late: every row has its owner
-        assert second.get_deployment("old").owner == "a"
+        assert second.get_deployment(1, "old").owner == "a"
     finally:
         first.close()
         second.close()
@@ -173,12 +219,12 @@ def test_owners_placements_and_the_route_counter(db_url: str) -> None:
     deployment = owned.create_deployment(ws.id, "d", [step, step])
     assert deployment.owner == "x" and deployment.placements == ()
     placed = (StepPlacement(True), StepPlacement(False, "grpc+tcp://127.0.0.1:1", "d.1"))
-    running = store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed)
-    assert running.placements == placed == owned.get_deployment("d").placements
+    running = store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=placed)
+    assert running.placements == placed == owned.get_deployment(ws.id, "d").placements
     with pytest.raises(ValueError, match="1 placements for 2 steps"):
-        store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed[:1])
-    assert store.update_deployment("d", DeploymentStatus.STOPPED).placements == ()
-    store.delete_deployment("d")
+        store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=placed[:1])
+    assert store.update_deployment(ws.id, "d", DeploymentStatus.STOPPED).placements == ()
+    store.delete_deployment(ws.id, "d")
     assert owned.route_version() == start + 4  # create, RUNNING, STOPPED, delete (not the refused one)
     store.close()
     owned.close()
@@ -403,9 +449,9 @@ def test_deployments(store: MetadataStore) -> None:
     assert (deployment.name, deployment.workspace_id) == ("pipeline", a.id)
     assert (deployment.status, deployment.steps) == (DeploymentStatus.DEPLOYING, tuple(steps))
     assert deployment.created_at.tzinfo is not None
-    assert store.get_deployment("pipeline") == deployment
+    assert store.get_deployment(a.id, "pipeline") == deployment
 
-    running = store.update_deployment("pipeline", DeploymentStatus.RUNNING)
+    running = store.update_deployment(a.id, "pipeline", DeploymentStatus.RUNNING)
     assert running.status == DeploymentStatus.RUNNING
     with pytest.raises(AlreadyExists, match=r"deployment 'pipeline' already exists \(running\)"):
         store.create_deployment(a.id, "pipeline", steps[:1])
@@ -415,27 +461,27 @@ def test_deployments(store: MetadataStore) -> None:
     assert store.list_deployments(b.id) == [other]
 
     assert not running.failed_by_fault
-    faulted = store.update_deployment("other", DeploymentStatus.FAILED, "port taken", by_fault=True)
+    faulted = store.update_deployment(b.id, "other", DeploymentStatus.FAILED, "port taken", by_fault=True)
     assert (faulted.status, faulted.failed_by_fault) == (DeploymentStatus.FAILED, True)
-    assert store.get_deployment("other").failed_by_fault
-    assert not store.update_deployment("other", DeploymentStatus.RUNNING, by_fault=True).failed_by_fault
-    assert not store.update_deployment("other", DeploymentStatus.FAILED, "bad model").failed_by_fault
+    assert store.get_deployment(b.id, "other").failed_by_fault
+    assert not store.update_deployment(b.id, "other", DeploymentStatus.RUNNING, by_fault=True).failed_by_fault
+    assert not store.update_deployment(b.id, "other", DeploymentStatus.FAILED, "bad model").failed_by_fault
 
-    stopped = store.update_deployment("pipeline", DeploymentStatus.STOPPED, "undeployed by user")
+    stopped = store.update_deployment(a.id, "pipeline", DeploymentStatus.STOPPED, "undeployed by user")
     assert stopped.status_reason == "undeployed by user"
     replaced = store.create_deployment(a.id, "pipeline", steps[:1])
     assert replaced.id != deployment.id
     assert (replaced.status, replaced.steps) == (DeploymentStatus.DEPLOYING, tuple(steps[:1]))
-    assert store.get_deployment("pipeline") == replaced
+    assert store.get_deployment(a.id, "pipeline") == replaced
 
-    store.delete_deployment("other")
+    store.delete_deployment(b.id, "other")
     assert [d.name for d in store.list_deployments()] == ["pipeline"]
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.get_deployment("other")
+        store.get_deployment(b.id, "other")
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.delete_deployment("other")
+        store.delete_deployment(b.id, "other")
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.update_deployment("other", DeploymentStatus.FAILED)
+        store.update_deployment(b.id, "other", DeploymentStatus.FAILED)
     with pytest.raises(NotFound, match="workspace 999 does not exist"):
         store.list_deployments(999)
     with pytest.raises(NotFound, match="workspace 999 does not exist"):
@@ -465,8 +511,8 @@ def test_a_new_store_on_the_same_database_keeps_everything(db_url: str) -> None:
     assert after.get_registry(registry.id) == registry
     assert after.get_model_version(version.model_id) == version
     assert after.versions_in_status(ModelStatus.CONVERTING) == [version]
-    assert after.get_deployment("d") == deployment
-    assert after.get_deployment("d").created_at.tzinfo == UTC
+    assert after.get_deployment(ws.id, "d") == deployment
+    assert after.get_deployment(ws.id, "d").created_at.tzinfo == UTC
     after.close()
 
 

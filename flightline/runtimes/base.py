@@ -5,6 +5,7 @@ inference on Arrow record batches. Nothing else: validation, output envelopes an
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class Runtime(ABC):
     # The per-request parameters the model takes (MLflow's params schema), one field each; None: none.
     # How clients send them over Flight, and how they are checked: `flightline/runtimes/params.py`.
     params_schema: pa.Schema | None = None
+    # Input columns a request may leave out or hold nulls in: per-row arguments (a pipeline's top_k),
+    # not tensors. The data rules (rules.BatchRules) fill a missing one with nulls.
+    optional_inputs: frozenset[str] = frozenset()
 
     @classmethod
     @abstractmethod
@@ -98,3 +102,47 @@ class Runtime(ABC):
         its types (`params.resolve`), and only when the request sent some. Runtimes that declare a
         `params_schema` override this; the default ignores them, as MLflow does for models without one."""
         return self.infer(batch)
+
+
+def cpu_share() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota when one is set
+    (a container or a systemd slice limits a runtime server that way). What framework thread pools
+    (TensorFlow, torch) are sized from: more threads than cores only adds context switches."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+# One intra-op thread is fastest for small models and leaves the other cores to the transport and to
+# concurrent requests; a model with megabytes of weights is dominated by matrix products and gets every
+# core of its share (measured with the benchmark's models A and B on ONNX, and on TorchScript: the
+# model-A MLP ran 1.5M rows/s on one thread, 30k on two threads of a loaded 2-core machine).
+HEAVY_MODEL_BYTES = 1 << 20
+
+
+def default_intra_op_threads(artifact: Path) -> int:
+    """Intra-op threads for a model of this size (a file, or a folder such as a SavedModel)."""
+    if artifact.is_dir():
+        size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+    else:
+        size = artifact.stat().st_size if artifact.exists() else 0
+    return cpu_share() if size >= HEAVY_MODEL_BYTES else 1
+
+
+def thread_option(spec: ModelSpec, name: str, default: int) -> int:
+    """A thread-count option of the upload (`intra_op_threads`, `inter_op_threads`), else `default`."""
+    raw = spec.options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ModelLoadError(f"option {name} must be an integer, got {raw!r}") from None
+    if not 1 <= value <= 256:
+        raise ModelLoadError(f"option {name} must be between 1 and 256, got {value}")
+    return value

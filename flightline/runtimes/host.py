@@ -43,7 +43,7 @@ class Host:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._rules = BatchRules(runtime.input_schema)
+        self._rules = BatchRules(runtime.input_schema, runtime.optional_inputs)
         self._open: bool = is_open(runtime.input_schema) or is_open(runtime.output_schema)
         self._declared_outputs = None if is_open(runtime.output_schema) else runtime.output_schema
         self._envelopes = {

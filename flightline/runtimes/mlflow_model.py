@@ -31,20 +31,12 @@ from typing import Any, Final
 
 import pyarrow as pa
 
+from flightline.runtimes import signatures
+from flightline.runtimes.base import ModelLoadError
+
 MLMODEL: Final = "MLmodel"
 PYFUNC_FRAMEWORK: Final = "mlflow"  # the catalog framework served by the pyfunc runtime
 MAX_MLMODEL_BYTES: Final = 1 << 20
-# MLflow's column types (mlflow.types.DataType) as Arrow types.
-_COLUMN_TYPES: Final[dict[str, pa.DataType]] = {
-    "double": pa.float64(),
-    "float": pa.float32(),
-    "long": pa.int64(),
-    "integer": pa.int32(),
-    "boolean": pa.bool_(),
-    "string": pa.string(),
-    "binary": pa.binary(),
-    "datetime": pa.timestamp("ns"),
-}
 # Flavors served by a framework of the catalog, checked in this order.
 _FLAVOR_FRAMEWORKS: Final = (
     ("onnx", "onnx"),
@@ -191,10 +183,10 @@ def _relative(value: Any, default: str) -> str:
 
 
 def input_schema(model: MlflowModel) -> pa.Schema | None:
-    """The Arrow schema of the signature's inputs: one field per named column (a DataFrame as it is), or
-    one fixed-size list field per tensor with the tensor's shape (an unnamed tensor is `inputs`, the
-    seed's form). None without a signature. NotAnMlflowModel for a variable inner dimension."""
-    return _schema(model.signature.get("inputs"), "input")
+    """The Arrow schema of the signature's inputs (`runtimes/signatures.py`, the one converter of MLflow
+    signatures, which pyfunc uses too): one field per named column, or one fixed-size list field per
+    tensor (an unnamed tensor is `inputs`, the seed's form). None without a signature."""
+    return _signature(model.signature.get("inputs"), "inputs")
 
 
 def output_schema(model: MlflowModel) -> pa.Schema | None:
@@ -202,7 +194,7 @@ def output_schema(model: MlflowModel) -> pa.Schema | None:
     specs = model.signature.get("outputs")
     if not isinstance(specs, list) or not all(isinstance(s, dict) and s.get("name") for s in specs):
         return None
-    return _schema(specs, "output")
+    return _signature(specs, "outputs")
 
 
 def params_schema(model: MlflowModel) -> pa.Schema | None:
@@ -210,13 +202,10 @@ def params_schema(model: MlflowModel) -> pa.Schema | None:
     specs = model.signature.get("params")
     if not isinstance(specs, list) or not specs:
         return None
-    fields = []
-    for spec in specs:
-        arrow = _COLUMN_TYPES.get(str(spec.get("type")))
-        if arrow is None or not spec.get("name"):
-            raise NotAnMlflowModel(f"{MLMODEL} declares a param Flightline cannot type: {str(spec)[:200]}")
-        fields.append(pa.field(str(spec["name"]), pa.list_(arrow) if spec.get("shape") else arrow))
-    return pa.schema(fields)
+    try:
+        return signatures.params(specs)
+    except ModelLoadError as exc:
+        raise NotAnMlflowModel(f"{MLMODEL}: {exc}") from None
 
 
 def is_column_signature(model: MlflowModel) -> bool:
@@ -224,46 +213,14 @@ def is_column_signature(model: MlflowModel) -> bool:
     return isinstance(specs, list) and bool(specs) and all(s.get("type") != "tensor" for s in specs)
 
 
-def _schema(specs: Any, kind: str) -> pa.Schema | None:
+def _signature(specs: Any, side: str) -> pa.Schema | None:
     if not isinstance(specs, list) or not specs:
         return None
-    fields = []
-    for index, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise NotAnMlflowModel(f"{MLMODEL} signature {kind} {index} is not an object")
-        fields.append(_field(spec, index, kind, len(specs)))
-    return pa.schema(fields)
-
-
-def _field(spec: Mapping[str, Any], index: int, kind: str, count: int) -> pa.Field:
-    name = str(spec.get("name") or "")
-    if spec.get("type") == "tensor":
-        tensor = spec.get("tensor-spec") or {}
-        import numpy as np
-
-        try:
-            leaf = pa.from_numpy_dtype(np.dtype(str(tensor.get("dtype"))))
-        except (TypeError, pa.ArrowNotImplementedError):
-            raise NotAnMlflowModel(
-                f"{MLMODEL} {kind} tensor {index} has dtype {tensor.get('dtype')!r}"
-            ) from None
-        shape = [int(d) for d in tensor.get("shape") or []]
-        inner = shape[1:] if shape and shape[0] == -1 else shape
-        if any(d < 0 for d in inner):
-            raise NotAnMlflowModel(
-                f"{kind} tensor {name or index} has a variable dimension {shape}: give a schema with a "
-                "fixed shape (or serve it as framework 'custom')"
-            )
-        arrow = leaf
-        for dim in reversed(inner):
-            arrow = pa.list_(arrow, dim)
-        return pa.field(name or ("inputs" if count == 1 and kind == "input" else f"{kind}_{index}"), arrow)
-    arrow = _COLUMN_TYPES.get(str(spec.get("type")))
-    if arrow is None:
-        raise NotAnMlflowModel(f"{MLMODEL} {kind} column {name or index} has type {spec.get('type')!r}")
-    if not name:
-        name = "inputs" if count == 1 and kind == "input" else f"{kind}_{index}"
-    return pa.field(name, arrow)
+    try:
+        parsed = signatures.parse(specs, side)
+    except ModelLoadError as exc:  # NotAnMlflowModel is what uploads report as INVALID_ARGUMENT
+        raise NotAnMlflowModel(str(exc)) from None
+    return parsed.schema if parsed is not None else None
 
 
 def check_given(given: pa.Schema, signature: pa.Schema) -> None:

@@ -32,6 +32,25 @@ SERVER_ENVIRONMENT = "server"
 # What converters produce: their output is served by the plug-in that serves this framework.
 CONVERTED_FRAMEWORK = "onnx"
 NO_PLUGIN_HINT = "no runtime plug-in serves this framework yet"
+# The Hugging Face pipeline tasks of the catalog (frameworks `hugging-face-<task>`), served by `hf`.
+HF_TASKS: tuple[str, ...] = (
+    "feature-extraction",
+    "image-classification",
+    "image-segmentation",
+    "image-to-text",
+    "object-detection",
+    "question-answering",
+    "stable-diffusion-text-2-img",
+    "summarization",
+    "text-classification",
+    "translation",
+    "zero-shot-classification",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+    "sentiment-analysis",
+    "text-generation",
+    "automatic-speech-recognition",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,11 @@ class ArtifactForm:
     suffix: str  # ".onnx", ".pkl", ".py", ".zip", ...; "" = any file
     description: str  # "ONNX model (.onnx)"
     archive: bool = False  # a zip that is checked at upload and unpacked for the runtime
+    # The plug-in's frameworks this form is for; () = all of them (e.g. .h5 is Keras, not TensorFlow).
+    frameworks: tuple[str, ...] = ()
+
+    def accepted_for(self, framework: str) -> bool:
+        return not self.frameworks or framework in self.frameworks
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,15 @@ class Plugin:
     # Declared schemas may hold variable-size list columns (ragged rows), which other runtimes refuse:
     # the guide's answer for such shapes is BYOP.
     variable_lists: bool = False
+    # Its `describe` checks declared schemas itself, which may hold variable lists AND structs (Hugging
+    # Face's boxes per image, ASR chunks): the control plane's tensor check (rules.check_schema) is skipped.
+    checks_own_schemas: bool = False
+    # Frameworks served as uploaded, never given to the converter (TensorFlow SavedModels are native).
+    unconverted: tuple[str, ...] = ()
+
+    def converts(self, framework: str) -> bool:
+        """Uploads of `framework` go through the converter first."""
+        return self.converter is not None and framework not in self.unconverted
 
     @property
     def unpacks(self) -> bool:
@@ -215,6 +248,68 @@ PLUGINS: tuple[Plugin, ...] = (
         describe="flightline.runtimes.byop:describe",
         own_requirements="flightline.runtimes.byop:own_requirements",
         variable_lists=True,
+    ),
+    Plugin(
+        name="tensorflow",
+        entry="flightline.runtimes.tensorflow:TensorflowRuntime",
+        # One framework, several forms, told apart by content (flightline.runtimes.keras_convert): a Keras
+        # upload is converted to ONNX where tf2onnx can, else served here as a SavedModel.
+        frameworks=("tensorflow", "keras"),
+        forms=(
+            ArtifactForm(".zip", "SavedModel folder as .zip", archive=True),
+            ArtifactForm(".h5", "Keras HDF5 (.h5), Keras 3 or Keras 2", frameworks=("keras",)),
+            ArtifactForm(".keras", "Keras native format (.keras)", frameworks=("keras",)),
+        ),
+        environment="tensorflow",
+        # A SavedModel signature is a graph function; TensorFlow runs concurrent calls of one function
+        # safely, each on the shared inter/intra-op pools (sized from the cores at load).
+        concurrent=True,
+        # Not data: TensorFlow graphs can read and write files (ReadFile/WriteFile ops) and Keras files
+        # can hold Lambda layers, so they run on the workspace's own sandboxed runtime server.
+        trusted_artifacts=False,
+        native=True,  # the guide's native tensorflow runtime
+        converter="flightline.runtimes.keras_convert:convert",
+        describe="flightline.runtimes.tensorflow:describe",
+        requires=("tensorflow", "tf2onnx"),
+        install_hint="flightline runtimes install tensorflow",
+        unconverted=("tensorflow",),
+    ),
+    Plugin(
+        name="torchscript",
+        entry="flightline.runtimes.torchscript:TorchScriptRuntime",
+        frameworks=("pytorch",),
+        forms=(
+            ArtifactForm(".pt", "TorchScript (.pt)"),
+            ArtifactForm(".pth", "TorchScript (.pth)"),
+            ArtifactForm("", "TorchScript under any name"),
+        ),
+        environment="torch",
+        # Serialized: scripted code may assign module attributes in forward(), and torch's intra-op
+        # pool already spreads one call over the cores it was given.
+        concurrent=False,
+        trusted_artifacts=False,  # TorchScript is a program (it can call torch.ops of any loaded library)
+        native=False,  # the guide's onnx/flight: native only once converted
+        converter="flightline.runtimes.torch_convert:convert",
+        describe="flightline.runtimes.torchscript:describe",
+        requires=("torch",),
+        install_hint="flightline runtimes install torch",
+    ),
+    Plugin(
+        name="hf",
+        entry="flightline.runtimes.hf:HuggingFaceRuntime",
+        frameworks=tuple(f"hugging-face-{task}" for task in HF_TASKS),
+        forms=(ArtifactForm(".zip", "zip of a pipeline's save_pretrained folder", archive=True),),
+        environment="hf",
+        # Serialized: a pipeline keeps per-call state on itself (its parameters of the call, a call
+        # counter) and torch already spreads one call over every core. Throughput comes from one
+        # pipeline call per batch (batch_size) and from adaptive batching of concurrent requests.
+        concurrent=False,
+        # A save_pretrained folder may hold pickled weights (pytorch_model.bin) and remote code; it is
+        # loaded only by sandboxed processes of the hf environment, never by a server process.
+        trusted_artifacts=False,
+        native=False,
+        describe="flightline.runtimes.hf:describe",
+        checks_own_schemas=True,
     ),
 )
 

@@ -74,7 +74,10 @@ class PythonStepRuntime(Runtime):
 
 
 def describe(
-    path: Path, input_schema: pa.Schema | None = None, output_schema: pa.Schema | None = None
+    path: Path,
+    input_schema: pa.Schema | None = None,
+    output_schema: pa.Schema | None = None,
+    framework: str = "",
 ) -> tuple[pa.Schema | None, pa.Schema | None]:
     """Checks, without running it, that the script parses and defines a top-level `wallaroo_json`;
     a step's schemas are whatever was declared (its columns are the script's business)."""

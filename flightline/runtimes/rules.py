@@ -38,6 +38,14 @@ _NUMERIC = (
 _NUMPY_DTYPES: dict[pa.DataType, np.dtype] = {pa.from_numpy_dtype(d): np.dtype(d) for d in _NUMERIC}
 
 
+def numpy_dtype(leaf: pa.DataType) -> np.dtype:
+    """The numpy dtype of a tensor leaf type (object for strings and other non-numeric leaves), without
+    pyarrow's pandas shim, which family environments do not have."""
+    if pt.is_boolean(leaf):
+        return np.dtype(bool)
+    return _NUMPY_DTYPES.get(leaf, np.dtype(object))
+
+
 def is_open(schema: pa.Schema) -> bool:
     """True for the empty schema, which a runtime uses to say "I accept (or produce) any columns"."""
     return len(schema) == 0
@@ -230,10 +238,15 @@ class BatchRules:
     """The rules for one model's input schema. Built once per model, so checking a batch that already has
     the exact schema costs one schema compare plus a null count per tensor column."""
 
-    def __init__(self, schema: pa.Schema) -> None:
+    def __init__(self, schema: pa.Schema, optional: frozenset[str] = frozenset()) -> None:
+        """`optional` names input columns a batch may leave out (they arrive as all-null columns) and
+        whose rows may be null: per-row arguments such as a pipeline's `top_k`, not tensors."""
         self.schema = schema
         self._open = is_open(schema)
-        self._tensor_columns = [i for i, f in enumerate(schema) if _is_tensor(f.type)]
+        self._optional = optional
+        self._tensor_columns = [
+            i for i, f in enumerate(schema) if _is_tensor(f.type) and f.name not in optional
+        ]
         self._names = set(schema.names)
 
     def check(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -251,7 +264,7 @@ class BatchRules:
         if len(set(got)) != len(got):
             duplicates = sorted({n for n in got if got.count(n) > 1})
             raise InvalidInput(f"column '{duplicates[0]}' appears more than once")
-        missing = [n for n in self.schema.names if n not in got]
+        missing = [n for n in self.schema.names if n not in got and n not in self._optional]
         if missing:
             raise InvalidInput(
                 f"column '{missing[0]}' is missing; the model expects columns {self.schema.names}"
@@ -263,7 +276,13 @@ class BatchRules:
             )
         columns = []
         for field in self.schema:
+            if field.name not in got:  # an optional column left out: null in every row
+                columns.append(pa.nulls(batch.num_rows, field.type))
+                continue
             column = batch.column(field.name)
+            if pt.is_null(column.type) and field.name in self._optional:  # all-null, e.g. from pandas
+                columns.append(pa.nulls(batch.num_rows, field.type))
+                continue
             if pt.is_union(column.type) and not pt.is_union(field.type):
                 raise InvalidInput(
                     f"column '{field.name}' mixes value types ({column.type}); expected {field.type}"
@@ -271,7 +290,7 @@ class BatchRules:
             if not _fixable(column.type, field.type):
                 raise InvalidInput(f"column '{field.name}' has type {column.type}, expected {field.type}")
             converted = _fixed_to(field.name, column, field.type, 1, 0)
-            if _is_tensor(field.type):
+            if _is_tensor(field.type) and field.name not in self._optional:
                 _check_no_nulls(field.name, converted)
             columns.append(converted)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lightline/v1/deployment.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08StepSpec\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\x86\x01\n\rDeployRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12)\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x17.flightline.v1.Batching\"Z\n\x12\x46ollowAliasRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\"|\n\x0b\x41liasFollow\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x18\n\x10\x66ollowed_version\x18\x02 \x01(\t\x12\x15\n\rstatus_reason\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_rows\x18\x01 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x02 \x01(\r\"V\n\x0e\x44\x65ploymentStep\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\"\xa9\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.flightline.v1.DeploymentStatus\x12\x15\n\rstatus_reason\x18\x05 \x01(\t\x12,\n\x05steps\x18\x06 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x17\n\x0f\x66light_location\x18\x07 \x01(\t\x12\x14\n\x0cinput_schema\x18\x08 \x01(\x0c\x12\x15\n\routput_schema\x18\t \x01(\x0c\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"k\n\x16ListDeploymentsRequest\x12\x19\n\x0cworkspace_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0f\n\r_workspace_id\"b\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.flightline.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb2\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x03\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x04\x32\xf5\x03\n\x11\x44\x65ploymentService\x12\x41\n\x06\x44\x65ploy\x12\x1c.flightline.v1.DeployRequest\x1a\x19.flightline.v1.Deployment\x12L\n\x0b\x46ollowAlias\x12!.flightline.v1.FollowAliasRequest\x1a\x1a.flightline.v1.AliasFollow\x12U\n\x0fWatchDeployment\x12%.flightline.v1.WatchDeploymentRequest\x1a\x19.flightline.v1.Deployment0\x01\x12\x45\n\x08Undeploy\x12\x1e.flightline.v1.UndeployRequest\x1a\x19.flightline.v1.Deployment\x12O\n\rGetDeployment\x12#.flightline.v1.GetDeploymentRequest\x1a\x19.flightline.v1.Deployment\x12`\n\x0fListDeployments\x12%.flightline.v1.ListDeploymentsRequest\x1a&.flightline.v1.ListDeploymentsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lightline/v1/deployment.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08StepSpec\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\x86\x01\n\rDeployRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12)\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x17.flightline.v1.Batching\"Z\n\x12\x46ollowAliasRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\"|\n\x0b\x41liasFollow\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x18\n\x10\x66ollowed_version\x18\x02 \x01(\t\x12\x15\n\rstatus_reason\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_rows\x18\x01 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x02 \x01(\r\"V\n\x0e\x44\x65ploymentStep\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\"\xbe\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.flightline.v1.DeploymentStatus\x12\x15\n\rstatus_reason\x18\x05 \x01(\t\x12,\n\x05steps\x18\x06 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x17\n\x0f\x66light_location\x18\x07 \x01(\t\x12\x14\n\x0cinput_schema\x18\x08 \x01(\x0c\x12\x15\n\routput_schema\x18\t \x01(\x0c\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66light_path\x18\x0b \x01(\t\"<\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\"5\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\":\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x03\"k\n\x16ListDeploymentsRequest\x12\x19\n\x0cworkspace_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0f\n\r_workspace_id\"b\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.flightline.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb2\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x03\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x04\x32\xf5\x03\n\x11\x44\x65ploymentService\x12\x41\n\x06\x44\x65ploy\x12\x1c.flightline.v1.DeployRequest\x1a\x19.flightline.v1.Deployment\x12L\n\x0b\x46ollowAlias\x12!.flightline.v1.FollowAliasRequest\x1a\x1a.flightline.v1.AliasFollow\x12U\n\x0fWatchDeployment\x12%.flightline.v1.WatchDeploymentRequest\x1a\x19.flightline.v1.Deployment0\x01\x12\x45\n\x08Undeploy\x12\x1e.flightline.v1.UndeployRequest\x1a\x19.flightline.v1.Deployment\x12O\n\rGetDeployment\x12#.flightline.v1.GetDeploymentRequest\x1a\x19.flightline.v1.Deployment\x12`\n\x0fListDeployments\x12%.flightline.v1.ListDeploymentsRequest\x1a&.flightline.v1.ListDeploymentsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flightline.v1.deployment_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.flightline.v1P\001ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1'
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1268
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1446
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=1355
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1533
   _globals['_STEPSPEC']._serialized_start=82
   _globals['_STEPSPEC']._serialized_end=144
   _globals['_DEPLOYREQUEST']._serialized_start=147
@@ -48,17 +48,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTSTEP']._serialized_start=559
   _globals['_DEPLOYMENTSTEP']._serialized_end=645
   _globals['_DEPLOYMENT']._serialized_start=648
-  _globals['_DEPLOYMENT']._serialized_end=945
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=947
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=985
-  _globals['_UNDEPLOYREQUEST']._serialized_start=987
-  _globals['_UNDEPLOYREQUEST']._serialized_end=1018
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1020
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1056
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1058
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1165
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1167
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1265
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=1449
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=1950
+  _globals['_DEPLOYMENT']._serialized_end=966
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=968
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=1028
+  _globals['_UNDEPLOYREQUEST']._serialized_start=1030
+  _globals['_UNDEPLOYREQUEST']._serialized_end=1083
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1085
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1143
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1145
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1252
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1254
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1352
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=1536
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=2037
 # @@protoc_insertion_point(module_scope)

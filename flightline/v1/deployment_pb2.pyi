@@ -88,7 +88,7 @@ class DeploymentStep(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time")
+    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time", "flight_path")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Deployment(_message.Message):
     INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FLIGHT_PATH_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     workspace_id: int
@@ -109,25 +110,32 @@ class Deployment(_message.Message):
     input_schema: bytes
     output_schema: bytes
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    flight_path: str
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flight_path: _Optional[str] = ...) -> None: ...
 
 class WatchDeploymentRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class UndeployRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ("workspace_id", "page_size", "page_token")

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flightline.runtimes.catalog import FrameworkSpec
 from flightline.runtimes.envelope import envelope_schema
+from flightline.server.dataplane.routes import route_key
 from flightline.server.errors import InvalidArgument
 from flightline.server.registries import mlflow
 from flightline.server.services.deployments import Live
@@ -280,6 +281,7 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
         status=DEPLOYMENT_STATUSES[d.status],
         status_reason=d.status_reason,
         create_time=timestamp(d.created_at),
+        flight_path=route_key(d.workspace_id, d.name),
     )
     for index, step in enumerate(d.steps):
         message.steps.add(

@@ -49,10 +49,16 @@ def deploy(
 
 
 @app.command("undeploy")
-def undeploy(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
+def undeploy(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Its workspace (needed when the name is in several)."),
+    ] = None,
+) -> None:
     """Stops a deployment."""
     with client() as fl:
-        found = fl.undeploy(name)
+        found = fl.undeploy(name, workspace=workspace)
     console.print(f"deployment {found.name}: {found.status.value}", highlight=False)
 
 
@@ -68,8 +74,13 @@ def list_(
 
 @deployments.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Deployment name.")], output: OutputFormat = Format.table
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Its workspace (needed when the name is in several)."),
+    ] = None,
+    output: OutputFormat = Format.table,
 ) -> None:
     """Shows a deployment: state, steps, location and schemas."""
     with client() as fl:
-        show_one(fl.deployments.get(name), output)
+        show_one(fl.deployments.get(name, workspace=workspace), output)

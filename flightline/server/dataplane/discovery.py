@@ -23,7 +23,7 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
-from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
+from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step, route_key
 from flightline.server.services.names import parse_schema
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
@@ -38,7 +38,9 @@ def placement(step: Step) -> StepPlacement:
     """What a front door elsewhere needs to run `step` as the owner's own front door does."""
     if isinstance(step, LocalStep):
         return StepPlacement(in_front_door=True)
-    return StepPlacement(in_front_door=False, location=step.location or "", model_key=_key(step))
+    return StepPlacement(
+        in_front_door=False, location=step.location or "", model_key=_key(step), secret=_secret(step)
+    )
 
 
 def _key(step: Step) -> str:
@@ -47,9 +49,14 @@ def _key(step: Step) -> str:
     return key if isinstance(key, str) else ""
 
 
-def _remote_step(location: str, key: str) -> Step:
+def _secret(step: Step) -> str:
+    inner = getattr(step, "step", step)  # a BatchingStep wraps the remote step
+    return inner.secret if isinstance(inner, RemoteStep) else ""
+
+
+def _remote_step(location: str, key: str, secret: str = "") -> Step:
     """The step for a model served remotely: `key` addresses it on its runtime server."""
-    return RemoteStep(location, key)
+    return RemoteStep(location, key, secret=secret)
 
 
 def model_spec(version: ModelVersion, artifact: Path) -> ModelSpec:
@@ -140,7 +147,11 @@ class RouteSync:
         version = self.store.route_version()
         if version == self._seen:
             return True
-        running = {d.name: d for d in self.store.list_deployments() if d.status is DeploymentStatus.RUNNING}
+        running = {
+            route_key(d.workspace_id, d.name): d
+            for d in self.store.list_deployments()
+            if d.status is DeploymentStatus.RUNNING
+        }
         for name in [n for n in self._routed if n not in running]:
             self.router.remove(name)
             del self._routed[name]
@@ -172,11 +183,11 @@ class RouteSync:
             self._step(self.store.get_model_version(s.model_id, s.version), placed)
             for s, placed in zip(deployment.steps, deployment.placements, strict=True)
         ]
-        return Route.of(deployment.name, steps)
+        return Route.of(route_key(deployment.workspace_id, deployment.name), steps)
 
     def _step(self, version: ModelVersion, placed: StepPlacement) -> Step:
         if not placed.in_front_door:
-            return _remote_step(placed.location, placed.model_key)
+            return _remote_step(placed.location, placed.model_key, placed.secret)
         if plugin(version.runtime).unpacks:
             raise ValueError(f"runtime {version.runtime} unpacks archives: not served inside a front door")
         artifact = self.artifacts.local_path(version.sha256, self.cache_dir)

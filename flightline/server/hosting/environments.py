@@ -72,6 +72,34 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
     # MLflow pyfunc models: the slim client is enough to load and predict (a model's own `mlflow` pin is
     # turned into mlflow-skinny of that version by runtimes/pyfunc.py); pyfunc predicts on DataFrames.
     "pyfunc": ("mlflow-skinny==3.17.2", "pandas==3.1.1"),
+    # TensorFlow with Keras 3 (its default) and Keras 2 (tf_keras, for TF_USE_LEGACY_KERAS=1 models),
+    # tf2onnx for the Keras converter, onnx and onnxruntime to verify a conversion against the original.
+    # tensorflow 2.21 on Linux x86_64 is the CPU build (~1.9 GB installed).
+    "tensorflow": (
+        "tensorflow==2.21.0",
+        "tf-keras==2.21.0",
+        "tf2onnx==1.17.0",
+        "onnx==1.23.2",
+        "onnxruntime==1.32.0",
+    ),
+    # The CPU build of torch, by its local version: PyPI's torch==2.13.0 pulls several GB of CUDA
+    # libraries, "+cpu" exists only as a local wheel (pip's find-links, which `_uv` passes on), so a
+    # machine without it fails to build this family instead of downloading CUDA. A GPU host would pin
+    # the plain version (or "+cu12x") instead, see the README.
+    "torch": ("torch==2.13.0+cpu", "onnx==1.23.2", "onnxruntime==1.32.0"),
+    # Hugging Face pipelines (runtimes/hf.py). transformers stays on 4.x: 5.x removed the
+    # question-answering, summarization, translation and image-to-text pipelines. torch: the torch
+    # family's CPU pin (a local wheel from pip's find-links, which `_uv` passes on).
+    "hf": (
+        "torch==2.13.0+cpu",
+        "transformers==4.57.6",
+        "tokenizers==0.22.2",
+        "huggingface-hub==0.36.2",
+        "safetensors==0.8.0",
+        "pillow==13.0.0",
+        "diffusers==0.39.0",
+        "sentencepiece==0.2.3",
+    ),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
@@ -316,6 +344,12 @@ class Environments:
     def _uv(self, args: list[str], say: Progress, requirements: tuple[str, ...]) -> None:
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
         env.pop("VIRTUAL_ENV", None)
+        # Local wheel folders pip is configured with (e.g. this machine's CPU build of torch) are
+        # searched by uv too; uv reads no pip configuration of its own.
+        if "UV_FIND_LINKS" not in env:
+            links = env.get("PIP_FIND_LINKS") or _pip_config("global.find-links")
+            if links:
+                env["UV_FIND_LINKS"] = ",".join(links.split())
         output: list[str] = []
         with subprocess.Popen(
             [_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -359,6 +393,21 @@ class Environments:
             check=True,
         ).stdout.strip()
         return path, version
+
+
+def _pip_config(name: str) -> str:
+    """A value of pip's configuration files ("" when unset or pip is not there)."""
+    try:
+        found = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 def _uv_bin() -> str:

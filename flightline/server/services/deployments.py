@@ -17,7 +17,15 @@ from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.batching import MAX_DELAY_MS, Batching, BatchingStep
 from flightline.server.dataplane.discovery import model_spec, placement
-from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step
+from flightline.server.dataplane.routes import (
+    LocalStep,
+    RemoteStep,
+    Route,
+    Router,
+    Step,
+    route_key,
+    split_key,
+)
 from flightline.server.errors import (
     FailedPrecondition,
     FlightlineError,
@@ -108,6 +116,8 @@ class DeploymentService:
         self.artifacts = artifacts
         self.backend = backend
         self.environments = environments or Environments()
+        # In memory, deployments go by their route key, "<workspace id>/<name>" (names are unique per
+        # workspace); runtime model keys are "<route key>.<step index>".
         self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
         self._batching: dict[str, Batching] = {}
         self.router = router
@@ -132,48 +142,52 @@ class DeploymentService:
     ) -> Deployment:
         """Checks the request and records the deployment DEPLOYING; its runtimes start in the background."""
         check_dns_name("deployment", name)
-        versions = [self._ready_version(s) for s in steps]
+        versions = [self._ready_version(workspace_id, s) for s in steps]
         pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+        key = route_key(workspace_id, name)
         # Short and never held while runtimes start (that is the name lock's job), so two Deploys of
         # one name get ALREADY_EXISTS at once rather than racing on the table's unique name.
         with self._create_lock:
             deployment = self.store.create_deployment(workspace_id, name, pinned)  # ALREADY_EXISTS if taken
             with self._lock:  # in memory only: a restarted server resumes without batching
                 if batching is not None and batching.enabled:
-                    self._batching[name] = batching
+                    self._batching[key] = batching
                 else:
-                    self._batching.pop(name, None)
+                    self._batching.pop(key, None)
         self.changes.notify()
         self._pool.submit(self._start_in_background, deployment, versions)
         return deployment
 
-    def undeploy(self, name: str) -> Deployment:
-        with self._name_lock(name):
-            deployment = self.store.get_deployment(name)
-            self._stop(name, len(deployment.steps))
-            stopped = self.store.update_deployment(name, DeploymentStatus.STOPPED)
+    def undeploy(self, workspace_id: int, name: str) -> Deployment:
+        key = route_key(workspace_id, name)
+        with self._name_lock(key):
+            deployment = self.store.get_deployment(workspace_id, name)
+            self._stop(key, len(deployment.steps))
+            stopped = self.store.update_deployment(workspace_id, name, DeploymentStatus.STOPPED)
         self.changes.notify()
         return stopped
 
-    def watch(self, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
+    def watch(self, workspace_id: int, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
         """The deployment's current state, then each change, until RUNNING, FAILED or STOPPED."""
         return self.changes.watch(
-            lambda: self.store.get_deployment(name),
+            lambda: self.store.get_deployment(workspace_id, name),
             lambda d: (d.id, d.status, d.status_reason),
             lambda d: d.status in SETTLED,
             active=active,
         )
 
-    def get(self, name: str) -> Deployment:
-        return self.store.get_deployment(name)
+    def get(self, workspace_id: int, name: str) -> Deployment:
+        return self.store.get_deployment(workspace_id, name)
 
-    def in_workspace(self, workspace_id: int | None, limit: int, after_id: int = 0) -> list[Deployment]:
-        """Deployments of one workspace, or of every workspace for None, by id."""
-        return self.store.list_deployments(workspace_id, limit, after_id)
+    def in_workspace(
+        self, workspace_id: int | None, limit: int, after_id: int = 0, only: frozenset[int] | None = None
+    ) -> list[Deployment]:
+        """Deployments of one workspace, or of every workspace for None (of those in `only`, if given)."""
+        return self.store.list_deployments(workspace_id, limit, after_id, only=only)
 
-    def live(self, name: str) -> Live | None:
+    def live(self, workspace_id: int, name: str) -> Live | None:
         with self._lock:
-            return self._live.get(name)
+            return self._live.get(route_key(workspace_id, name))
 
     def resume(self) -> None:
         """At start-up: bring back what was running before the server stopped, and retry what FAILED by a
@@ -184,10 +198,12 @@ class DeploymentService:
                 continue
             retry = deployment.status is DeploymentStatus.FAILED and deployment.failed_by_fault
             if retry or deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING):
-                with self._name_lock(deployment.name):
+                with self._name_lock(route_key(deployment.workspace_id, deployment.name)):
                     if retry:
                         log.info("retrying deployment %s (%s)", deployment.name, deployment.status_reason)
-                        self.store.update_deployment(deployment.name, DeploymentStatus.DEPLOYING)
+                        self.store.update_deployment(
+                            deployment.workspace_id, deployment.name, DeploymentStatus.DEPLOYING
+                        )
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
                     self._start(deployment, versions)
         self.changes.notify()
@@ -195,14 +211,19 @@ class DeploymentService:
     def runtime_failed(self, key: str, reason: str, by_fault: bool) -> None:
         """The backend gave up on a step's model (`by_fault`: its server could not start, not the model's
         own load error): the deployment cannot serve any more."""
-        name, _, index = key.rpartition(".")
-        with self._name_lock(name):
-            deployment = self.store.get_deployment(name)
+        route, _, index = key.rpartition(".")
+        workspace_id, name = split_key(route)
+        with self._name_lock(route):
+            deployment = self.store.get_deployment(workspace_id, name)
             if deployment.status is not DeploymentStatus.RUNNING:
                 return
-            self._stop(name, len(deployment.steps))
+            self._stop(route, len(deployment.steps))
             self.store.update_deployment(
-                name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
+                workspace_id,
+                name,
+                DeploymentStatus.FAILED,
+                f"step {int(index) + 1}: {reason}",
+                by_fault=by_fault,
             )
         self.changes.notify()
 
@@ -213,9 +234,10 @@ class DeploymentService:
             names = list(self._live)
         for name in names:
             with self._name_lock(name):  # a start or stop of ours finishes first, so states agree
-                live = self.live(name)
+                with self._lock:
+                    live = self._live.get(name)
                 try:
-                    current: Deployment | None = self.store.get_deployment(name)
+                    current: Deployment | None = self.store.get_deployment(*split_key(name))
                 except NotFound:
                     current = None
                 running = (
@@ -240,7 +262,11 @@ class DeploymentService:
         with self._lock:
             return self._name_locks[name]
 
-    def _ready_version(self, step: DeploymentStep) -> ModelVersion:
+    def _ready_version(self, workspace_id: int, step: DeploymentStep) -> ModelVersion:
+        model = self.store.get_model(step.model_id)
+        if model.workspace_id != workspace_id and model.visibility != "public":
+            # Another workspace's private model: as if it did not exist, so its id does not leak.
+            raise NotFound(f"model {step.model_id} does not exist")
         version = self.store.get_model_version(step.model_id, step.version)
         if version.status is not ModelStatus.READY:
             raise FailedPrecondition(
@@ -251,8 +277,8 @@ class DeploymentService:
 
     def _start_in_background(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> None:
         try:
-            with self._name_lock(deployment.name):
-                current = self.store.get_deployment(deployment.name)
+            with self._name_lock(route_key(deployment.workspace_id, deployment.name)):
+                current = self.store.get_deployment(deployment.workspace_id, deployment.name)
                 # Undeployed (or replaced) while queued: nothing to start.
                 if current.id == deployment.id and current.status is DeploymentStatus.DEPLOYING:
                     self.observer.deployed(self._start(current, versions))
@@ -262,25 +288,28 @@ class DeploymentService:
             self.changes.notify()
 
     def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
-        name = deployment.name
+        workspace_id, name = deployment.workspace_id, deployment.name
+        key = route_key(workspace_id, name)
         try:
-            steps = [self._step(name, i, v) for i, v in enumerate(versions)]
+            steps = [self._step(key, workspace_id, i, v) for i, v in enumerate(versions)]
         except Exception as exc:
-            self._stop(name, len(versions))
+            self._stop(key, len(versions))
             if not isinstance(exc, (ModelLoadError, FlightlineError)):
-                log.exception("deploying %s failed", name)
+                log.exception("deploying %s failed", key)
             return self.store.update_deployment(
-                name, DeploymentStatus.FAILED, str(exc), by_fault=_by_fault(exc)
+                workspace_id, name, DeploymentStatus.FAILED, str(exc), by_fault=_by_fault(exc)
             )
-        route = Route.of(name, steps)
+        route = Route.of(key, steps)
         with self._lock:
-            self._live[name] = Live(route, tuple(v.runtime for v in versions))
+            self._live[key] = Live(route, tuple(v.runtime for v in versions))
         self.router.put(route)
         # Recorded for front doors in other processes (dataplane/discovery.py), which route the same way.
         placements = [placement(step) for step in steps]
-        return self.store.update_deployment(name, DeploymentStatus.RUNNING, placements=placements)
+        return self.store.update_deployment(
+            workspace_id, name, DeploymentStatus.RUNNING, placements=placements
+        )
 
-    def _step(self, name: str, index: int, version: ModelVersion) -> Step:
+    def _step(self, name: str, workspace_id: int, index: int, version: ModelVersion) -> Step:
         input_schema = parse_schema("input_schema", version.input_schema)
         output_schema = parse_schema("output_schema", version.output_schema)
         options = dict(version.conversion.options)
@@ -298,7 +327,7 @@ class DeploymentService:
             spec = model_spec(version, self._artifact(version))
             return LocalStep(Host(load_runtime(version.runtime, spec)))
         key = f"{name}.{index}"
-        group = server_group(version, self.store.get_deployment(name).workspace_id, environment)
+        group = server_group(version, workspace_id, environment)
         request = LoadRequest(
             key=key,
             runtime=version.runtime,
@@ -313,12 +342,13 @@ class DeploymentService:
             self._placed[key] = group
         try:
             location = self.backend.ensure_server(group)
+            secret = self.backend.secret(group)
             self.backend.load(group, request)
         except (ModelLoadError, RuntimeFault) as exc:
             raise type(exc)(f"{what}: {exc}") from exc
         with self._lock:
             batching = self._batching.get(name)
-        remote = RemoteStep(location, key)
+        remote = RemoteStep(location, key, secret=secret)
         return remote if batching is None else BatchingStep(remote, batching)
 
     def _artifact(self, version: ModelVersion) -> Path:

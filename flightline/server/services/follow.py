@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument, NotFound
+from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument
 from flightline.server.services.models import TERMINAL, ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.metadata import MetadataStore
@@ -108,9 +108,7 @@ class AliasFollower:
         version the alias names. New versions are uploaded with `conversion`, by default the deployed
         version's framework, input schema and options: a version whose signature does not fit the
         schema clients use is refused (its own requirements are read from it, not carried over)."""
-        deployment = self.store.get_deployment(name)
-        if deployment.workspace_id != workspace_id:
-            raise NotFound(f"deployment {name!r} does not exist in workspace {workspace_id}")
+        deployment = self.store.get_deployment(workspace_id, name)  # NotFound names it
         if len(deployment.steps) != 1:
             raise InvalidArgument("only a deployment of one step can follow an alias")
         reference = self.registries.resolve_model(registry_id, workspace_id, uri)

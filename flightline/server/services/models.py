@@ -252,7 +252,8 @@ class ModelService:
         ragged = accepting is not None and accepting.variable_lists
         for field in ("input_schema", "output_schema"):
             schema = parse_schema(f"conversion.{field}", getattr(conversion, field))
-            if schema is not None:
+            # A plug-in that checks its own (hf: variable lists and structs) does so at preparation.
+            if schema is not None and not (accepting is not None and accepting.checks_own_schemas):
                 check_schema(f"conversion.{field}", schema, variable_lists=ragged)
         self.store.get_workspace(workspace_id)
         return framework

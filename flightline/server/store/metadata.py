@@ -8,7 +8,7 @@ race between concurrent writers is retried, so e.g. two uploads of one name neve
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flightline.server import calls
 from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from flightline.server.store.access import AccessRecords
 from flightline.server.store.records import (
     Conversion,
     Deployment,
@@ -36,6 +37,7 @@ from flightline.server.store.records import (
     StepPlacement,
     Workspace,
 )
+from flightline.server.store.secrets import Secrets, process_secrets
 from flightline.server.store.tables import (
     DeploymentRow,
     DeploymentStepRow,
@@ -66,12 +68,15 @@ MAX_WORKSPACE_NAME = 100
 PG_MIGRATION_LOCK = 0x466C6967
 
 
-class MetadataStore:
+class MetadataStore(AccessRecords):
     """`owner` is the id of the server instance using the store: new versions and deployments record it,
-    so that start-up recovery can touch only its own work when several instances share a database."""
+    so that start-up recovery can touch only its own work when several instances share a database.
+    `secrets` encrypts registry tokens and runtime servers' secrets at rest (None: a key of this process
+    only, for tools and tests; servers pass the key from their settings)."""
 
-    def __init__(self, url: str, owner: str = "") -> None:
+    def __init__(self, url: str, owner: str = "", *, secrets: Secrets | None = None) -> None:
         self.owner = owner
+        self.secrets = secrets or process_secrets()
         self._engine = _create_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._upgrade_schema()
@@ -101,8 +106,13 @@ class MetadataStore:
         with self._read() as session:
             return _workspace(_workspace_row(session, workspace_id))
 
-    def list_workspaces(self, limit: int, after_id: int = 0) -> list[Workspace]:
+    def list_workspaces(
+        self, limit: int, after_id: int = 0, only: Collection[int] | None = None
+    ) -> list[Workspace]:
+        """Workspaces by id; with `only`, just those (the ones a caller is a member of)."""
         query = select(WorkspaceRow).where(WorkspaceRow.id > after_id).order_by(WorkspaceRow.id).limit(limit)
+        if only is not None:
+            query = query.where(WorkspaceRow.id.in_(list(only)))
         with self._read() as session:
             return [_workspace(row) for row in session.scalars(query)]
 
@@ -113,12 +123,17 @@ class MetadataStore:
             _workspace_row(session, workspace_id)
             now = utc_now()
             row = RegistryRow(
-                id=str(uuid4()), name=name, url=url, token=token, created_at=now, updated_at=now
+                id=str(uuid4()),
+                name=name,
+                url=url,
+                token=self.secrets.encrypt(token),
+                created_at=now,
+                updated_at=now,
             )
             row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
             session.add(row)
             session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(create)
 
@@ -132,7 +147,7 @@ class MetadataStore:
                 row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
                 row.updated_at = utc_now()
                 session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(attach)
 
@@ -145,13 +160,13 @@ class MetadataStore:
             row.links.remove(link)
             row.updated_at = utc_now()
             session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(detach)
 
     def get_registry(self, registry_id: str) -> Registry:
         with self._read() as session:
-            return _registry(_registry_row(session, registry_id))
+            return self._registry(_registry_row(session, registry_id))
 
     def list_registries(
         self, workspace_id: int, limit: int | None = None, after_id: str = ""
@@ -175,7 +190,7 @@ class MetadataStore:
                     (RegistryRow.created_at > after.created_at)
                     | ((RegistryRow.created_at == after.created_at) & (RegistryRow.id > after.id))
                 )
-            return [_registry(row) for row in session.scalars(query)]
+            return [self._registry(row) for row in session.scalars(query)]
 
     # -- models
 
@@ -392,7 +407,9 @@ class MetadataStore:
             for step in steps:
                 _version_row(session, step.model_id, step.version)
             existing = session.scalars(
-                select(DeploymentRow).where(DeploymentRow.name == name).with_for_update()
+                select(DeploymentRow)
+                .where(DeploymentRow.workspace_id == workspace_id, DeploymentRow.name == name)
+                .with_for_update()
             ).one_or_none()
             if existing is not None:
                 if existing.status != DeploymentStatus.STOPPED:
@@ -415,12 +432,13 @@ class MetadataStore:
             session.add(row)
             session.flush()
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(create)
 
     def update_deployment(
         self,
+        workspace_id: int,
         name: str,
         status: DeploymentStatus,
         status_reason: str = "",
@@ -434,7 +452,7 @@ class MetadataStore:
         running = status is DeploymentStatus.RUNNING
 
         def update(session: Session) -> Deployment:
-            row = _deployment_row(session, name)
+            row = _deployment_row(session, workspace_id, name)
             if running and placements and len(placements) != len(row.steps):
                 raise ValueError(
                     f"deployment {name!r}: {len(placements)} placements for {len(row.steps)} steps"
@@ -447,35 +465,88 @@ class MetadataStore:
                 step.in_front_door = placed.in_front_door
                 step.location = placed.location
                 step.model_key = placed.model_key
+                step.runtime_secret = self.secrets.encrypt(placed.secret)
             session.flush()
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(update)
 
-    def get_deployment(self, name: str) -> Deployment:
+    def get_deployment(self, workspace_id: int, name: str) -> Deployment:
         with self._read() as session:
-            return _deployment(_deployment_row(session, name))
+            return self._deployment(_deployment_row(session, workspace_id, name))
+
+    def deployments_named(self, name: str) -> list[Deployment]:
+        """The deployments called `name`, in any workspace (names are unique per workspace only)."""
+        query = select(DeploymentRow).where(DeploymentRow.name == name).order_by(DeploymentRow.id)
+        with self._read() as session:
+            return [self._deployment(row) for row in session.scalars(query)]
 
     def list_deployments(
-        self, workspace_id: int | None = None, limit: int | None = None, after_id: int = 0
+        self,
+        workspace_id: int | None = None,
+        limit: int | None = None,
+        after_id: int = 0,
+        *,
+        only: Collection[int] | None = None,
     ) -> list[Deployment]:
-        """Deployments of one workspace, or of all when workspace_id is None, by id, after `after_id`."""
+        """Deployments of one workspace, or of all when workspace_id is None (of the workspaces in `only`,
+        when given), by id, after `after_id`."""
         query = (
             select(DeploymentRow).where(DeploymentRow.id > after_id).order_by(DeploymentRow.id).limit(limit)
         )
+        if only is not None:
+            query = query.where(DeploymentRow.workspace_id.in_(list(only)))
         with self._read() as session:
             if workspace_id is not None:
                 _workspace_row(session, workspace_id)
                 query = query.where(DeploymentRow.workspace_id == workspace_id)
-            return [_deployment(row) for row in session.scalars(query)]
+            return [self._deployment(row) for row in session.scalars(query)]
 
-    def delete_deployment(self, name: str) -> None:
+    def delete_deployment(self, workspace_id: int, name: str) -> None:
         def delete(session: Session) -> None:
-            session.delete(_deployment_row(session, name))
+            session.delete(_deployment_row(session, workspace_id, name))
             _routes_changed(session)
 
         self._write(delete)
+
+    # -- secrets at rest
+
+    def encrypt_clear_tokens(self) -> int:
+        """Encrypts registry tokens stored in clear (by a server from before migration 0005); how many."""
+
+        def encrypt(session: Session) -> int:
+            rows = [
+                r
+                for r in session.scalars(select(RegistryRow))
+                if r.token and not r.token.startswith("fernet:")
+            ]
+            for row in rows:
+                row.token = self.secrets.encrypt(row.token)
+            return len(rows)
+
+        return self._write(encrypt)
+
+    def rotate_secrets(self, new: Secrets) -> int:
+        """Re-encrypts every stored secret with `new`'s first key, in one transaction; how many. Values
+        are read with this store's keys (or `new`'s: a rotation that was interrupted is simply re-run)."""
+        reader = Secrets([*new.keys, *self.secrets.keys])
+
+        def rotate(session: Session) -> int:
+            count = 0
+            for registry in session.scalars(select(RegistryRow)):
+                if registry.token:
+                    registry.token = new.encrypt(reader.decrypt(registry.token))
+                    count += 1
+            for step in session.scalars(select(DeploymentStepRow)):
+                if step.runtime_secret:
+                    step.runtime_secret = new.encrypt(reader.decrypt(step.runtime_secret))
+                    count += 1
+            return count
+
+        count = self._write(rotate)
+        self.secrets = new
+        return count
 
     # -- instances and routes
 
@@ -540,6 +611,41 @@ class MetadataStore:
     def list_follows(self) -> list[Follow]:
         with self._read() as session:
             return [_follow(row) for row in session.scalars(select(FollowRow))]
+
+    # -- rows to records that hold secrets
+
+    def _registry(self, row: RegistryRow) -> Registry:
+        return Registry(
+            id=row.id,
+            name=row.name,
+            url=row.url,
+            token=self.secrets.decrypt(row.token),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            workspace_ids=tuple(sorted(link.workspace_id for link in row.links)),
+        )
+
+    def _deployment(self, row: DeploymentRow) -> Deployment:
+        running = row.status == DeploymentStatus.RUNNING
+        return Deployment(
+            id=row.id,
+            name=row.name,
+            workspace_id=row.workspace_id,
+            status=DeploymentStatus(row.status),
+            status_reason=row.status_reason,
+            steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
+            created_at=row.created_at,
+            failed_by_fault=row.failed_by_fault,
+            owner=row.owner,
+            placements=tuple(
+                StepPlacement(
+                    s.in_front_door, s.location, s.model_key, self.secrets.decrypt(s.runtime_secret)
+                )
+                for s in row.steps
+            )
+            if running
+            else (),
+        )
 
     # -- plumbing
 
@@ -673,8 +779,11 @@ def _version_row(session: Session, model_id: int, version: int) -> tuple[ModelVe
     return row, model.name
 
 
-def _deployment_row(session: Session, name: str) -> DeploymentRow:
-    row = session.scalars(select(DeploymentRow).where(DeploymentRow.name == name)).one_or_none()
+def _deployment_row(session: Session, workspace_id: int, name: str) -> DeploymentRow:
+    query = select(DeploymentRow).where(
+        DeploymentRow.workspace_id == workspace_id, DeploymentRow.name == name
+    )
+    row = session.scalars(query).one_or_none()
     if row is None:
         raise NotFound(f"deployment {name!r} does not exist")
     return row
@@ -685,18 +794,6 @@ def _deployment_row(session: Session, name: str) -> DeploymentRow:
 
 def _workspace(row: WorkspaceRow) -> Workspace:
     return Workspace(id=row.id, name=row.name, created_at=row.created_at)
-
-
-def _registry(row: RegistryRow) -> Registry:
-    return Registry(
-        id=row.id,
-        name=row.name,
-        url=row.url,
-        token=row.token,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        workspace_ids=tuple(sorted(link.workspace_id for link in row.links)),
-    )
 
 
 def _model(row: ModelRow) -> Model:
@@ -773,23 +870,6 @@ def _follow(row: FollowRow) -> Follow:
         row.followed_version,
         row.status_reason,
         row.checked_at,
-    )
-
-
-def _deployment(row: DeploymentRow) -> Deployment:
-    return Deployment(
-        id=row.id,
-        name=row.name,
-        workspace_id=row.workspace_id,
-        status=DeploymentStatus(row.status),
-        status_reason=row.status_reason,
-        steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
-        created_at=row.created_at,
-        failed_by_fault=row.failed_by_fault,
-        owner=row.owner,
-        placements=tuple(StepPlacement(s.in_front_door, s.location, s.model_key) for s in row.steps)
-        if row.status == DeploymentStatus.RUNNING
-        else (),
     )
 
 
