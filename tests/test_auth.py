@@ -245,6 +245,11 @@ def b_requests(t: Teams) -> dict[str, Callable[[Client], Any]]:
             dep.WatchDeploymentRequest(workspace_id=t.b, name="fraud")
         ),
         "Undeploy": lambda c: c.deployments.Undeploy(dep.UndeployRequest(workspace_id=t.b, name="fraud")),
+        "FollowAlias": lambda c: c.deployments.FollowAlias(
+            dep.FollowAliasRequest(
+                workspace_id=t.b, name="fraud", registry_id=t.b_registry, uri="models:/fraud@champion"
+            )
+        ),
         "GetDeployment": lambda c: c.deployments.GetDeployment(
             dep.GetDeploymentRequest(workspace_id=t.b, name="fraud")
         ),

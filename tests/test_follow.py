@@ -40,7 +40,7 @@ class RecordingUpdater:
     ) -> Deployment:
         self.calls.append((workspace_id, name, tuple(steps), reason, actor))
         assert self.app is not None
-        return self.app.store.get_deployment(name)
+        return self.app.store.get_deployment(workspace_id, name)
 
 
 def log_version(url: str, seed: int) -> str:

@@ -45,7 +45,10 @@ def test_sklearn_flavor_routes_to_sklearn_with_its_file_and_column_schema() -> N
         "skops",
     )
     assert not route.own_environment
-    assert mlflow_model.input_schema(model) == pa.schema([("a", pa.float64()), ("b", pa.int64())])
+    # Required columns (MLflow's default) are not nullable: the signature converter pyfunc uses too.
+    assert mlflow_model.input_schema(model) == pa.schema(
+        [pa.field("a", pa.float64(), nullable=False), pa.field("b", pa.int64(), nullable=False)]
+    )
     assert mlflow_model.output_schema(model) is None  # unnamed: the runtime names its outputs
     assert mlflow_model.params_schema(model) == pa.schema(
         [("threshold", pa.float64()), ("labels", pa.list_(pa.string()))]
@@ -61,7 +64,7 @@ def test_tensor_signature_is_a_nested_fixed_size_list_named_inputs() -> None:
     model = mlflow_model.parse(TENSOR)
     assert mlflow_model.route(model, "", KNOWN).framework == "xgboost"
     schema = mlflow_model.input_schema(model)
-    assert schema == pa.schema([("inputs", pa.list_(pa.list_(pa.float32(), 3), 2))])
+    assert schema == pa.schema([pa.field("inputs", pa.list_(pa.list_(pa.float32(), 3), 2), nullable=False)])
     ragged = TENSOR.replace("[-1, 2, 3]", "[-1, -1]")
     with pytest.raises(NotAnMlflowModel, match="variable dimension"):
         mlflow_model.input_schema(mlflow_model.parse(ragged))

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from support.mlflow_server import QUIET_MLFLOW_ENV
 
+from flightline.server.access.authn import ADMIN_TOKEN_FILE
 from flightline.server.app import App
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -67,6 +68,13 @@ def mlflow_from_readme(folder: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
+def admin_token(app: App) -> str:
+    written = app.settings.data_dir / ADMIN_TOKEN_FILE
+    if written.is_file():
+        return written.read_text().strip()
+    return os.environ["FLIGHTLINE_BOOTSTRAP_TOKEN"]
+
+
 @pytest.mark.timeout(900)
 def test_quickstart_blocks_run_as_written_twice(app: App, tmp_path: Path) -> None:
     python_blocks = blocks(section("Python"), "python")[:1] + blocks(section("From MLflow"), "python")
@@ -77,6 +85,8 @@ def test_quickstart_blocks_run_as_written_twice(app: App, tmp_path: Path) -> Non
             **QUIET_MLFLOW_ENV,
             "FLIGHTLINE_SERVER": app.grpc_address,
             "MLFLOW_TRACKING_URI": mlflow_url,
+            # As the README says: the admin's token from data_dir/admin-token, else the bootstrap one.
+            "FLIGHTLINE_TOKEN": admin_token(app),
         }
         for run in (1, 2):
             outputs = []
