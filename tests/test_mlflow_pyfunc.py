@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from support.auth import call_options
 from support.mlflow_models import pyfunc_predict
 from test_runtime_pyfunc import MODEL_CODE, PINNED, rows
 
@@ -80,7 +81,8 @@ def test_pyfunc_with_params_from_the_registry(served: Client, world: Path, mlflo
     probe = rows(16, seed=3)
     batch = pa.RecordBatch.from_pandas(probe, preserve_index=False)
     with flight.connect(deployment.flight_location) as conn:
-        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("scorer", "outputs"))
+        descriptor = flight.FlightDescriptor.for_path(deployment.flight_path, "outputs")
+        writer, reader = conn.do_exchange(descriptor, options=call_options())
         writer.begin(batch.schema)
         writer.write_batch(batch)
         default = reader.read_chunk().data
