@@ -90,7 +90,7 @@ def test_migrations_create_exactly_the_tables_of_tables_py(db_url: str) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004_revisions"
     engine.dispose()
     # A database already at head opens as it is.
     MetadataStore(db_url).close()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lightline/v1/deployment.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08StepSpec\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\x86\x01\n\rDeployRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12)\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x17.flightline.v1.Batching\"8\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_rows\x18\x01 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x02 \x01(\r\"V\n\x0e\x44\x65ploymentStep\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\"\xa9\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.flightline.v1.DeploymentStatus\x12\x15\n\rstatus_reason\x18\x05 \x01(\t\x12,\n\x05steps\x18\x06 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x17\n\x0f\x66light_location\x18\x07 \x01(\t\x12\x14\n\x0cinput_schema\x18\x08 \x01(\x0c\x12\x15\n\routput_schema\x18\t \x01(\x0c\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"k\n\x16ListDeploymentsRequest\x12\x19\n\x0cworkspace_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0f\n\r_workspace_id\"b\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.flightline.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb2\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x03\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x04\x32\xa7\x03\n\x11\x44\x65ploymentService\x12\x41\n\x06\x44\x65ploy\x12\x1c.flightline.v1.DeployRequest\x1a\x19.flightline.v1.Deployment\x12U\n\x0fWatchDeployment\x12%.flightline.v1.WatchDeploymentRequest\x1a\x19.flightline.v1.Deployment0\x01\x12\x45\n\x08Undeploy\x12\x1e.flightline.v1.UndeployRequest\x1a\x19.flightline.v1.Deployment\x12O\n\rGetDeployment\x12#.flightline.v1.GetDeploymentRequest\x1a\x19.flightline.v1.Deployment\x12`\n\x0fListDeployments\x12%.flightline.v1.ListDeploymentsRequest\x1a&.flightline.v1.ListDeploymentsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lightline/v1/deployment.proto\x12\rflightline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08StepSpec\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\x86\x01\n\rDeployRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12)\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x17.flightline.v1.Batching\"8\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_rows\x18\x01 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x02 \x01(\r\"V\n\x0e\x44\x65ploymentStep\x12\x10\n\x08model_id\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\"\xa3\x04\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\x03\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.flightline.v1.DeploymentStatus\x12\x15\n\rstatus_reason\x18\x05 \x01(\t\x12,\n\x05steps\x18\x06 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x17\n\x0f\x66light_location\x18\x07 \x01(\t\x12\x14\n\x0cinput_schema\x18\x08 \x01(\x0c\x12\x15\n\routput_schema\x18\t \x01(\x0c\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x0b \x01(\x03\x12\x1d\n\x10pending_revision\x18\x0c \x01(\x03H\x00\x88\x01\x01\x12\x33\n\x0c\x63\x61nary_steps\x18\r \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x16\n\x0e\x63\x61nary_percent\x18\x0e \x01(\x05\x12\x33\n\x0cshadow_steps\x18\x0f \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x30\n\x0cshadow_stats\x18\x10 \x01(\x0b\x32\x1a.flightline.v1.ShadowStatsB\x13\n\x11_pending_revision\"\x98\x01\n\x0bShadowStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x03\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x03\x12\x18\n\x10\x64isagreeing_rows\x18\x05 \x01(\x03\x12\x17\n\x0fmean_latency_ms\x18\x06 \x01(\x01\x12\x16\n\x0emax_latency_ms\x18\x07 \x01(\x01\"\xb2\x01\n\x17UpdateDeploymentRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12.\n\x08\x62\x61tching\x18\x04 \x01(\x0b\x32\x17.flightline.v1.BatchingH\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x05 \x01(\tB\x0b\n\t_batching\"\x93\x01\n\x16SetTrafficSplitRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x0c\x63\x61nary_steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12\x16\n\x0e\x63\x61nary_percent\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\"u\n\x10SetShadowRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x0cshadow_steps\x18\x03 \x03(\x0b\x32\x17.flightline.v1.StepSpec\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xec\x02\n\x12\x44\x65ploymentRevision\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.flightline.v1.RevisionStatus\x12\x15\n\rstatus_reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12,\n\x05steps\x18\x06 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x33\n\x0c\x63\x61nary_steps\x18\x07 \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12\x16\n\x0e\x63\x61nary_percent\x18\x08 \x01(\x05\x12\x33\n\x0cshadow_steps\x18\t \x03(\x0b\x32\x1d.flightline.v1.DeploymentStep\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\x1eListDeploymentRevisionsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"p\n\x1fListDeploymentRevisionsResponse\x12\x34\n\trevisions\x18\x01 \x03(\x0b\x32!.flightline.v1.DeploymentRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16WatchDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"k\n\x16ListDeploymentsRequest\x12\x19\n\x0cworkspace_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0f\n\r_workspace_id\"b\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.flightline.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb2\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x03\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x04*\x84\x01\n\x0eRevisionStatus\x12\x1f\n\x1bREVISION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17REVISION_STATUS_PENDING\x10\x01\x12\x18\n\x14REVISION_STATUS_LIVE\x10\x02\x12\x1a\n\x16REVISION_STATUS_FAILED\x10\x03\x32\x96\x06\n\x11\x44\x65ploymentService\x12\x41\n\x06\x44\x65ploy\x12\x1c.flightline.v1.DeployRequest\x1a\x19.flightline.v1.Deployment\x12U\n\x0fWatchDeployment\x12%.flightline.v1.WatchDeploymentRequest\x1a\x19.flightline.v1.Deployment0\x01\x12\x45\n\x08Undeploy\x12\x1e.flightline.v1.UndeployRequest\x1a\x19.flightline.v1.Deployment\x12O\n\rGetDeployment\x12#.flightline.v1.GetDeploymentRequest\x1a\x19.flightline.v1.Deployment\x12`\n\x0fListDeployments\x12%.flightline.v1.ListDeploymentsRequest\x1a&.flightline.v1.ListDeploymentsResponse\x12U\n\x10UpdateDeployment\x12&.flightline.v1.UpdateDeploymentRequest\x1a\x19.flightline.v1.Deployment\x12S\n\x0fSetTrafficSplit\x12%.flightline.v1.SetTrafficSplitRequest\x1a\x19.flightline.v1.Deployment\x12G\n\tSetShadow\x12\x1f.flightline.v1.SetShadowRequest\x1a\x19.flightline.v1.Deployment\x12x\n\x17ListDeploymentRevisions\x12-.flightline.v1.ListDeploymentRevisionsRequest\x1a..flightline.v1.ListDeploymentRevisionsResponseBY\n\x11\x64\x65v.flightline.v1P\x01ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flightline.v1.deployment_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.flightline.v1P\001ZBgithub.com/flightline/flightline/gen/go/flightline/v1;flightlinev1'
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1050
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1228
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=2495
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=2673
+  _globals['_REVISIONSTATUS']._serialized_start=2676
+  _globals['_REVISIONSTATUS']._serialized_end=2808
   _globals['_STEPSPEC']._serialized_start=82
   _globals['_STEPSPEC']._serialized_end=144
   _globals['_DEPLOYREQUEST']._serialized_start=147
@@ -44,17 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTSTEP']._serialized_start=341
   _globals['_DEPLOYMENTSTEP']._serialized_end=427
   _globals['_DEPLOYMENT']._serialized_start=430
-  _globals['_DEPLOYMENT']._serialized_end=727
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=729
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=767
-  _globals['_UNDEPLOYREQUEST']._serialized_start=769
-  _globals['_UNDEPLOYREQUEST']._serialized_end=800
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=802
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=838
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=840
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=947
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=949
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1047
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=1231
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=1654
+  _globals['_DEPLOYMENT']._serialized_end=977
+  _globals['_SHADOWSTATS']._serialized_start=980
+  _globals['_SHADOWSTATS']._serialized_end=1132
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1135
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1313
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_start=1316
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_end=1463
+  _globals['_SETSHADOWREQUEST']._serialized_start=1465
+  _globals['_SETSHADOWREQUEST']._serialized_end=1582
+  _globals['_DEPLOYMENTREVISION']._serialized_start=1585
+  _globals['_DEPLOYMENTREVISION']._serialized_end=1949
+  _globals['_LISTDEPLOYMENTREVISIONSREQUEST']._serialized_start=1951
+  _globals['_LISTDEPLOYMENTREVISIONSREQUEST']._serialized_end=2058
+  _globals['_LISTDEPLOYMENTREVISIONSRESPONSE']._serialized_start=2060
+  _globals['_LISTDEPLOYMENTREVISIONSRESPONSE']._serialized_end=2172
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=2174
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=2212
+  _globals['_UNDEPLOYREQUEST']._serialized_start=2214
+  _globals['_UNDEPLOYREQUEST']._serialized_end=2245
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=2247
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=2283
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=2285
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=2392
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=2394
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=2492
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=2811
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=3601
 # @@protoc_insertion_point(module_scope)
