@@ -32,13 +32,14 @@ from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
 from flightline.server.services.changes import Changes
-from flightline.server.services.deployments import DeploymentService
+from flightline.server.services.deployments import DeploymentService, resumable
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.services.workspaces import WorkspaceService
 from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.records import DeploymentStatus
 from flightline.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
@@ -115,6 +116,10 @@ class App:
             environments=self.environments,
         )
         self.router = Router()
+        # The front door listens from construction, before start() resumes the deployments: their
+        # streams get UNAVAILABLE (retry) meanwhile, not NOT_FOUND, and its healthcheck is not ready.
+        self.store.claim_unowned()
+        self.router.expect(resumable(self.store))
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door: FrontDoor | None = None
         self.flight_location = settings.public_flight_location
@@ -243,6 +248,12 @@ class FrontDoorApp:
         data, self.instance_id, self.store = _open_store(settings)
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.router = Router()
+        # Until the first sync routes them, the deployments that run get UNAVAILABLE (retry), not NOT_FOUND.
+        self.router.expect(
+            d.name
+            for d in self.store.list_deployments()
+            if d.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING)
+        )
         self.route_sync = RouteSync(
             self.store,
             self.artifacts,

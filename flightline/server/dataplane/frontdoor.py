@@ -43,14 +43,15 @@ from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, In
 from flightline.runtimes.host import MODES as ALL_MODES
 from flightline.runtimes.rules import is_open
 from flightline.runtimes.server import conform
-from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream
+from flightline.server.dataplane.routes import Route, Router, Served, StepFailed, StepStream
 from flightline.server.errors import NotFound, Unavailable
 from flightline.server.observability import DEFAULT, Observer
 
 MODES = ("envelope", "outputs")  # "raw" outputs are for chaining runtime servers, not for clients
 ACTIONS = {
-    "healthcheck": "Returns b'ok' while the front door serves; UNAVAILABLE until its routes are known "
-    "(a front door apart from the control plane: after its first complete sync with the metadata store).",
+    "healthcheck": "Returns b'ok' while the front door serves; UNAVAILABLE until every RUNNING deployment "
+    "is routed (after a restart, until they are resumed; a front door apart from the control plane: after "
+    "its first complete sync with the metadata store).",
     "version": "Returns the server version (flightline.__version__) as UTF-8.",
 }
 
@@ -89,10 +90,16 @@ class FrontDoor(FlightService):
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         name, echo = _target(descriptor)
-        route = self._route(name)
-        streams = [step.open() for step in route.steps]
+        served = self._served(name)
+        route = served.pick()  # per stream: a stream's answers all come from one version
+        shadow = served.shadow
+        # Which version answered, on every result batch (format: protos/flightline/v1/deployment.proto).
+        answered_by = pa.py_buffer(route.answered_by) if route.answered_by else None
+        route.usage.enter()  # an update unloads this route's runtimes only after its streams ended
         seen = self.observer.flight_stream(name)  # counts, times and logs this stream
+        streams: list[StepStream] = []
         try:
+            streams = [step.open() for step in route.steps]
             result_schema: pa.Schema | None = None
             output_schema: pa.Schema | None = None
             if not is_open(route.output_schema):
@@ -111,7 +118,13 @@ class FrontDoor(FlightService):
                     writer.begin(result_schema)
                 elif not outputs.schema.equals(output_schema):
                     outputs = conform(outputs, output_schema, f"the outputs of {route.name!r}")
-                writer.write_batch(envelope(batch, outputs, echo=echo, schema=result_schema))
+                result = envelope(batch, outputs, echo=echo, schema=result_schema)
+                if answered_by is None:
+                    writer.write_batch(result)
+                else:
+                    writer.write_with_metadata(result, answered_by)
+                if shadow is not None:  # after the answer is sent: the shadow never delays it
+                    shadow.offer(batch, outputs)
             if result_schema is None:
                 writer.begin(envelope_schema(reader.schema, route.output_schema, echo))
         except BaseException as error:
@@ -120,6 +133,7 @@ class FrontDoor(FlightService):
         finally:
             for stream in streams:
                 stream.close()
+            route.usage.exit()
             seen.end()
 
     # -- metadata -----------------------------------------------------------------------------------
@@ -150,8 +164,8 @@ class FrontDoor(FlightService):
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         if action.type == "healthcheck":
-            if self._ready is not None and not self._ready():
-                raise flight_service.Unavailable("not ready: the routes have not been read yet")
+            if not self.router.ready or (self._ready is not None and not self._ready()):
+                raise flight_service.Unavailable("not ready: not every running deployment is routed yet")
             return iter([b"ok"])
         if action.type == "version":
             return iter([__version__.encode()])
@@ -163,10 +177,15 @@ class FrontDoor(FlightService):
         return flight.FlightInfo(schema, descriptor, [], -1, -1)
 
     def _route(self, name: str) -> Route:
+        return self._served(name).primary
+
+    def _served(self, name: str) -> Served:
         try:
-            return self.router.get(name)
+            return self.router.served(name)
         except NotFound as error:
             raise flight_service.NotFound(str(error)) from None
+        except Unavailable as error:  # a restarting server has not routed it yet: retry
+            raise flight_service.Unavailable(str(error)) from None
 
 
 def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:

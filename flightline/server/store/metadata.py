@@ -877,7 +877,9 @@ def _variants_of(text: str) -> tuple[Plan, tuple[StepPlacement, ...], tuple[Step
     return plan, _placements_of(value["canary_placements"]), _placements_of(value["shadow_placements"])
 
 
-def _revision_row(deployment_id: int, number: int, plan: Plan, actor: str, reason: str) -> DeploymentRevisionRow:
+def _revision_row(
+    deployment_id: int, number: int, plan: Plan, actor: str, reason: str
+) -> DeploymentRevisionRow:
     return DeploymentRevisionRow(
         deployment_id=deployment_id,
         revision=number,
