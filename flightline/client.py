@@ -48,8 +48,8 @@ from flightline.resources import (
 )
 from flightline.transport import (
     DEFAULT_SERVER,
-    DEPLOYMENT_DONE,
     MODEL_DONE,
+    deployment_settled,
     every_page,
     follow,
     open_channel,
@@ -491,7 +491,7 @@ class Flightline:
         with self._grpc_errors():
             found = follow(
                 lambda left: self._stubs.deployments.WatchDeployment(request, timeout=left),
-                DEPLOYMENT_DONE,
+                deployment_settled,
                 show,
                 timeout,
             )

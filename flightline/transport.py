@@ -52,22 +52,28 @@ def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[An
         page.page_token = response.next_page_token
 
 
+def deployment_settled(deployment: deployment_pb2.Deployment) -> bool:
+    """RUNNING, FAILED or STOPPED with no change (update, split, shadow) pending."""
+    return deployment.status in DEPLOYMENT_DONE and not deployment.HasField("pending_revision")
+
+
 def follow(
     watch: Callable[[float | None], Iterator[_T]],
-    done: frozenset[int],
+    done: frozenset[int] | Callable[[_T], bool],
     on_status: Callable[[_T], None] | None = None,
     timeout: float | None = None,
 ) -> _T:
     """The last state of a Watch stream once it is in `done`, watching again when a stream ends before
     (a stream's lifetime is bounded by the server). `watch(seconds_left)` opens one stream."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    finished = done if callable(done) else (lambda state: state.status in done)
     while True:
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         last = None
         for last in watch(left):
             if on_status is not None:
                 on_status(last)
-            if last.status in done:
+            if finished(last):
                 return last
         if deadline is not None and time.monotonic() >= deadline:
             state = last.status if last is not None else "unknown"

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.transport import (
-    DEPLOYMENT_DONE,
     MODEL_DONE,
+    deployment_settled,
     every_page,
     exchange_table,
     follow,
@@ -117,7 +117,7 @@ class Client:
         request = deployment_pb2.WatchDeploymentRequest(name=name)
         found: deployment_pb2.Deployment = follow(
             lambda left: self.deployments.WatchDeployment(request, timeout=left),
-            DEPLOYMENT_DONE,
+            deployment_settled,
             on_status,
             timeout,
         )

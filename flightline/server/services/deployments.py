@@ -492,10 +492,17 @@ class DeploymentService:
             self._warm(made.route(name, revision, tag))
             return made
 
+        now: Live | None = None
         try:
             primary = loaded(plan.steps, f"r{revision}")
             canary = loaded(plan.canary, f"r{revision}c") if plan.canary else None
             shadow = loaded(plan.shadow, f"r{revision}s") if plan.shadow else None
+            mirror = live.mirror if shadow is not None and shadow is live.shadow else None
+            if shadow is not None and mirror is None:
+                mirror = Shadow(name, shadow.route(name, revision, "shadow"), self.observer.shadow_batch)
+            now = Live.of(name, revision, primary, canary, plan.canary_percent, shadow, mirror)
+            # Swapped before it is recorded: whoever sees the revision live finds it served.
+            self._serve(name, now)
             deployment = self.store.finish_change(
                 name,
                 revision,
@@ -505,6 +512,10 @@ class DeploymentService:
                 [placement(s) for s in shadow.steps] if shadow else [],
             )
         except Exception as exc:
+            if now is not None:  # recording failed after the swap: serve what the store says again
+                self._serve(name, live)
+                if now.mirror is not None and now.mirror is not live.mirror:
+                    now.mirror.close(timeout=1)
             for made in fresh:
                 self._unload(made)
             if not isinstance(exc, (ModelLoadError, FlightlineError)):
@@ -512,12 +523,7 @@ class DeploymentService:
             failed = self.store.fail_change(name, revision, str(exc))
             self.observer.deployment_changed(failed, revision, "failed", str(exc))
             return
-        mirror = live.mirror if shadow is not None and shadow is live.shadow else None
-        if shadow is not None and mirror is None:
-            mirror = Shadow(name, shadow.route(name, revision, "shadow"), self.observer.shadow_batch)
-        now = Live.of(name, revision, primary, canary, plan.canary_percent, shadow, mirror)
-        self._serve(name, now)
-        if live.mirror is not None and live.mirror is not mirror:
+        if live.mirror is not None and live.mirror is not now.mirror:
             live.mirror.close(timeout=1)
         self._retire([x for x in live.loaded() if all(x is not y for y in now.loaded())])
         self.observer.deployment_changed(deployment, revision, "live")
