@@ -32,6 +32,7 @@ import pyarrow.flight as flight
 
 from flightline import errors
 from flightline.resources import (
+    AnsweredBy,
     Columns,
     Deployment,
     DeploymentStatus,
@@ -44,6 +45,9 @@ from flightline.resources import (
     RegisteredModelVersion,
     Registry,
     RegistryArtifact,
+    Revision,
+    RevisionStatus,
+    ShadowStats,
     Workspace,
 )
 from flightline.transport import (
@@ -68,6 +72,7 @@ from flightline.v1 import (
 
 __all__ = [
     "DEFAULT_SERVER",
+    "AnsweredBy",
     "Columns",
     "Deployment",
     "DeploymentStatus",
@@ -81,6 +86,9 @@ __all__ = [
     "RegisteredModelVersion",
     "Registry",
     "RegistryArtifact",
+    "Revision",
+    "RevisionStatus",
+    "ShadowStats",
     "Workspace",
     "connect",
 ]
@@ -249,6 +257,16 @@ class Deployments(_Part):
         return Deployment.from_proto(
             self._c._call(self._c._stubs.deployments.GetDeployment, request), self._c
         )
+
+    def history(
+        self, name: str, *, workspace: WorkspaceRef | None = None, page_size: int = 0
+    ) -> Iterator[Revision]:
+        """A deployment's revisions (deploy, updates, split and shadow changes), oldest first."""
+        request = deployment_pb2.ListDeploymentRevisionsRequest(
+            workspace_id=self._c._deployment_workspace(name, workspace), name=name, page_size=page_size
+        )
+        for m in self._c._pages(self._c._stubs.deployments.ListDeploymentRevisions, request, "revisions"):
+            yield Revision.from_proto(m)
 
 
 class _Stubs:
@@ -485,7 +503,7 @@ class Flightline:
         on_status: Callable[[Deployment], None] | None = None,
         timeout: float | None = None,
     ) -> Deployment:
-        """Waits until a deployment is RUNNING, FAILED or STOPPED and returns it."""
+        """Waits until a deployment is RUNNING, FAILED or STOPPED, with no change pending, and returns it."""
         request = deployment_pb2.WatchDeploymentRequest(name=name)
         show = None if on_status is None else (lambda m: on_status(Deployment.from_proto(m, self)))
         with self._grpc_errors():
@@ -496,6 +514,81 @@ class Flightline:
                 timeout,
             )
         return Deployment.from_proto(found, self)
+
+    def update(
+        self,
+        name: str,
+        *models_or_versions: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Moves a running deployment to other model versions (or another pipeline) without downtime: the
+        new steps are loaded and warmed while the old serve, then new streams go to them. With `wait`,
+        returns once the change is live or failed (then `status_reason` says why and the old steps
+        still serve). Steps as in `deploy`; `workspace` defaults to the deployment's."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.UpdateDeploymentRequest(
+            workspace_id=workspace_id,
+            name=name,
+            steps=[self._step(ref, workspace_id) for ref in models_or_versions],
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.UpdateDeployment, request, wait, timeout)
+
+    def split(
+        self,
+        name: str,
+        percent: int,
+        *canary: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Sends `percent` percent of new streams to the `canary` pipeline (a stream stays on the version
+        it started on); `split(name, 0)` removes the split."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.SetTrafficSplitRequest(
+            workspace_id=workspace_id,
+            name=name,
+            canary_steps=[self._step(ref, workspace_id) for ref in canary],
+            canary_percent=percent,
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.SetTrafficSplit, request, wait, timeout)
+
+    def shadow(
+        self,
+        name: str,
+        *models_or_versions: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Mirrors every request to the given pipeline, whose answers are compared and counted
+        (`Deployment.shadow_stats`) but never returned; no steps removes the shadow."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.SetShadowRequest(
+            workspace_id=workspace_id,
+            name=name,
+            shadow_steps=[self._step(ref, workspace_id) for ref in models_or_versions],
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.SetShadow, request, wait, timeout)
+
+    def _changed(self, rpc: Any, request: Any, wait: bool, timeout: float | None) -> Deployment:
+        pending = self._call(rpc, request)
+        if not wait:
+            return Deployment.from_proto(pending, self)
+        return self.wait_deployment(request.name, timeout=timeout)
+
+    def _deployment_workspace(self, name: str, workspace: WorkspaceRef | None) -> int:
+        if workspace is not None:
+            return self._workspace_id(workspace)
+        return self.deployments.get(name).workspace_id
 
     def undeploy(self, name: str) -> Deployment:
         """Stops a deployment; returns it STOPPED."""

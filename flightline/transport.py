@@ -125,6 +125,25 @@ def exchange(
     return result_schema
 
 
+def exchange_answers(
+    conn: flight.FlightClient,
+    path: list[str],
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    options: flight.FlightCallOptions | None = None,
+) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+    """As `exchange`, with each result batch's app metadata (which version answered; b"" if none)."""
+    writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path), options=options)
+    with writer:
+        writer.begin(schema)
+        for batch in batches:
+            writer.write_batch(batch)
+            chunk = reader.read_chunk()
+            metadata = chunk.app_metadata
+            yield chunk.data, metadata.to_pybytes() if metadata is not None else b""
+        writer.done_writing()
+
+
 def exchange_table(
     conn: flight.FlightClient,
     path: list[str],

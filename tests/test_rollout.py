@@ -522,3 +522,62 @@ def test_a_restart_keeps_the_split_and_the_shadow(tmp_path: Path) -> None:
             )
     finally:
         second.stop()
+
+
+def test_python_client_and_cli_update_split_shadow_history(app: App, tmp_path: Path) -> None:
+    import flightline
+    from test_cli import as_json, run
+
+    server = app.grpc_address
+    with flightline.connect(server) as fl:
+        ws = fl.workspaces.create("clients")
+        v1, v2 = (
+            fl.upload(
+                build_adder(tmp_path / f"add{v}.onnx", c, WIDTH), name="adder", workspace=ws, framework="onnx"
+            )
+            for v, c in CONSTANTS.items()
+        )
+        dep = fl.deploy("adder", v1, workspace=ws)
+        assert dep.revision == 1
+        dep = dep.split(50, v2, reason="canary v2")
+        assert (dep.canary_percent, [s.version for s in dep.canary_steps]) == (50, [2])
+        inputs = pa.table(
+            {"input": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * WIDTH, np.float32)), WIDTH)}
+        )
+        seen = set()
+        for _ in range(4):  # streams alternate between the versions, half each
+            for batch, answered in dep.stream_answers(inputs.schema, inputs.to_batches()):
+                ((model_id, version),) = answered.steps
+                assert batch.column(0).values.to_numpy().tolist() == [CONSTANTS[version]] * 4 * WIDTH
+                seen.add((answered.variant, version))
+        assert seen == {("primary", 1), ("canary", 2)}
+        dep = dep.update(v2, reason="promote v2")
+        assert ([s.version for s in dep.steps], dep.canary_steps, dep.revision) == ([2], (), 3)
+        dep = dep.shadow(v1, reason="compare with v1")
+        dep.infer(inputs)
+        assert wait_until(lambda: getattr(dep.refresh().shadow_stats, "rows", 0) > 0)
+        assert [(r.revision, r.reason) for r in dep.history()] == [
+            (1, "deploy"),
+            (2, "canary v2"),
+            (3, "promote v2"),
+            (4, "compare with v1"),
+        ]
+        # While a change is pending (held here before it loads), another is refused, naming the pending one.
+        with app.deployments._name_lock("adder"):
+            pending = fl.update("adder", "adder:1", workspace=ws, wait=False)
+            assert pending.pending_revision == 5 and pending.revision == 4
+            with pytest.raises(flightline.errors.FailedPreconditionError, match="revision 5 pending"):
+                fl.split("adder", 0)
+        assert fl.wait_deployment("adder").revision == 5
+
+    # The same from the command line, model names looked up in the deployment's workspace.
+    out = run("deployments", "update", "adder", "adder:1", "--reason", "back to v1", server=server).stdout
+    assert "revision 6 [1:1]" in out and "shadow [1:1]" in out
+    out = run("deployments", "split", "adder", "10", "adder:2", server=server).stdout
+    assert "canary [1:2] at 10%" in out
+    assert "shadow" not in run("deployments", "shadow", "adder", server=server).stdout
+    history = as_json("deployments", "history", "adder", server=server)
+    assert [h["reason"] for h in history][-3:] == ["back to v1", "canary at 10%", "shadow removed"]
+    assert "back to v1" in run("deployments", "history", "adder", server=server).stdout
+    missing = run("deployments", "update", "adder", "adder:9", server=server, check=False)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "version 9" in missing.stderr
