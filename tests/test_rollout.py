@@ -525,8 +525,9 @@ def test_a_restart_keeps_the_split_and_the_shadow(tmp_path: Path) -> None:
 
 
 def test_python_client_and_cli_update_split_shadow_history(app: App, tmp_path: Path) -> None:
-    import flightline
     from test_cli import as_json, run
+
+    import flightline
 
     server = app.grpc_address
     with flightline.connect(server) as fl:
@@ -547,7 +548,7 @@ def test_python_client_and_cli_update_split_shadow_history(app: App, tmp_path: P
         seen = set()
         for _ in range(4):  # streams alternate between the versions, half each
             for batch, answered in dep.stream_answers(inputs.schema, inputs.to_batches()):
-                ((model_id, version),) = answered.steps
+                ((_, version),) = answered.steps
                 assert batch.column(0).values.to_numpy().tolist() == [CONSTANTS[version]] * 4 * WIDTH
                 seen.add((answered.variant, version))
         assert seen == {("primary", 1), ("canary", 2)}

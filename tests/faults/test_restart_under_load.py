@@ -130,8 +130,8 @@ def test_serve_restarted_under_load_answers_unavailable_then_serves_again(tmp_pa
             thread.join(timeout=30)
         print(
             f"\nrestart under load ({load.clients} streaming clients): exit {exited - signalled:.2f} s after "
-            f"SIGTERM; restarted process serving gRPC {listening - exited:.2f} s after the exit, first answer "
-            f"{back - exited:.2f} s after the exit ({back - signalled:.2f} s after SIGTERM); "
+            f"SIGTERM; restarted process serving gRPC {listening - exited:.2f} s after the exit, "
+            f"first answer {back - exited:.2f} s after the exit ({back - signalled:.2f} s after SIGTERM); "
             f"client errors {dict(load.codes)}; {load.answers} answers"
         )
         assert load.codes["NOT_FOUND"] == 0, load.codes
