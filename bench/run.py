@@ -22,7 +22,16 @@ if __package__ in (None, ""):  # `python bench/run.py` as well as `python -m ben
 from bench.context import RunContext
 from bench.measure import Budget, Cell
 from bench.models import BenchModel, build_models
-from bench.paths import bare_flight, flightline, inprocess, json_http, mlflow_serve, mlserver, serving
+from bench.paths import (
+    bare_flight,
+    flightline,
+    inprocess,
+    json_http,
+    mlflow_serve,
+    mlserver,
+    rollout,
+    serving,
+)
 from bench.procs import Processes, signals_as_interrupt
 from bench.report import Table, comparison, target_checks
 
@@ -48,6 +57,7 @@ SERVING: dict[str, tuple[str, ServingRunner]] = {
     "concurrent": ("64 concurrent 1-row clients, ONNX in and out of process", serving.run_concurrent),
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
     "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
+    "rollout": ("a client streaming through updates against steady state", rollout.run_rollout),
 }
 KEYS = [*PATHS, *SERVING]
 
