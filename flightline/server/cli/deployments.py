@@ -92,17 +92,7 @@ ChangeWorkspace = Annotated[
     str | None,
     typer.Option("--workspace", "-w", help="Where model names are looked up; default: the deployment's."),
 ]
-REVISION_COLUMNS = [
-    "revision",
-    "status",
-    "reason",
-    "steps",
-    "canary_steps",
-    "canary_percent",
-    "shadow_steps",
-    "actor",
-    "create_time",
-]
+REVISION_COLUMNS = ["revision", "create_time", "status", "reason", "steps", "canary_steps", "shadow_steps"]
 
 
 def _report(found: Deployment) -> None:
@@ -181,11 +171,9 @@ def history(
         table.add_column(column.replace("_", " "))
     for r in revisions:
         canary = f"{_pins(r.canary_steps)} at {r.canary_percent}%" if r.canary_steps else ""
-        when = r.create_time.isoformat(timespec="seconds") if r.create_time else ""
+        when = f"{r.create_time:%Y-%m-%d %H:%M:%S}" if r.create_time else ""
         status = r.status.value + (f": {r.status_reason}" if r.status_reason else "")
-        table.add_row(
-            str(r.revision), when, status, r.reason, _pins(r.steps), canary, _pins(r.shadow_steps), r.actor
-        )
+        table.add_row(str(r.revision), when, status, r.reason, _pins(r.steps), canary, _pins(r.shadow_steps))
     console.print(table)
 
 
