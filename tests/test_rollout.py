@@ -582,3 +582,78 @@ def test_python_client_and_cli_update_split_shadow_history(app: App, tmp_path: P
     assert "back to v1" in run("deployments", "history", "adder", server=server).stdout
     missing = run("deployments", "update", "adder", "adder:9", server=server, check=False)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "version 9" in missing.stderr
+
+
+def test_a_front_door_apart_serves_the_split_and_the_shadow(tmp_path: Path) -> None:
+    from flightline.server.app import FrontDoorApp
+
+    url, artifacts = f"sqlite:///{tmp_path}/shared/meta.db", str(tmp_path / "shared" / "artifacts")
+    control = replace(settings_for(tmp_path / "a"), database_url=url, artifacts_url=artifacts)
+    door = replace(
+        settings_for(tmp_path / "b"),
+        database_url=url,
+        artifacts_url=artifacts,
+        role="frontdoor",
+        route_poll_seconds=0.2,
+    )
+    with App(control) as first, FrontDoorApp(door) as second, Client(first.grpc_address) as client:
+        ws = int(client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="apart")).id)
+        v1, v2 = adders(client, ws, tmp_path)
+        deploy(client, ws, "split", v1)
+        split(client, ws, "split", 50, step(v2))
+        shadow(client, ws, "split", step(v2))
+        assert wait_until(
+            lambda: (
+                second.router.served("split").shadow is not None
+                if "split" in second.router.names()
+                else False
+            ),
+            timeout=10,
+        )
+        with Streamer(second.flight_location, "split", v1.model_id, clients=2) as streamer:
+            streamer.wait_streams(20, 0)
+        assert streamer.errors == [] and streamer.wrong == []
+        assert set(streamer.since(0)) == {f"{v1.model_id}:1", f"{v2.model_id}:2"}
+        update(client, ws, "split", step(v2))  # clears the split; the other front door follows
+        assert wait_until(lambda: second.router.served("split").canary is None, timeout=10)
+        assert parse_answered_by(pa.py_buffer(second.router.get("split").answered_by)) == {
+            "revision": "4",
+            "variant": "primary",
+            "steps": f"{v2.model_id}:2",
+        }
+
+
+def test_warm_up_runs_the_model_once_on_a_generated_row_and_only_logs_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from typing import Self
+
+    from flightline.runtimes.base import ModelSpec, Runtime
+
+    class Recording(Runtime):
+        name = "recording"
+        input_schema = pa.schema([("x", pa.list_(pa.float32(), 3)), ("s", pa.string()), ("n", pa.int64())])
+        output_schema = pa.schema([("y", pa.float64())])
+
+        def __init__(self) -> None:
+            self.seen: list[pa.RecordBatch] = []
+
+        @classmethod
+        def load(cls, spec: ModelSpec) -> Self:
+            return cls()
+
+        def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+            self.seen.append(batch)
+            return pa.record_batch([pa.array([1.0])], schema=self.output_schema)
+
+    class Refusing(Recording):
+        def infer(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+            raise ValueError("zeros are not a real input")
+
+    recording = Recording()
+    recording.warm_up()
+    [batch] = recording.seen
+    assert batch.schema.equals(Recording.input_schema)
+    assert batch.to_pylist() == [{"x": [0.0, 0.0, 0.0], "s": "", "n": 0}]
+    Refusing().warm_up()  # does not raise: a model may refuse made-up values and serve real ones
+    assert "warm-up of recording model failed" in caplog.text and "zeros are not a real input" in caplog.text

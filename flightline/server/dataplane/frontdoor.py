@@ -5,6 +5,11 @@
     do_exchange(FlightDescriptor.for_path(name, "outputs"))  -> out.* columns only
 
 and gets one result batch per request batch on the same stream (a zero-row batch gets a zero-row result).
+Each result batch carries Flight app metadata saying which version answered,
+`revision=<n>;variant=<primary|canary>;steps=<model_id>:<version>[,...]` (protos/.../deployment.proto).
+A stream is given its route when it starts (`Served.pick`: the deployment's steps, or its canary for a
+percentage of streams) and keeps it to its end, even if the deployment is updated meanwhile; each batch
+and its answer are then offered to the deployment's shadow, if any, which never blocks (`shadow.py`).
 The front door runs the route's steps in order and builds the envelope itself from the request batch as
 received (no copy), so runtimes send back only their outputs. The "raw" mode is for chaining runtime
 servers and is refused here; a descriptor without a deployment name is INVALID_ARGUMENT.
@@ -21,7 +26,7 @@ stream from a helper thread would let a failing batch leave that thread blocked 
 has already finished.) Once the front door is closing, a stream ends at its next batch with UNAVAILABLE.
 
 Errors clients see (short messages only; see `flightline/runtimes/flight_service.py`): NOT_FOUND for an
-unknown deployment, INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the
+unknown deployment, UNAVAILABLE for one a restarting server has not routed again yet (retry), INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the
 message names the column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
 it) or the server is shutting down, INTERNAL "step N of 'name' failed: ...; see the server log" when a
 model failed, with the detail in the server log."""
