@@ -10,8 +10,8 @@ number of front doors serve exactly the RUNNING deployments, each a poll period 
 A front-door step loads its model version here, from the artifact store by sha256; a remote step only
 dials the runtime server. A deployment's canary and shadow are routed the same way from their recorded
 placements (a shadow here records its own counts). A deployment whose route cannot be built yet (its
-runtime server not reachable, a store fault) is retried at the next poll, UNAVAILABLE meanwhile. `ready` turns true once one pass has routed every RUNNING
-deployment, and stays true (the front door's `healthcheck` waits for it)."""
+runtime server not reachable, a store fault) is retried at the next poll, UNAVAILABLE meanwhile. `ready`
+turns true once one pass has routed every RUNNING deployment, and stays true (the front door's `healthcheck` waits for it)."""
 
 from __future__ import annotations
 

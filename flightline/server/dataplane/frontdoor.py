@@ -26,8 +26,9 @@ stream from a helper thread would let a failing batch leave that thread blocked 
 has already finished.) Once the front door is closing, a stream ends at its next batch with UNAVAILABLE.
 
 Errors clients see (short messages only; see `flightline/runtimes/flight_service.py`): NOT_FOUND for an
-unknown deployment, UNAVAILABLE for one a restarting server has not routed again yet (retry), INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the
-message names the column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
+unknown deployment, UNAVAILABLE for one a restarting server has not routed again yet (retry),
+INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the message names the
+column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
 it) or the server is shutting down, INTERNAL "step N of 'name' failed: ...; see the server log" when a
 model failed, with the detail in the server log."""
 
