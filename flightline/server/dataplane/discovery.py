@@ -11,7 +11,8 @@ A front-door step loads its model version here, from the artifact store by sha25
 dials the runtime server. A deployment's canary and shadow are routed the same way from their recorded
 placements (a shadow here records its own counts). A deployment whose route cannot be built yet (its
 runtime server not reachable, a store fault) is retried at the next poll, UNAVAILABLE meanwhile. `ready`
-turns true once one pass has routed every RUNNING deployment, and stays true (the front door's `healthcheck` waits for it)."""
+turns true once one pass has routed every RUNNING deployment, and stays true (the front door's
+`healthcheck` waits for it)."""
 
 from __future__ import annotations
 
