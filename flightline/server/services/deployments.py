@@ -399,8 +399,8 @@ class DeploymentService:
             lives = list(self._live.items())
         for name, live in lives:
             self.router.remove(name)
-            if live.mirror is not None:
-                live.mirror.close(timeout=1)
+            if live.mirror is not None:  # not waited for long: a stopping server bounds its stop
+                live.mirror.close(timeout=0.2)
         self.backend.close()
 
     # -- internals --------------------------------------------------------------------------------------
