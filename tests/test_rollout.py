@@ -459,11 +459,12 @@ def test_a_sleeping_or_failing_shadow_adds_no_latency_and_no_errors(
     failing = upload(client, workspace_id, failing_path, "failing", "python")
     deployment = deploy(client, workspace_id, "shadowed", v1)
     one_row_latencies(deployment.flight_location, "shadowed", 200)  # warm the client path
-    before = p99(one_row_latencies(deployment.flight_location, "shadowed", 1000))
+    # The best of three runs each: on shared cores one run's p99 is often another process's time slice.
+    before = min(p99(one_row_latencies(deployment.flight_location, "shadowed", 500)) for _ in range(3))
     shadow(client, workspace_id, "shadowed", step(sleepy))
-    with_shadow = p99(one_row_latencies(deployment.flight_location, "shadowed", 1000))
+    with_shadow = min(p99(one_row_latencies(deployment.flight_location, "shadowed", 500)) for _ in range(3))
     stats = client.deployments.GetDeployment(pb.GetDeploymentRequest(name="shadowed")).shadow_stats
-    # 1000 batches in well under the 50 s the shadow would need: it was behind and dropped, unwaited for.
+    # 1500 batches in well under the 75 s the shadow would need: it was behind and dropped, unwaited for.
     assert stats.dropped > 0 and stats.batches > 0 and stats.mean_latency_ms >= 45
     assert with_shadow <= max(2 * before, before + 0.002), (before, with_shadow)
 
