@@ -126,7 +126,9 @@ def client_process(load: Load, share: list[int], barrier: Barrier, results: mp.Q
     """Entry point of one client process: one FlightClient, one stream and thread per client in `share`."""
     report = Report()
     try:
-        connection = flight.connect(load.location)
+        from bench.flightline_server import flight_middleware
+
+        connection = flight.connect(load.location, middleware=flight_middleware())
         connection.wait_for_available(timeout=60)
         streams = [ClientStream(connection, load, index) for index in share]
     except Exception as error:

@@ -14,7 +14,10 @@ import pyarrow.flight as flight
 
 class ExchangeStream:
     def __init__(self, location: str, descriptor: flight.FlightDescriptor, schema: pa.Schema) -> None:
-        self._client = flight.FlightClient(location)
+        # Imported here: this module is also used without the Flightline server package's bench helpers.
+        from bench.flightline_server import flight_middleware
+
+        self._client = flight.FlightClient(location, middleware=flight_middleware())
         self._client.wait_for_available(timeout=30)
         self._writer, self._reader = self._client.do_exchange(descriptor)
         self._writer.begin(schema)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.flight as flight
 
 from bench.procs import Processes, ServerProcess, descendants, free_port
+from flightline.runtimes.flight_service import HeadersFactory
 from flightline.server.client import Client
 from flightline.server.settings import PREFIX, Settings
 from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
@@ -74,13 +76,24 @@ class FlightlineServer:
         return descendants(self.pid)
 
 
+BENCH_TOKEN = "flt.00000000000000be.bench-admin-token-of-a-throwaway-server"
+
+
+def flight_middleware() -> list[flight.ClientMiddlewareFactory]:
+    """Sends the bench's token on every Flight call (bare Flight servers ignore it)."""
+    token = os.environ.get("FLIGHTLINE_TOKEN")
+    return [HeadersFactory({"authorization": f"Bearer {token}"})] if token else []
+
+
 def start_server(
     processes: Processes, data_dir: Path, name: str = "flightline", **settings: object
 ) -> FlightlineServer:
     """`flightline serve` on loopback ports, with `settings` (Settings field -> value) passed as the
     FLIGHTLINE_* variables Settings reads. A field this build's Settings lacks is refused here, so a
     renamed setting cannot silently measure the default instead."""
-    env: dict[str, str] = {}
+    # The server's admin gets this token at its first start; every bench client sends it.
+    env: dict[str, str] = {PREFIX + "BOOTSTRAP_TOKEN": BENCH_TOKEN}
+    os.environ["FLIGHTLINE_TOKEN"] = BENCH_TOKEN  # Client, and the Flight clients (flight_headers)
     for field, value in settings.items():
         if not has_setting(field):
             raise NotInThisBuild(f"Settings has no field {field!r} in this build")

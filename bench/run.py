@@ -24,6 +24,7 @@ from bench.measure import Budget, Cell
 from bench.models import BenchModel, build_models
 from bench.paths import (
     bare_flight,
+    families,
     flightline,
     inprocess,
     json_http,
@@ -58,6 +59,7 @@ SERVING: dict[str, tuple[str, ServingRunner]] = {
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
     "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
     "rollout": ("a client streaming through updates against steady state", rollout.run_rollout),
+    "families": ("TensorFlow, Keras and TorchScript against the framework in-process", families.run_cells),
 }
 KEYS = [*PATHS, *SERVING]
 

@@ -53,6 +53,7 @@ from flightline.resources import (
 from flightline.transport import (
     DEFAULT_SERVER,
     MODEL_DONE,
+    Tls,
     deployment_settled,
     every_page,
     follow,
@@ -60,6 +61,8 @@ from flightline.transport import (
     upload_requests,
 )
 from flightline.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     model_pb2,
@@ -251,9 +254,11 @@ class Deployments(_Part):
         for m in self._c._pages(self._c._stubs.deployments.ListDeployments, request, "deployments"):
             yield Deployment.from_proto(m, self._c)
 
-    def get(self, name: str) -> Deployment:
-        """A deployment by name."""
-        request = deployment_pb2.GetDeploymentRequest(name=name)
+    def get(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
+        """A deployment by name: of `workspace`, or the one of that name you can see."""
+        request = deployment_pb2.GetDeploymentRequest(
+            name=name, workspace_id=self._c._optional_workspace(workspace)
+        )
         return Deployment.from_proto(
             self._c._call(self._c._stubs.deployments.GetDeployment, request), self._c
         )
@@ -275,6 +280,7 @@ class _Stubs:
         self.registries = registry_pb2_grpc.RegistryServiceStub(channel)
         self.models = model_pb2_grpc.ModelServiceStub(channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(channel)
+        self.access = access_pb2_grpc.AccessServiceStub(channel)
 
 
 # gRPC's own words when nothing answers at the address; said plainly instead.
@@ -285,10 +291,13 @@ class Flightline:
     """A connection to a Flightline server (use `flightline.connect`). Usable as a context manager;
     `close()` closes the gRPC channel and the Flight connections."""
 
-    def __init__(self, server: str, *, token: str | None = None, flight: str | None = None) -> None:
+    def __init__(
+        self, server: str, *, token: str | None = None, flight: str | None = None, tls: Tls | None = None
+    ) -> None:
         self.server = server
         self.flight_location = flight
-        self._channel = open_channel(server, token)
+        self._tls = tls
+        self._channel = open_channel(server, token, tls)
         self._stubs = _Stubs(self._channel)
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
         self._flight_options = _flight_call_options(headers)  # (`flight` is the parameter here)
@@ -345,7 +354,8 @@ class Flightline:
             raise errors.FailedPreconditionError("the deployment has no Flight location (is it running?)")
         conn = self._flights.get(where)
         if conn is None:
-            conn = self._flights[where] = flight.connect(where)
+            options = self._tls.flight_options() if self._tls is not None else {}
+            conn = self._flights[where] = flight.connect(where, **options)
         return conn
 
     def _workspace_id(self, workspace: WorkspaceRef) -> int:
@@ -356,6 +366,48 @@ class Flightline:
         if workspace.isdigit():
             return int(workspace)
         return self.workspaces.get(workspace).id
+
+    def _optional_workspace(self, workspace: WorkspaceRef | None) -> int:
+        """A workspace's id, or 0 ("the one deployment of that name I can see") for None."""
+        return 0 if workspace is None else self._workspace_id(workspace)
+
+    # --- access control (AccessService) ---------------------------------------------------------------
+
+    def whoami(self) -> access_pb2.WhoAmIResponse:
+        """The caller: its user, its memberships and the id of the token in use."""
+        found: access_pb2.WhoAmIResponse = self._call(self._stubs.access.WhoAmI, access_pb2.WhoAmIRequest())
+        return found
+
+    def create_user(self, name: str, *, admin: bool = False) -> access_pb2.User:
+        """A new user or service account (platform admins only)."""
+        user: access_pb2.User = self._call(
+            self._stubs.access.CreateUser, access_pb2.CreateUserRequest(name=name, admin=admin)
+        )
+        return user
+
+    def create_token(self, *, user_id: int = 0, name: str = "", ttl_seconds: int = 0) -> tuple[str, str]:
+        """(token id, token): a new API token for yourself or (platform admins) `user_id`. The token is
+        shown this once; the server keeps only a salted hash."""
+        request = access_pb2.CreateTokenRequest(user_id=user_id, name=name, ttl_seconds=ttl_seconds)
+        made = self._call(self._stubs.access.CreateToken, request)
+        return str(made.token.id), str(made.secret)
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call(self._stubs.access.RevokeToken, access_pb2.RevokeTokenRequest(token_id=token_id))
+
+    def set_member(self, workspace: WorkspaceRef, user_id: int, role: str) -> None:
+        """Gives `user_id` the role "viewer", "editor" or "admin" in `workspace` (workspace admins)."""
+        roles = {
+            "viewer": access_pb2.ROLE_VIEWER,
+            "editor": access_pb2.ROLE_EDITOR,
+            "admin": access_pb2.ROLE_ADMIN,
+        }
+        if role not in roles:
+            raise errors.InvalidArgumentError(f"role must be one of {', '.join(roles)}, got {role!r}")
+        request = access_pb2.SetMemberRequest(
+            workspace_id=self._workspace_id(workspace), user_id=user_id, role=roles[role]
+        )
+        self._call(self._stubs.access.SetMember, request)
 
     def close(self) -> None:
         """Closes the gRPC channel and every Flight connection."""
@@ -481,7 +533,7 @@ class Flightline:
         deployment = self._call(self._stubs.deployments.Deploy, request)
         if not wait:
             return Deployment.from_proto(deployment, self)
-        return self.wait_deployment(name, on_status=on_status, timeout=timeout)
+        return self.wait_deployment(name, workspace=workspace_id, on_status=on_status, timeout=timeout)
 
     def _step(self, ref: ModelRef, workspace_id: int) -> deployment_pb2.StepSpec:
         if isinstance(ref, ModelVersion):
@@ -500,11 +552,14 @@ class Flightline:
         self,
         name: str,
         *,
+        workspace: WorkspaceRef | None = None,
         on_status: Callable[[Deployment], None] | None = None,
         timeout: float | None = None,
     ) -> Deployment:
         """Waits until a deployment is RUNNING, FAILED or STOPPED, with no change pending, and returns it."""
-        request = deployment_pb2.WatchDeploymentRequest(name=name)
+        request = deployment_pb2.WatchDeploymentRequest(
+            name=name, workspace_id=self._optional_workspace(workspace)
+        )
         show = None if on_status is None else (lambda m: on_status(Deployment.from_proto(m, self)))
         with self._grpc_errors():
             found = follow(
@@ -583,16 +638,18 @@ class Flightline:
         pending = self._call(rpc, request)
         if not wait:
             return Deployment.from_proto(pending, self)
-        return self.wait_deployment(request.name, timeout=timeout)
+        return self.wait_deployment(request.name, workspace=request.workspace_id, timeout=timeout)
 
     def _deployment_workspace(self, name: str, workspace: WorkspaceRef | None) -> int:
+        """The deployment's workspace: `workspace`, else that of the one deployment of that name you can
+        see (its model names are looked up there too)."""
         if workspace is not None:
             return self._workspace_id(workspace)
         return self.deployments.get(name).workspace_id
 
-    def undeploy(self, name: str) -> Deployment:
-        """Stops a deployment; returns it STOPPED."""
-        request = deployment_pb2.UndeployRequest(name=name)
+    def undeploy(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
+        """Stops a deployment (of `workspace`, or the one of that name you can see); returns it STOPPED."""
+        request = deployment_pb2.UndeployRequest(name=name, workspace_id=self._optional_workspace(workspace))
         return Deployment.from_proto(self._call(self._stubs.deployments.Undeploy, request), self)
 
 
@@ -600,13 +657,28 @@ def _flight_call_options(headers: list[tuple[bytes, bytes]]) -> flight.FlightCal
     return flight.FlightCallOptions(headers=headers)
 
 
-def connect(server: str | None = None, *, token: str | None = None, flight: str | None = None) -> Flightline:
+def connect(
+    server: str | None = None,
+    *,
+    token: str | None = None,
+    flight: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> Flightline:
     """Connects to a Flightline server (nothing is sent until the first call).
 
     `server` is the control plane's gRPC address (default `FLIGHTLINE_SERVER`, else 127.0.0.1:50051);
     `token` is sent as `authorization: Bearer <token>` on every gRPC and Flight call (default
     `FLIGHTLINE_TOKEN`); `flight` overrides the Flight location deployments advertise (e.g. behind a
-    proxy)."""
+    proxy). TLS: `tls_ca` is the PEM file of the CA that signed the server's certificate (default
+    `FLIGHTLINE_TLS_CA`); `tls_cert` / `tls_key` this client's certificate and key for a server that
+    asks for one (mTLS; `FLIGHTLINE_TLS_CERT`, `FLIGHTLINE_TLS_KEY`). Any of them turns TLS on."""
     server = server or os.environ.get("FLIGHTLINE_SERVER") or DEFAULT_SERVER
     token = token if token is not None else os.environ.get("FLIGHTLINE_TOKEN") or None
-    return Flightline(server, token=token, flight=flight)
+    tls = Tls.from_files(
+        tls_ca or os.environ.get("FLIGHTLINE_TLS_CA"),
+        tls_cert or os.environ.get("FLIGHTLINE_TLS_CERT"),
+        tls_key or os.environ.get("FLIGHTLINE_TLS_KEY"),
+    )
+    return Flightline(server, token=token, flight=flight, tls=tls)

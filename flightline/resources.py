@@ -132,7 +132,8 @@ class RegistryArtifact:
 @dataclass(frozen=True)
 class ModelVersion:
     """One uploaded version of a model. `status` is READY once it can be deployed; `status_reason` says
-    why it is ERROR; `conversion_note` why a convertible model runs on its original runtime."""
+    why it is ERROR; `conversion_note` why a convertible model runs on its original runtime (or which
+    conversion route won, for frameworks with several)."""
 
     model_id: int
     model_name: str
@@ -315,6 +316,8 @@ class Deployment:
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     create_time: datetime | None
+    # The Flight descriptor path element naming it at the front door, "<workspace id>/<name>".
+    flight_path: str = ""
     _client: Flightline | None = field(default=None, repr=False, compare=False)
     revision: int = 1
     pending_revision: int | None = None  # a change being loaded and warmed
@@ -336,6 +339,7 @@ class Deployment:
             _schema(m.input_schema),
             _schema(m.output_schema),
             _time(m, "create_time"),
+            m.flight_path,
             client,
             revision=m.revision,
             pending_revision=m.pending_revision if m.HasField("pending_revision") else None,
@@ -377,7 +381,8 @@ class Deployment:
             return exchange_table(conn, self._path(envelope), table, self.client._flight_options)
 
     def _path(self, envelope: bool) -> list[str]:
-        return [self.name] if envelope else [self.name, "outputs"]
+        path = self.flight_path or self.name  # as the server gives it: clients never build it
+        return [path] if envelope else [path, "outputs"]
 
     def stream(
         self, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, envelope: bool = False
@@ -434,8 +439,8 @@ class Deployment:
 
     def undeploy(self) -> Deployment:
         """Stops the deployment; returns it STOPPED."""
-        return self.client.undeploy(self.name)
+        return self.client.undeploy(self.name, workspace=self.workspace_id)
 
     def refresh(self) -> Deployment:
         """The deployment's current state."""
-        return self.client.deployments.get(self.name)
+        return self.client.deployments.get(self.name, workspace=self.workspace_id)

@@ -8,6 +8,7 @@ import collections
 import hashlib
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -204,16 +205,50 @@ class _AddMetadata(
         return continuation(self._details(details), requests)
 
 
-def open_channel(address: str, token: str | None = None) -> grpc.Channel:
-    """An insecure channel with 64 MiB messages that sends `authorization: Bearer <token>` when a token
-    is given."""
-    channel = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ],
-    )
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the server: `ca` (PEM) verifies it (None: the system's roots); `cert` and `key` (PEM) are
+    this client's own, for servers that ask for one (mTLS)."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: str | None, cert: str | None = None, key: str | None = None) -> Tls | None:
+        """From PEM files; None when no file is named (plain text)."""
+        if not (ca or cert or key):
+            return None
+        if bool(cert) != bool(key):
+            raise errors.InvalidArgumentError("a client certificate and its key go together")
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).expanduser().read_bytes() if path else None
+
+        return cls(read(ca), read(cert), read(key))
+
+    def flight_options(self) -> dict[str, Any]:
+        """Keyword arguments of `pyarrow.flight.connect` for a grpc+tls:// location."""
+        options: dict[str, Any] = {}
+        if self.ca:
+            options["tls_root_certs"] = self.ca
+        if self.cert and self.key:
+            options["cert_chain"], options["private_key"] = self.cert, self.key
+        return options
+
+
+def open_channel(address: str, token: str | None = None, tls: Tls | None = None) -> grpc.Channel:
+    """A channel with 64 MiB messages (TLS with `tls`, else plain text) that sends
+    `authorization: Bearer <token>` when a token is given."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    if tls is not None:
+        credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
     if token:
         return grpc.intercept_channel(channel, _AddMetadata([("authorization", f"Bearer {token}")]))
     return channel

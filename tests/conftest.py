@@ -11,6 +11,13 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+from support.auth import TEST_TOKEN
+
+# Every server the tests start (in process or as `flightline serve`) gets TEST_TOKEN as its admin's
+# first token, and every client (flightline.connect, the CLI, flightline.server.client) sends it.
+os.environ["FLIGHTLINE_BOOTSTRAP_TOKEN"] = TEST_TOKEN
+os.environ["FLIGHTLINE_TOKEN"] = TEST_TOKEN
+
 from support.postgres import postgres_server  # noqa: F401  (a session fixture for every test file)
 
 from flightline.server.app import App
@@ -19,7 +26,14 @@ from flightline.server.settings import Settings
 
 
 def settings_for(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, grpc_port=0, flight_port=0, metrics_port=0, registry_timeout=5.0)
+    return Settings(
+        data_dir=data_dir,
+        grpc_port=0,
+        flight_port=0,
+        metrics_port=0,
+        registry_timeout=5.0,
+        bootstrap_token=TEST_TOKEN,
+    )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from support.auth import flight_connect
 
 from flightline.server.app import App
 from flightline.server.client import Client
@@ -44,7 +45,7 @@ def deploy(
 def one_stream(location: str, name: str, first: int, count: int, errors: list[str]) -> None:
     """Sends `count` 1-row batches on one stream, checking every answer against its own request."""
     try:
-        with flight.connect(location) as conn:
+        with flight_connect(location) as conn:
             writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(name, "outputs"))
             with writer:
                 for n in range(first, first + count):

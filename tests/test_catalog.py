@@ -64,33 +64,56 @@ def test_pickle_frameworks_convert_to_onnx_with_the_sklearn_fallback(name: str) 
     assert spec.available
 
 
-# Catalogued (the guide lists them) but no plug-in serves them yet: no runtime name that does not exist.
-@pytest.mark.parametrize("name", ["tensorflow", "keras", "pytorch"])
-def test_frameworks_without_a_plugin_name_no_runtime_and_say_so(name: str) -> None:
+# Served by plug-ins in family environments: TensorFlow natively, Keras and PyTorch converted to ONNX
+# with their own runtime as the fallback; unavailable (with the command to run) until the family is built.
+@pytest.mark.parametrize(
+    ("name", "runtime", "fallback", "family"),
+    [
+        ("tensorflow", "tensorflow", None, "tensorflow"),
+        ("keras", "onnx", "tensorflow", "tensorflow"),
+        ("pytorch", "onnx", "torchscript", "torch"),
+    ],
+)
+def test_family_frameworks_name_their_runtime_and_how_to_build_it(
+    name: str, runtime: str, fallback: str | None, family: str
+) -> None:
     spec = get_framework(name)
     assert (spec.native, spec.runtime, spec.converts_to_onnx, spec.fallback_runtime) == (
         True,
-        "",
-        False,
-        None,
+        runtime,
+        fallback is not None,
+        fallback,
     )
-    assert not spec.available and spec.install_hint.startswith(NO_PLUGIN_HINT)
+    assert f"flightline runtimes install {family}" in spec.unavailable(lambda _family: False)
+    assert spec.unavailable(lambda built: built == family) == ""
 
 
-@pytest.mark.parametrize(
-    "name", [f"hugging-face-{task}" for task in HUGGING_FACE_TASKS] + ["custom", "mlflow"]
-)
+def test_keras_takes_every_form_tensorflow_only_savedmodel_zips() -> None:
+    keras, tensorflow = get_framework("keras"), get_framework("tensorflow")
+    assert [f.suffix for f in keras.forms] == [".zip", ".h5", ".keras"] and not keras.archive_only
+    assert [f.suffix for f in tensorflow.forms] == [".zip"] and tensorflow.archive_only
+
+
+@pytest.mark.parametrize("name", [f"hugging-face-{task}" for task in HUGGING_FACE_TASKS])
 def test_containerized_frameworks_are_zips_not_served_yet(name: str) -> None:
     spec = get_framework(name)
     assert (spec.native, spec.runtime, spec.converts_to_onnx) == (False, "", False)
     assert spec.archive and not spec.available and spec.install_hint == NO_PLUGIN_HINT
 
 
+@pytest.mark.parametrize(("name", "runtime"), [("custom", "byop"), ("mlflow", "pyfunc")])
+def test_custom_and_mlflow_zips_are_served_by_their_plugins(name: str, runtime: str) -> None:
+    spec = get_framework(name)
+    assert (spec.native, spec.runtime, spec.converts_to_onnx) == (False, runtime, False)
+    assert spec.archive and spec.available and spec.install_hint == ""
+
+
 def test_every_runtime_the_catalog_names_is_a_plugin() -> None:
     named = {spec.runtime for spec in FRAMEWORKS} | {spec.fallback_runtime for spec in FRAMEWORKS}
-    assert named - {"", None} == {"onnx", "python", "sklearn"} <= {p.name for p in PLUGINS}
+    served = {"onnx", "python", "sklearn", "pyfunc", "byop", "tensorflow", "torchscript"}
+    assert named - {"", None} == served <= {p.name for p in PLUGINS}
     fallbacks = {spec.fallback_runtime for spec in FRAMEWORKS} - {None}
-    assert fallbacks == {"sklearn"}
+    assert fallbacks == {"sklearn", "tensorflow", "torchscript"}
 
 
 @pytest.mark.parametrize("task", HUGGING_FACE_TASKS)

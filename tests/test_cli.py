@@ -263,3 +263,24 @@ def test_version_token_and_installed_script(tmp_path: Path) -> None:
         spy.stop(None)
     assert done.returncode == 1 and done.stderr.startswith("error: ")  # the spy serves nothing
     assert ("authorization", "Bearer t0k") in seen
+
+
+def test_a_user_a_token_and_a_role_from_the_command_line(app: App) -> None:
+    server = app.grpc_address
+    run("workspaces", "create", "cli-team", server=server)
+    created = run("users", "create", "dana", server=server).stdout
+    user_id = created.split("(id ")[1].split(")")[0]
+    run("members", "set", user_id, "viewer", "--workspace", "cli-team", server=server)
+    done = run("tokens", "create", "--user", user_id, "--name", "laptop", "--ttl", "3600", server=server)
+    token = done.stdout.strip()  # the token alone on stdout, the note on stderr
+    assert token.startswith("flt.") and "shown once" in done.stderr
+    me = run("whoami", server=server, env={"FLIGHTLINE_TOKEN": token}).stdout
+    assert "user dana" in me and "viewer of" in me
+    refused = run(
+        "workspaces", "create", "nope", server=server, check=False, env={"FLIGHTLINE_TOKEN": "flt.0.bad"}
+    )
+    assert refused.returncode == 2 and "invalid token" in refused.stderr  # the caller's mistake
+    token_id = token.split(".")[1]
+    run("tokens", "revoke", token_id, server=server)
+    gone = run("whoami", server=server, check=False, env={"FLIGHTLINE_TOKEN": token})
+    assert gone.returncode == 2 and "token revoked" in gone.stderr

@@ -120,7 +120,8 @@ def test_typed_errors_from_flight(fl: flightline.Flightline, tmp_path: Path) -> 
     with pytest.raises(errors.InvalidArgumentError) as wrong:  # a column the model does not have
         dep.infer(pa.table({"other": pa.array([1.0])}))
     assert wrong.value.code == "INVALID_ARGUMENT" and "Flight returned" not in wrong.value.details
-    gone = dataclasses.replace(dep, name="no-such-deployment")  # as if undeployed and removed meanwhile
+    # As if undeployed and removed meanwhile (the client calls it by the flight_path the server gave).
+    gone = dataclasses.replace(dep, name="no-such-deployment", flight_path=f"{ws.id}/no-such-deployment")
     with pytest.raises(errors.NotFoundError):
         gone.infer(pa.table({"input": pa.FixedSizeListArray.from_arrays(pa.array(features(1).ravel()), 29)}))
 

@@ -18,6 +18,7 @@ import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
 from sklearn.kernel_ridge import KernelRidge
+from support.auth import flight_connect
 from support.mlp import build_mlp
 from support.wait import wait_until
 from xgboost import XGBClassifier
@@ -71,7 +72,7 @@ def test_deploy_infer_describe_undeploy(app: App, client: Client, workspace_id: 
     assert result.schema.names == output_schema.names and result.num_rows == 1000
     got = result.column("out.output").combine_chunks().values.to_numpy().reshape(1000, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    with flight.connect(deployment.flight_location) as conn:
+    with flight_connect(deployment.flight_location) as conn:
         info = conn.get_flight_info(flight.FlightDescriptor.for_path("fraud"))
     assert info.schema.names == output_schema.names
     assert info.endpoints == []  # runtime servers are not advertised; do_exchange at the front door
@@ -96,7 +97,7 @@ def test_pipeline_onnx_then_python_step(app: App, client: Client, workspace_id: 
     deployment = client.deploy(workspace_id, "scored", model, post)
     assert [s.runtime for s in deployment.steps] == ["onnx", "python"]
     # ONNX runs inside the front door; the Python step is user code and keeps to its own process.
-    live = app.deployments.live("scored")
+    live = app.deployments.live(workspace_id, "scored")
     assert live is not None
     assert [type(s) for s in live.route.steps] == [LocalStep, RemoteStep]
     values, table = features(64, seed=4)
@@ -159,7 +160,7 @@ def test_runtime_killed_mid_stream_is_restarted(remote_app: App, tmp_path: Path)
     assert group == ServerGroup("server", "shared")  # ONNX is data: it may share a runtime server
     process = remote_app.backend.server(group)
     _, table = features(100)
-    with flight.connect(deployment.flight_location) as conn:
+    with flight_connect(deployment.flight_location) as conn:
         writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("killme"))
         writer.begin(table.schema)
         writer.write_table(table)
@@ -238,7 +239,9 @@ def test_user_code_runs_per_workspace_and_shares_nothing_with_onnx(
     # One runtime server per workspace for the Python steps; the ONNX steps in the front door only.
     assert sorted(g.trust for g in app.backend.groups()) == [f"ws-{ws}" for ws in spaces]
     for ws in spaces:
-        assert sorted(app.backend.server(ServerGroup("server", f"ws-{ws}")).models) == [f"scored-{ws}.1"]
+        assert sorted(app.backend.server(ServerGroup("server", f"ws-{ws}")).models) == [
+            f"{ws}/scored-{ws}.1"
+        ]  # keys: "<workspace>/<name>.<step>"
     client.deployments.Undeploy(deployment_pb2.UndeployRequest(name=f"scored-{spaces[0]}"))
     assert [g.trust for g in app.backend.groups()] == [f"ws-{spaces[1]}"]
     assert infer(app.flight_location, f"scored-{spaces[1]}", features(3)[1], mode="outputs").num_rows == 3

@@ -95,7 +95,7 @@ def host(backend: LocalBackend, group: ServerGroup, key: str, runtime: str, path
     sha256 = backend.store.put_file(path).sha256
     location = backend.ensure_server(group)
     backend.load(group, LoadRequest(key=key, runtime=runtime, artifact=sha256, framework=runtime))
-    return RemoteStep(location, key)
+    return RemoteStep(location, key, secret=backend.secret(group))
 
 
 @pytest.fixture(scope="module")

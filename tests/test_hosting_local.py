@@ -18,6 +18,7 @@ from support.mlp import build_mlp
 from support.wait import wait_until
 
 from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.flight_service import runtime_client
 from flightline.server.hosting.backend import LoadRequest, ServerGroup
 from flightline.server.hosting.local import LocalBackend, RuntimeFault, State
 from flightline.server.hosting.sandbox import SYSTEM_PATH, sandbox_environment
@@ -41,9 +42,9 @@ def alive(pid: int) -> bool:
         return stat.read().split(")")[-1].split()[0] != "Z"
 
 
-def run(location: str, key: str, values: list[int]) -> list[int]:
+def run(location: str, key: str, values: list[int], secret: str = "") -> list[int]:
     batch = pa.record_batch([pa.array(values)], names=["n"])
-    with flight.connect(location) as client:
+    with runtime_client(location, secret) as client:
         writer, reader = client.do_exchange(flight.FlightDescriptor.for_path(key, "raw"))
         with writer:
             writer.begin(batch.schema)
@@ -85,13 +86,15 @@ def test_two_models_on_one_server_one_unloaded(backend: LocalBackend, tmp_path: 
     backend.load(GROUP, step(backend, tmp_path, "b.0", 3))
     server = backend.server(GROUP)
     assert sorted(server.models) == ["a.0", "b.0"] and backend.groups() == [GROUP]
-    assert run(location, "a.0", [1, 2]) == [2, 4]
-    assert run(location, "b.0", [1, 2]) == [3, 6]
+    assert run(location, "a.0", [1, 2], backend.secret(GROUP)) == [2, 4]
+    assert run(location, "b.0", [1, 2], backend.secret(GROUP)) == [3, 6]
     pid = server.pid
     backend.unload(GROUP, "b.0")
     with pytest.raises(pa.ArrowKeyError):
-        run(location, "b.0", [1])
-    assert run(location, "a.0", [5]) == [10]  # the same process keeps serving the other model
+        run(location, "b.0", [1], backend.secret(GROUP))
+    assert run(location, "a.0", [5], backend.secret(GROUP)) == [
+        10
+    ]  # the same process keeps serving the other model
     assert (server.pid, sorted(server.models)) == (pid, ["a.0"])
     backend.unload(GROUP, "b.0")  # unloading what is not loaded is a no-op
     backend.unload(GROUP, "a.0")  # the last model gone: the server stops
@@ -99,7 +102,7 @@ def test_two_models_on_one_server_one_unloaded(backend: LocalBackend, tmp_path: 
     backend.load(GROUP, step(backend, tmp_path, "c.0", 4))  # the next load starts a fresh one
     fresh = backend.server(GROUP)
     assert fresh is not server and fresh.pid != pid and fresh.location != location
-    assert run(fresh.location, "c.0", [1]) == [4]
+    assert run(fresh.location, "c.0", [1], fresh.secret) == [4]
 
 
 def test_killed_server_comes_back_with_both_models(backend: LocalBackend, tmp_path: Path) -> None:
@@ -112,8 +115,8 @@ def test_killed_server_comes_back_with_both_models(backend: LocalBackend, tmp_pa
     assert wait_until(lambda: server.restarts == 1, timeout=10)
     assert backend.wait_healthy(GROUP, timeout=30) is server
     assert server.pid != first_pid and server.location == location
-    assert run(location, "a.0", [1]) == [2]
-    assert run(location, "b.0", [1]) == [3]
+    assert run(location, "a.0", [1], backend.secret(GROUP)) == [2]
+    assert run(location, "b.0", [1], backend.secret(GROUP)) == [3]
     assert backend.healthy(GROUP)
 
 
@@ -127,7 +130,7 @@ def test_tcp_transport_restarts_on_the_same_port(tmp_path: Path) -> None:
         assert wait_until(lambda: backend.server(GROUP).restarts == 1, timeout=10)
         backend.wait_healthy(GROUP, timeout=30)
         assert backend.server(GROUP).location == location
-        assert run(location, "a.0", [4]) == [8]
+        assert run(location, "a.0", [4], backend.secret(GROUP)) == [8]
 
 
 def test_load_error_names_the_reason_and_keeps_the_others(backend: LocalBackend, tmp_path: Path) -> None:
@@ -137,7 +140,7 @@ def test_load_error_names_the_reason_and_keeps_the_others(backend: LocalBackend,
     with pytest.raises(ModelLoadError, match="missing weights file"):
         backend.load(GROUP, broken)
     assert sorted(backend.server(GROUP).models) == ["a.0"]
-    assert run(location, "a.0", [1]) == [2]
+    assert run(location, "a.0", [1], backend.secret(GROUP)) == [2]
 
 
 def test_model_that_no_longer_loads_after_a_restart_is_reported(
@@ -158,7 +161,7 @@ def test_model_that_no_longer_loads_after_a_restart_is_reported(
     assert key == "b.0" and "corrupted after the first start" in reason
     backend.wait_healthy(GROUP, timeout=30)
     assert sorted(server.models) == ["a.0"] and server.state is State.HEALTHY
-    assert run(location, "a.0", [1]) == [2]
+    assert run(location, "a.0", [1], backend.secret(GROUP)) == [2]
 
 
 def test_groups_get_their_own_processes(backend: LocalBackend, tmp_path: Path) -> None:
@@ -168,7 +171,9 @@ def test_groups_get_their_own_processes(backend: LocalBackend, tmp_path: Path) -
     assert backend.server(GROUP).pid != backend.server(other).pid
     assert backend.ensure_server(GROUP) != backend.ensure_server(other)
     with pytest.raises(pa.ArrowKeyError):  # workspace 2's model is not reachable on workspace 1's server
-        run(backend.ensure_server(GROUP), "b.0", [1])
+        run(backend.ensure_server(GROUP), "b.0", [1], backend.secret(GROUP))
+    with pytest.raises(flight.FlightUnauthenticatedError):  # and the other's secret does not open it
+        run(backend.ensure_server(GROUP), "a.0", [1], backend.secret(other))
 
 
 def test_runtime_environment_is_an_allow_list() -> None:
@@ -224,7 +229,7 @@ def test_runtime_process_gets_the_filtered_environment(
     sha256 = backend.store.put_file(script).sha256
     backend.load(GROUP, LoadRequest(key="env.0", runtime="python", artifact=sha256, framework="python"))
     batch = pa.record_batch([pa.array([1])], names=["n"])
-    with flight.connect(backend.ensure_server(GROUP)) as client:
+    with runtime_client(backend.ensure_server(GROUP), backend.secret(GROUP)) as client:
         writer, reader = client.do_exchange(flight.FlightDescriptor.for_path("env.0", "raw"))
         with writer:
             writer.begin(batch.schema)

@@ -102,8 +102,9 @@ def test_upload_without_size_is_refused(app: App, client: Client, tmp_path: Path
 
 
 KILLED_CLIENT = textwrap.dedent("""
-    import sys, threading
+    import os, sys, threading
     import grpc
+    from flightline.transport import open_channel
     from flightline.v1 import model_pb2, model_pb2_grpc
 
     address, workspace_id, path, declare, send = sys.argv[1:6]
@@ -122,7 +123,7 @@ KILLED_CLIENT = textwrap.dedent("""
         print("SENT", flush=True)
         threading.Event().wait()  # never ends the stream: the test kills this process
 
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address, os.environ["FLIGHTLINE_TOKEN"])  # the test server's admin token
     try:
         model_pb2_grpc.ModelServiceStub(channel).UploadModel(requests())
     except grpc.RpcError as error:  # refused before the whole part was sent
@@ -538,7 +539,7 @@ def test_deploying_deployment_is_resumed_at_start(tmp_path: Path) -> None:
     with App(settings) as second, Client(second.grpc_address) as client:
         resumed = client.wait_deployment("halfway", timeout=60)
         assert resumed.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, resumed.status_reason
-        assert second.deployments.live("halfway") is not None
+        assert second.deployments.live(ws, "halfway") is not None
 
 
 def test_stopping_the_server_ends_a_running_conversion(tmp_path: Path) -> None:

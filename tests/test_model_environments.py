@@ -21,6 +21,7 @@ import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
 
+from flightline.runtimes.flight_service import runtime_client
 from flightline.runtimes.plugins import SERVER_ENVIRONMENT, plugin
 from flightline.server.app import App
 from flightline.server.client import Client, infer
@@ -153,7 +154,9 @@ def test_a_pinned_requirement_is_served_from_its_own_environment_and_runtime_ser
     pinned_server = app.backend.server(ServerGroup(env.key, trust))
     plain_server = app.backend.server(ServerGroup(SERVER_ENVIRONMENT, trust))
     assert pinned_server.pid != plain_server.pid
-    assert set(pinned_server.models) == {"six-pinned.0"} and set(plain_server.models) == {"six-server.0"}
+    # Model keys on runtime servers: "<workspace>/<deployment>.<step>".
+    assert set(pinned_server.models) == {f"{workspace}/six-pinned.0"}
+    assert set(plain_server.models) == {f"{workspace}/six-server.0"}
 
 
 def test_same_requirements_share_one_environment_and_one_runtime_server(
@@ -168,7 +171,7 @@ def test_same_requirements_share_one_environment_and_one_runtime_server(
     assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, deployment.status_reason
     assert answer(deployment, "six-again")[0] == "1.16.0"
     server = app.backend.server(ServerGroup(env.key, workspace_group(workspace)))
-    assert set(server.models) == {"six-pinned.0", "six-again.0"}
+    assert set(server.models) == {f"{workspace}/six-pinned.0", f"{workspace}/six-again.0"}
     assert len(app.backend.groups()) == 2
 
 
@@ -238,7 +241,7 @@ def test_a_family_plugin_runs_in_its_family_environment_once_it_is_built(world: 
             group, LoadRequest(key="m", runtime="python", artifact=stored.sha256, framework="python")
         )
         batch = pa.record_batch([pa.array([1])], names=["n"])
-        with flight.connect(backend.ensure_server(group)) as connection:
+        with runtime_client(backend.ensure_server(group), backend.secret(group)) as connection:
             writer, reader = connection.do_exchange(flight.FlightDescriptor.for_path("m", "raw"))
             with writer:
                 writer.begin(batch.schema)

@@ -24,6 +24,7 @@ import pytest
 from conftest import settings_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from support.auth import flight_connect
 from support.mlp import build_mlp
 from support.wait import wait_until
 
@@ -160,7 +161,7 @@ def test_version_in_grpc_metadata_and_flight_action(app: App, client: Client) ->
     with pytest.raises(grpc.RpcError) as failed:  # errors carry it too
         client.workspaces.GetWorkspace(workspace_pb2.GetWorkspaceRequest(workspace_id=5))
     assert (VERSION_HEADER, __version__) in failed.value.initial_metadata()
-    with flight.connect(app.flight_location) as conn:
+    with flight_connect(app.flight_location) as conn:
         assert [r.body.to_pybytes() for r in conn.do_action(flight.Action("version", b""))] == [
             __version__.encode()
         ]

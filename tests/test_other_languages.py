@@ -93,6 +93,8 @@ def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
     assert seen["deployment_count"] == 0
     assert seen["has_sklearn"] is True
     assert seen["unknown_workspace_status"] == 5  # NOT_FOUND
+    assert seen["who"] == "admin"  # authenticated with FLIGHTLINE_TOKEN (the test server's admin token)
+    assert seen["without_token_status"] == 16  # UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("language", sorted(EXPECTED))

@@ -4,6 +4,7 @@ serve (also over ListFrameworks), and the only place framework names are branche
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,23 @@ CATALOG = {spec.name for spec in FRAMEWORKS}
 PACKAGE = Path(flightline.__file__).parent
 # Where framework and runtime names may appear: the registry, the catalog's seed data, the runtime
 # modules that implement a plug-in, and the generated bindings.
-ALLOWED = {"runtimes/plugins.py", "runtimes/catalog.py", "runtimes/onnx.py", "runtimes/sklearn.py"}
+ALLOWED = {
+    "runtimes/plugins.py",
+    "runtimes/catalog.py",
+    "runtimes/onnx.py",
+    "runtimes/sklearn.py",
+    "runtimes/pyfunc.py",
+    "runtimes/byop.py",
+    "runtimes/tensorflow.py",
+    "runtimes/keras_convert.py",
+    "runtimes/torchscript.py",
+    "runtimes/torch_convert.py",
+}
 
 
 def test_plugin_names_and_frameworks_do_not_collide() -> None:
     names = [p.name for p in PLUGINS]
-    assert len(names) == len(set(names)) == 3
+    assert len(names) == len(set(names)) == 7
     served = [framework for p in PLUGINS for framework in p.frameworks]
     assert len(served) == len(set(served))
     assert set(served) <= CATALOG  # a plug-in serves only catalogued frameworks
@@ -57,14 +69,17 @@ def test_served_frameworks_are_available_here(name: str) -> None:
 
 
 def test_availability_follows_the_plugins_not_what_happens_to_be_installed() -> None:
-    # Whether or not tensorflow is installed, no plug-in serves it yet: availability follows the plug-ins.
-    spec = get_framework("tensorflow")
-    assert serving("tensorflow") is None
+    # Whether or not transformers is installed, no plug-in serves it yet: availability follows the plug-ins.
+    spec = get_framework("hugging-face-summarization")
+    assert serving("hugging-face-summarization") is None
     assert not spec.available and spec.install_hint.startswith(NO_PLUGIN_HINT)
     with pytest.raises(
-        ModelLoadError, match="'tensorflow' is in the catalog, but its runtime plug-in is not built"
+        ModelLoadError,
+        match="'hugging-face-summarization' is in the catalog, but its runtime plug-in is not built",
     ):
-        for_framework("tensorflow")
+        for_framework("hugging-face-summarization")
+    # TensorFlow is served by a plug-in whose modules live in its family's environment, not here.
+    assert serving("tensorflow") is plugin("tensorflow") and plugin("tensorflow").missing() == ()
 
 
 def test_a_plugin_missing_a_module_is_unavailable_with_its_install_hint() -> None:
@@ -93,7 +108,7 @@ def test_a_plugin_missing_a_module_is_unavailable_with_its_install_hint() -> Non
 def test_every_plugin_names_real_code(registered: Plugin) -> None:
     cls = runtime_class(registered.name)
     assert issubclass(cls, Runtime) and cls.name == registered.name
-    for target in (registered.describe, registered.converter):
+    for target in (registered.describe, registered.converter, registered.own_requirements):
         if target is not None:
             assert callable(load_attribute(target)), target
 
@@ -104,28 +119,40 @@ def test_concurrency_and_trust_are_declared_per_plugin() -> None:
         "onnx": (True, True, True, False),  # data, thread-safe sessions: also served in the front door
         "python": (False, False, False, False),  # code, one call at a time
         "sklearn": (False, False, False, False),  # pickles are code; any class may be inside
+        "pyfunc": (False, False, False, True),  # an MLflow model folder: user code, unpacked
+        "byop": (False, False, False, True),  # scripts: user code, unpacked
+        "tensorflow": (True, False, False, True),  # graphs may read files; SavedModel zips are unpacked
+        "torchscript": (False, False, False, False),  # a program; forward() may mutate the module
     }
 
 
 def test_unknown_runtime_and_unserved_framework_are_model_load_errors() -> None:
     with pytest.raises(
-        ModelLoadError, match=r"unknown runtime 'pytorch'; known runtimes: \['onnx', 'python', 'sklearn'\]"
+        ModelLoadError,
+        match=r"unknown runtime 'pytorch'; known runtimes: \['byop', 'onnx', 'pyfunc', 'python', 'sklearn', "
+        r"'tensorflow', 'torchscript'\]",
     ):
         plugin("pytorch")
-    with pytest.raises(ModelLoadError, match="'mlflow' is in the catalog"):
-        for_framework("mlflow")
+    with pytest.raises(ModelLoadError, match="'hugging-face-summarization' is in the catalog"):
+        for_framework("hugging-face-summarization")
     assert serving("not-in-the-catalog") is None
 
 
 def test_list_frameworks_reports_availability_and_install_hints(client: Client) -> None:
     listed = {f.name: f for f in client.models.ListFrameworks(model_pb2.ListFrameworksRequest()).frameworks}
     assert set(listed) == CATALOG
-    for name in ("onnx", "python", "sklearn", "xgboost"):
+    for name in ("onnx", "python", "sklearn", "xgboost", "mlflow", "custom"):
         assert listed[name].available and listed[name].install_hint == "", name
-    for name in ("tensorflow", "pytorch", "mlflow", "custom", "hugging-face-summarization"):
+    assert (listed["mlflow"].runtime, listed["custom"].runtime) == ("pyfunc", "byop")
+    for name in ("hugging-face-summarization",):
         assert not listed[name].available and listed[name].install_hint.startswith(NO_PLUGIN_HINT), name
         assert listed[name].runtime == ""  # no runtime name that does not exist
-    assert "torch.onnx.export" in listed["pytorch"].install_hint
+    # Served once their family is built (.ci/setup builds both); until then the hint says how.
+    for name, family in (("tensorflow", "tensorflow"), ("keras", "tensorflow"), ("pytorch", "torch")):
+        assert listed[name].runtime == get_framework(name).runtime, name
+        hint = listed[name].install_hint
+        assert listed[name].available == (hint == ""), name
+        assert hint == "" or f"flightline runtimes install {family}" in hint, name
 
 
 def _framework_literals_compared(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
@@ -154,3 +181,26 @@ def test_no_framework_or_runtime_name_is_branched_on_outside_the_registry() -> N
         for line, name in _framework_literals_compared(ast.parse(path.read_text()), names):
             offenders.append(f"{relative}:{line} {name!r}")
     assert offenders == []
+
+
+def test_framework_thread_pools_follow_model_size_and_options(tmp_path: Path) -> None:
+    from flightline.runtimes.base import (
+        HEAVY_MODEL_BYTES,
+        ModelSpec,
+        cpu_share,
+        default_intra_op_threads,
+        thread_option,
+    )
+
+    small, heavy = tmp_path / "small.pt", tmp_path / "saved" / "variables.data"
+    small.write_bytes(b"x" * 1000)
+    heavy.parent.mkdir()
+    with heavy.open("wb") as file:
+        file.truncate(HEAVY_MODEL_BYTES)
+    assert default_intra_op_threads(small) == 1
+    assert default_intra_op_threads(heavy.parent) == cpu_share()
+    assert 1 <= cpu_share() <= len(os.sched_getaffinity(0))
+    spec = ModelSpec(small, "pytorch", options={"intra_op_threads": "3", "inter_op_threads": "zero"})
+    assert thread_option(spec, "intra_op_threads", 1) == 3
+    with pytest.raises(ModelLoadError, match="option inter_op_threads must be an integer"):
+        thread_option(spec, "inter_op_threads", 1)

@@ -129,7 +129,7 @@ FORGE = "import json, os; print(json.dumps({reply!r}), flush=True); os._exit(0)"
     ("reply", "refusal"),
     [
         ({"runtime": "onnx", "artifact": "../../../etc/passwd", "note": ""}, "outside its folder"),
-        ({"runtime": "tensorflow", "artifact": "", "note": ""}, "unknown runtime 'tensorflow'"),
+        ({"runtime": "pytorch", "artifact": "", "note": ""}, "unknown runtime 'pytorch'"),
     ],
 )
 def test_a_forged_reply_from_the_subprocess_is_not_trusted(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 from flightline.runtimes import load_runtime
@@ -14,6 +15,9 @@ from flightline.runtimes.base import InvalidInput, ModelLoadError, ModelSpec
 from flightline.runtimes.host import Host, ModelOutputError
 from flightline.runtimes.python_step import PythonStepRuntime
 from flightline.runtimes.rules import from_tensor
+from flightline.runtimes.server import remote_error_message
+from flightline.server.client import Client, infer
+from flightline.v1 import deployment_pb2, model_pb2, workspace_pb2
 
 # The post-processing example of the product guide, verbatim apart from the print.
 SEED_EXAMPLE = """
@@ -130,3 +134,65 @@ def test_load_errors(tmp_path: Path) -> None:
         _step(tmp_path, "import no_such_module_here\ndef wallaroo_json(data):\n    return data\n")
     with pytest.raises(ModelLoadError, match="does not exist"):
         PythonStepRuntime.load(ModelSpec(tmp_path / "missing.py", "python"))
+
+
+# -- deployed: the guide's three return forms in one pipeline, and the row rule in the deployment's terms
+
+FRAME_STEP = """
+import pandas as pd
+
+def wallaroo_json(data: pd.DataFrame):
+    return pd.DataFrame({"doubled": (data["x"] * 2.0).to_numpy()}, index=data.index + 100)  # not kept
+"""
+TABLE_STEP = """
+import pyarrow as pa
+
+def wallaroo_json(data):
+    halves = pa.chunked_array([pa.array(data["doubled"][:1] + 1.0), pa.array(data["doubled"][1:] + 1.0)])
+    return pa.table({"plus_one": halves})  # two chunks: served as one batch
+"""
+ROWS_STEP = """
+def wallaroo_json(data):
+    return [{"output": [value]} for value in data["plus_one"]]  # the guide's list of row dicts
+"""
+LOSSY_STEP = """
+def wallaroo_json(data):
+    return [{"output": [float(data["plus_one"].sum())]}]  # one row, whatever came in
+"""
+
+
+def _deploy_steps(client: Client, tmp_path: Path, name: str, sources: list[str]) -> deployment_pb2.Deployment:
+    workspace = client.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name=name)).id
+    model_ids = []
+    for index, source in enumerate(sources):
+        script = tmp_path / f"{name}-{index}.py"
+        script.write_text(textwrap.dedent(source))
+        conversion = model_pb2.Conversion(framework="python")
+        meta = model_pb2.UploadMetadata(name=f"{name}-{index}", workspace_id=workspace, conversion=conversion)
+        version = client.upload_file(script, meta).version
+        assert version.status == model_pb2.MODEL_STATUS_READY, version.status_reason
+        model_ids.append(version.model_id)
+    deployment = client.deploy(workspace, name, *model_ids)
+    assert deployment.status == deployment_pb2.DEPLOYMENT_STATUS_RUNNING, deployment.status_reason
+    return deployment
+
+
+def test_dataframe_table_and_row_dict_steps_chain_in_a_deployment(client: Client, tmp_path: Path) -> None:
+    deployment = _deploy_steps(client, tmp_path, "chain", [FRAME_STEP, TABLE_STEP, ROWS_STEP])
+    result = infer(deployment.flight_location, "chain", pa.table({"x": [1.0, 2.0, 3.0]}))
+    assert result.schema.names == ["time", "in.x", "out.output", "check_failures"]
+    assert result.column("out.output").to_pylist() == [[3.0], [5.0], [7.0]]
+
+
+def test_a_step_returning_other_row_counts_is_a_model_error_naming_the_rule(
+    client: Client, tmp_path: Path
+) -> None:
+    deployment = _deploy_steps(client, tmp_path, "lossy", [FRAME_STEP, TABLE_STEP, LOSSY_STEP])
+    one = infer(deployment.flight_location, "lossy", pa.table({"x": [1.0]}), mode="outputs")
+    assert one.column("out.output").to_pylist() == [[3.0]]  # one row in, one out: served
+    with pytest.raises(flight.FlightInternalError) as failure:
+        infer(deployment.flight_location, "lossy", pa.table({"x": [1.0, 2.0, 3.0]}))
+    assert remote_error_message(failure.value) == (
+        "step 3 of 'lossy' failed: model returned 1 rows for 3 input rows; a model must return exactly "
+        "one output row per input row; see the server log"
+    )

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.flight as flight
 from conftest import settings_for
+from support.auth import flight_connect
 from support.mlp import build_mlp
 from support.postgres import new_postgres_database
 from support.wait import wait_until
@@ -28,13 +29,21 @@ from flightline.server.dataplane.routes import LocalStep, RemoteStep
 from flightline.server.settings import Settings
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import DeploymentStatus, DeploymentStep, ModelStatus
+from flightline.server.store.secrets import Secrets
 from flightline.v1 import deployment_pb2, workspace_pb2
 
 PORT0 = ("--flight-port", "0")
 
 
+# Servers sharing a database share the key of its secrets at rest (runtime servers' secrets, which front
+# doors read with the placements; registry tokens).
+SHARED_KEY = Secrets.generate_key()
+
+
 def shared(settings: Settings, database_url: str, artifacts: Path, **overrides: object) -> Settings:
-    return replace(settings, database_url=database_url, artifacts_url=str(artifacts), **overrides)
+    return replace(
+        settings, database_url=database_url, artifacts_url=str(artifacts), secret_key=SHARED_KEY, **overrides
+    )
 
 
 def deploy_pipeline(client: Client, tmp_path: Path, name: str) -> tuple[Path, deployment_pb2.Deployment]:
@@ -64,7 +73,7 @@ def assert_scores(location: str, name: str, path: Path, seed: int) -> None:
 
 def healthy(location: str) -> bool:
     try:
-        with flight.connect(location) as conn:
+        with flight_connect(location) as conn:
             return [r.body.to_pybytes() for r in conn.do_action(flight.Action("healthcheck", b""))] == [b"ok"]
     except flight.FlightUnavailableError:
         return False
@@ -88,10 +97,10 @@ def test_two_front_doors_serve_the_same_deployment(tmp_path: Path) -> None:
         assert wait_until(lambda: second.route_sync.ready)  # nothing RUNNING: ready after one sync
         assert first.instance_id != second.instance_id
         path, deployment = deploy_pipeline(client, tmp_path, "scored")
-        assert wait_until(lambda: "scored" in second.router.names(), timeout=10)
+        assert wait_until(lambda: deployment.flight_path in second.router.names(), timeout=10)
 
         # The second front door runs the ONNX step itself and reaches the first's Python runtime.
-        route = second.router.get("scored")
+        route = second.router.get(deployment.flight_path)
         assert [type(s) for s in route.steps] == [LocalStep, RemoteStep]
         assert route.steps[1].location == deployment.steps[1].location
         values, table = features(64, seed=4)
@@ -113,11 +122,11 @@ def test_a_front_door_is_not_ready_until_every_running_deployment_is_routed(tmp_
     ws = store.create_workspace("w")
     version = add_version(store, ws.id, "m", status=ModelStatus.READY)
     store.create_deployment(ws.id, "old", [DeploymentStep(version.model_id, version.version)])
-    store.update_deployment("old", DeploymentStatus.RUNNING)
+    store.update_deployment(ws.id, "old", DeploymentStatus.RUNNING)
     door = shared(settings_for(tmp_path / "b"), url, artifacts, role="frontdoor", route_poll_seconds=0.1)
     with FrontDoorApp(door) as front:
         assert not wait_until(lambda: healthy(front.flight_location), timeout=1)
-        store.update_deployment("old", DeploymentStatus.STOPPED)
+        store.update_deployment(ws.id, "old", DeploymentStatus.STOPPED)
         assert wait_until(lambda: healthy(front.flight_location), timeout=5)
     store.close()
 
@@ -141,9 +150,9 @@ def test_two_control_planes_on_one_postgresql_keep_to_their_own_work(
                 ModelStatus.CONVERTING
             )
             # B started none of A's runtimes nor routes A's deployment in its own process tree.
-            assert second.deployments.live("scored") is None
+            assert second.deployments.live(1, "scored") is None
             assert second.backend.groups() == []
-            stored = second.store.get_deployment("scored")
+            stored = second.store.get_deployment(1, "scored")
             assert (stored.status, stored.owner) == (DeploymentStatus.RUNNING, "a")
             np.testing.assert_allclose(
                 infer(first.flight_location, "scored", table, mode="outputs").column("out.score").to_numpy(),
@@ -155,14 +164,14 @@ def test_two_control_planes_on_one_postgresql_keep_to_their_own_work(
     with App(a) as again:
         interrupted = again.store.get_model_version(converting.model_id, converting.version)
         assert interrupted.status is ModelStatus.ERROR
-        assert again.deployments.live("scored") is not None
+        assert again.deployments.live(1, "scored") is not None
         assert_scores(again.flight_location, "scored", path, seed=3)
         # Undeployed through the other control plane: the owner stops serving it and stops its runtimes.
         with App(b) as other, Client(other.grpc_address) as client:
             client.deployments.Undeploy(deployment_pb2.UndeployRequest(name="scored"))
             # Its route goes first, then its runtime processes.
             assert wait_until(lambda: again.backend.groups() == [], timeout=10)
-            assert again.deployments.live("scored") is None
+            assert again.deployments.live(1, "scored") is None
             assert not_found(again.flight_location, "scored", table)
 
 
@@ -178,6 +187,7 @@ def test_serve_role_frontdoor_as_a_process(tmp_path: Path) -> None:
             "FLIGHTLINE_DATA_DIR": str(tmp_path / "door"),
             "FLIGHTLINE_DATABASE_URL": url,
             "FLIGHTLINE_ARTIFACTS_URL": str(artifacts),
+            "FLIGHTLINE_SECRET_KEY": SHARED_KEY,
         }
         door = subprocess.Popen(
             [

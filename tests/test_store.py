@@ -90,7 +90,7 @@ def test_migrations_create_exactly_the_tables_of_tables_py(db_url: str) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0004_revisions"
+        assert context.get_current_revision() == "0005_auth"
     engine.dispose()
     # A database already at head opens as it is.
     MetadataStore(db_url).close()
@@ -120,7 +120,7 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         engine.dispose()
     store = MetadataStore(db_url)
     try:
-        old = store.get_deployment("old")
+        old = store.get_deployment(1, "old")
         assert (old.status, old.status_reason, old.failed_by_fault) == (
             DeploymentStatus.FAILED,
             "model broke",
@@ -128,6 +128,52 @@ def test_migration_0002_keeps_deployments_and_marks_none_failed_by_fault(db_url:
         )
     finally:
         store.close()
+
+
+def test_migration_0005_keeps_rows_and_the_next_start_encrypts_clear_registry_tokens(db_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+            now = "CURRENT_TIMESTAMP"
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('a', {now})")
+            connection.exec_driver_sql(f"INSERT INTO workspaces (name, created_at) VALUES ('b', {now})")
+            connection.exec_driver_sql(
+                "INSERT INTO registries (id, name, url, token, created_at, updated_at) "
+                f"VALUES ('r', 'r', 'https://x.invalid', 'dapi-in-clear', {now}, {now})"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO deployments (name, workspace_id, status, status_reason, failed_by_fault, "
+                f"created_at) VALUES ('old', 1, 'stopped', '', false, {now})"
+            )
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT token FROM registries").scalar() == "dapi-in-clear"
+    finally:
+        engine.dispose()
+    store = MetadataStore(db_url)
+    try:
+        assert store.encrypt_clear_tokens() == 1
+        assert store.encrypt_clear_tokens() == 0  # once
+        assert store.get_registry("r").token == "dapi-in-clear"
+        # the same name in another workspace is a deployment of its own now
+        version = add_version(store, 2, "m", status=ModelStatus.READY)
+        store.create_deployment(2, "old", [DeploymentStep(version.model_id, 1)])
+        assert {d.workspace_id for d in store.deployments_named("old")} == {1, 2}
+    finally:
+        store.close()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT token FROM registries").scalar()
+            assert str(stored).startswith("fernet:") and "dapi" not in str(stored)
+    finally:
+        engine.dispose()
 
 
 def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_url: str) -> None:
@@ -148,11 +194,11 @@ def test_migration_0003_leaves_rows_unowned_until_one_instance_claims_them(db_ur
         engine.dispose()
     first, second = MetadataStore(db_url, owner="a"), MetadataStore(db_url, owner="b")
     try:
-        assert first.get_deployment("old").owner == ""
+        assert first.get_deployment(1, "old").owner == ""
         assert first.route_version() == 0
         first.claim_unowned()
         second.claim_unowned()  # too late: every row has its owner
-        assert second.get_deployment("old").owner == "a"
+        assert second.get_deployment(1, "old").owner == "a"
     finally:
         first.close()
         second.close()
@@ -173,12 +219,12 @@ def test_owners_placements_and_the_route_counter(db_url: str) -> None:
     deployment = owned.create_deployment(ws.id, "d", [step, step])
     assert deployment.owner == "x" and deployment.placements == ()
     placed = (StepPlacement(True), StepPlacement(False, "grpc+tcp://127.0.0.1:1", "d.1"))
-    running = store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed)
-    assert running.placements == placed == owned.get_deployment("d").placements
+    running = store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=placed)
+    assert running.placements == placed == owned.get_deployment(ws.id, "d").placements
     with pytest.raises(ValueError, match="1 placements for 2 steps"):
-        store.update_deployment("d", DeploymentStatus.RUNNING, placements=placed[:1])
-    assert store.update_deployment("d", DeploymentStatus.STOPPED).placements == ()
-    store.delete_deployment("d")
+        store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=placed[:1])
+    assert store.update_deployment(ws.id, "d", DeploymentStatus.STOPPED).placements == ()
+    store.delete_deployment(ws.id, "d")
     assert owned.route_version() == start + 4  # create, RUNNING, STOPPED, delete (not the refused one)
     store.close()
     owned.close()
@@ -403,9 +449,9 @@ def test_deployments(store: MetadataStore) -> None:
     assert (deployment.name, deployment.workspace_id) == ("pipeline", a.id)
     assert (deployment.status, deployment.steps) == (DeploymentStatus.DEPLOYING, tuple(steps))
     assert deployment.created_at.tzinfo is not None
-    assert store.get_deployment("pipeline") == deployment
+    assert store.get_deployment(a.id, "pipeline") == deployment
 
-    running = store.update_deployment("pipeline", DeploymentStatus.RUNNING)
+    running = store.update_deployment(a.id, "pipeline", DeploymentStatus.RUNNING)
     assert running.status == DeploymentStatus.RUNNING
     with pytest.raises(AlreadyExists, match=r"deployment 'pipeline' already exists \(running\)"):
         store.create_deployment(a.id, "pipeline", steps[:1])
@@ -415,27 +461,27 @@ def test_deployments(store: MetadataStore) -> None:
     assert store.list_deployments(b.id) == [other]
 
     assert not running.failed_by_fault
-    faulted = store.update_deployment("other", DeploymentStatus.FAILED, "port taken", by_fault=True)
+    faulted = store.update_deployment(b.id, "other", DeploymentStatus.FAILED, "port taken", by_fault=True)
     assert (faulted.status, faulted.failed_by_fault) == (DeploymentStatus.FAILED, True)
-    assert store.get_deployment("other").failed_by_fault
-    assert not store.update_deployment("other", DeploymentStatus.RUNNING, by_fault=True).failed_by_fault
-    assert not store.update_deployment("other", DeploymentStatus.FAILED, "bad model").failed_by_fault
+    assert store.get_deployment(b.id, "other").failed_by_fault
+    assert not store.update_deployment(b.id, "other", DeploymentStatus.RUNNING, by_fault=True).failed_by_fault
+    assert not store.update_deployment(b.id, "other", DeploymentStatus.FAILED, "bad model").failed_by_fault
 
-    stopped = store.update_deployment("pipeline", DeploymentStatus.STOPPED, "undeployed by user")
+    stopped = store.update_deployment(a.id, "pipeline", DeploymentStatus.STOPPED, "undeployed by user")
     assert stopped.status_reason == "undeployed by user"
     replaced = store.create_deployment(a.id, "pipeline", steps[:1])
     assert replaced.id != deployment.id
     assert (replaced.status, replaced.steps) == (DeploymentStatus.DEPLOYING, tuple(steps[:1]))
-    assert store.get_deployment("pipeline") == replaced
+    assert store.get_deployment(a.id, "pipeline") == replaced
 
-    store.delete_deployment("other")
+    store.delete_deployment(b.id, "other")
     assert [d.name for d in store.list_deployments()] == ["pipeline"]
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.get_deployment("other")
+        store.get_deployment(b.id, "other")
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.delete_deployment("other")
+        store.delete_deployment(b.id, "other")
     with pytest.raises(NotFound, match="deployment 'other' does not exist"):
-        store.update_deployment("other", DeploymentStatus.FAILED)
+        store.update_deployment(b.id, "other", DeploymentStatus.FAILED)
     with pytest.raises(NotFound, match="workspace 999 does not exist"):
         store.list_deployments(999)
     with pytest.raises(NotFound, match="workspace 999 does not exist"):
@@ -465,8 +511,8 @@ def test_a_new_store_on_the_same_database_keeps_everything(db_url: str) -> None:
     assert after.get_registry(registry.id) == registry
     assert after.get_model_version(version.model_id) == version
     assert after.versions_in_status(ModelStatus.CONVERTING) == [version]
-    assert after.get_deployment("d") == deployment
-    assert after.get_deployment("d").created_at.tzinfo == UTC
+    assert after.get_deployment(ws.id, "d") == deployment
+    assert after.get_deployment(ws.id, "d").created_at.tzinfo == UTC
     after.close()
 
 
@@ -673,35 +719,38 @@ def test_revisions_and_variants_survive_a_reopen_and_go_with_a_replaced_deployme
     one, two = (add_version(store, ws.id, "m", status=ModelStatus.READY) for _ in range(2))
     v1, v2 = DeploymentStep(one.model_id, one.version), DeploymentStep(two.model_id, two.version)
     store.create_deployment(ws.id, "d", [v1], actor="alice")
-    store.update_deployment("d", DeploymentStatus.RUNNING, placements=[StepPlacement(True)])
+    store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=[StepPlacement(True)])
     plan = Plan((v1,), canary=(v2,), canary_percent=10, shadow=(v2,))
-    pending = store.begin_change("d", plan, actor="bob", reason="canary")
+    pending = store.begin_change(ws.id, "d", plan, actor="bob", reason="canary")
     assert (pending.revision, pending.pending_revision) == (1, 2)
     with pytest.raises(FailedPrecondition, match="revision 2 pending"):
-        store.begin_change("d", plan, actor="bob", reason="again")
-    placed = [StepPlacement(False, "grpc+unix:///s", "d@r2c.0")]
-    store.finish_change("d", 2, plan, [StepPlacement(True)], placed, placed)
-    store.begin_change("d", Plan((v2,)), actor="carol", reason="update")
-    store.fail_change("d", 3, "did not load")
+        store.begin_change(ws.id, "d", plan, actor="bob", reason="again")
+    placed = [StepPlacement(False, "grpc+unix:///s", f"{ws.id}/d@r2c.0", "s3cret")]
+    store.finish_change(ws.id, "d", 2, plan, [StepPlacement(True)], placed, placed)
+    store.begin_change(ws.id, "d", Plan((v2,)), actor="carol", reason="update")
+    store.fail_change(ws.id, "d", 3, "did not load")
     store.close()
 
     again = MetadataStore(db_url, owner="me")
-    deployment = again.get_deployment("d")
+    deployment = again.get_deployment(ws.id, "d")
     assert (deployment.revision, deployment.pending_revision, deployment.steps) == (2, 0, (v1,))
     assert (deployment.canary, deployment.canary_percent, deployment.shadow) == ((v2,), 10, (v2,))
     assert deployment.canary_placements == tuple(placed) and deployment.plan == plan
+    with again._engine.connect() as connection:  # the runtime server's secret is stored encrypted
+        (variants,) = connection.execute(sa.text("SELECT variants FROM deployments")).one()
+    assert "s3cret" not in variants and "fernet:" in variants
     assert deployment.status_reason == "revision 3 failed, revision 2 serves: did not load"
-    revisions = again.list_revisions("d")
+    revisions = again.list_revisions(ws.id, "d")
     assert [(r.revision, r.status, r.actor, r.reason) for r in revisions] == [
         (1, RevisionStatus.LIVE, "alice", "deploy"),
         (2, RevisionStatus.LIVE, "bob", "canary"),
         (3, RevisionStatus.FAILED, "carol", "update"),
     ]
     assert revisions[1].plan == plan and revisions[2].status_reason == "did not load"
-    assert [r.revision for r in again.list_revisions("d", limit=1, after=1)] == [2]
+    assert [r.revision for r in again.list_revisions(ws.id, "d", limit=1, after=1)] == [2]
     # Stopped, the placements go; deployed again under the same name, the history starts afresh.
-    stopped = again.update_deployment("d", DeploymentStatus.STOPPED)
+    stopped = again.update_deployment(ws.id, "d", DeploymentStatus.STOPPED)
     assert stopped.canary_placements == () and stopped.canary == (v2,)
     again.create_deployment(ws.id, "d", [v2])
-    assert [r.revision for r in again.list_revisions("d")] == [1]
+    assert [r.revision for r in again.list_revisions(ws.id, "d")] == [1]
     again.close()

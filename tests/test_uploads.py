@@ -267,7 +267,7 @@ def test_refused_upload_keeps_bytes_an_earlier_version_stored(
     assert app.artifacts.exists(first.version.sha256)
 
 
-@pytest.mark.parametrize("framework", ["hugging-face-text-classification", "custom", "tensorflow"])
+@pytest.mark.parametrize("framework", ["hugging-face-text-classification"])
 def test_catalogued_frameworks_without_a_runtime_say_so(
     client: Client, workspace_id: int, tmp_path: Path, framework: str
 ) -> None:

@@ -48,7 +48,7 @@ class FrameworkSpec:
     @property
     def converts_to_onnx(self) -> bool:
         """Uploads are converted to ONNX where possible, with the plug-in's own runtime as the fallback."""
-        return self.plugin is not None and self.plugin.converter is not None
+        return self.plugin is not None and self.plugin.converts(self.name)
 
     @property
     def runtime(self) -> str:
@@ -69,12 +69,19 @@ class FrameworkSpec:
 
     @property
     def forms(self) -> tuple[ArtifactForm, ...]:
-        return self.plugin.forms if self.plugin is not None else self.guide_forms
+        if self.plugin is None:
+            return self.guide_forms
+        return tuple(form for form in self.plugin.forms if form.accepted_for(self.name))
 
     @property
     def archive(self) -> bool:
         """Uploads are zips, checked before anything is stored."""
         return any(form.archive for form in self.forms)
+
+    @property
+    def archive_only(self) -> bool:
+        """Every upload must be a zip (one that is not is refused at upload)."""
+        return all(form.archive for form in self.forms)
 
     @property
     def available(self) -> bool:

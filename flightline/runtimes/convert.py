@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,19 @@ from onnx import helper
 
 from flightline.runtimes import sklearn as pickles
 from flightline.runtimes.catalog import get_framework
+from flightline.runtimes.conversion import (
+    CONVERTED_FILE,
+    ConversionResult,
+    InvalidConversionRequest,
+    difference,
+    first_line,
+    rename_tensor,
+    target_opset,
+)
 
-DEFAULT_TARGET_OPSET = 17
 ML_OPSET = 3  # ai.onnx.ml opset that goes with opset 17
-CONVERTED_FILE = "model.onnx"
+_THIS_CONVERTER = f"{__name__}:convert"  # as plug-ins name it
 _CORE_INPUT = "inputs_core"
-
-
-@dataclass(frozen=True)
-class ConversionResult:
-    onnx_path: Path | None  # set when converted
-    note: str  # why a convertible upload was not converted; "" otherwise
-
-
-class InvalidConversionRequest(ValueError):
-    """The schemas or options of the request do not fit the model; the caller should fix the request."""
 
 
 class _NotConverted(Exception):
@@ -58,9 +55,9 @@ def convert(
     Raises UnknownFramework, InvalidConversionRequest (bad schema or options) and ModelLoadError
     (the artifact cannot be loaded at all)."""
     spec = get_framework(framework)
-    if not spec.converts_to_onnx:
-        return ConversionResult(None, "")
-    opset = _target_opset(options or {})
+    if not spec.converts_to_onnx or spec.plugin is None or spec.plugin.converter != _THIS_CONVERTER:
+        return ConversionResult(None, "")  # served as uploaded, or converted by another plug-in's converter
+    opset = target_opset(options or {})
     estimator = pickles.load_estimator(artifact)
     try:
         layout = pickles.input_layout(estimator, input_schema)
@@ -77,19 +74,6 @@ def convert(
     onnx_path = out_dir / CONVERTED_FILE
     onnx.save_model(model, onnx_path)
     return ConversionResult(onnx_path, "")
-
-
-def _target_opset(options: Mapping[str, str]) -> int:
-    raw = options.get("target_opset", str(DEFAULT_TARGET_OPSET))
-    try:
-        opset = int(raw)
-    except ValueError:
-        raise InvalidConversionRequest(f"option target_opset must be an integer, got {raw!r}") from None
-    if not 9 <= opset <= onnx.defs.onnx_opset_version():
-        raise InvalidConversionRequest(
-            f"option target_opset must be between 9 and {onnx.defs.onnx_opset_version()}, got {opset}"
-        )
-    return opset
 
 
 def _convert_pickle(
@@ -150,7 +134,7 @@ def _skl2onnx(
         raise _NotConverted(f"skl2onnx has no converter for {_unsupported_class(exc, estimator)}") from exc
     except Exception as exc:  # converters fail in many ways; each is a reason not to convert
         raise _NotConverted(
-            f"skl2onnx could not convert {_class_name(estimator)}: {type(exc).__name__}: {_first_line(exc)}"
+            f"skl2onnx could not convert {_class_name(estimator)}: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     return model
 
@@ -218,27 +202,14 @@ def _with_schema_names(
     del graph.output[:]
     # Free the served names first: converters may already use them for other tensors.
     for index, value in enumerate(produced):
-        _rename_tensor(graph, value.name, f"{value.name}__out{index}")
+        rename_tensor(graph, value.name, f"{value.name}__out{index}")
         value.name = f"{value.name}__out{index}"
     for _, column in outputs:
-        _rename_tensor(graph, column, f"{column}__inner")
+        rename_tensor(graph, column, f"{column}__inner")
     for value, (_, column) in zip(produced, outputs, strict=False):
         declared = output_schema.field(column).type if output_schema is not None else None
         graph.output.append(_renamed_output(graph, value, column, declared))
     return model
-
-
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Renames a tensor of the top-level graph (converters for these estimators build no subgraphs)."""
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for initializer in graph.initializer:
-        if initializer.name == old:
-            initializer.name = new
-    for value_info in graph.value_info:
-        if value_info.name == old:
-            value_info.name = new
 
 
 def _renamed_output(
@@ -278,7 +249,7 @@ def _verify(
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime rejects graphs the converter got wrong
         raise _NotConverted(
-            f"onnxruntime cannot load the converted {_class_name(estimator)}: {_first_line(exc)}"
+            f"onnxruntime cannot load the converted {_class_name(estimator)}: {first_line(exc)}"
         ) from exc
     columns = [column for _, column in outputs]
 
@@ -293,32 +264,15 @@ def _verify(
         got: list[npt.NDArray[Any]] = session.run(columns, {"inputs": batch})
     except Exception as exc:  # either side failing means the conversion cannot be trusted
         raise _NotConverted(
-            f"could not check the conversion on a synthetic batch: {_first_line(exc)}"
+            f"could not check the conversion on a synthetic batch: {first_line(exc)}"
         ) from exc
     for column, want, have in zip(columns, expected, got, strict=True):
-        problem = _difference(want, np.asarray(have))
+        problem = difference(want, np.asarray(have))
         if problem:
             raise _NotConverted(
                 f"the ONNX conversion of {_class_name(estimator)} disagrees with the original on a "
                 f"synthetic batch: {column} {problem}"
             )
-
-
-def _difference(want: npt.NDArray[Any], have: npt.NDArray[Any]) -> str:
-    """'' when the converted output matches: labels exactly, numbers within float32 error."""
-    if want.size != have.size:
-        return f"has shape {have.shape}, expected {want.shape}"
-    want = want.reshape(have.shape)
-    if want.dtype.kind not in "biuf" or have.dtype.kind not in "biuf":
-        mismatched = int(np.count_nonzero(want.astype(str) != have.astype(str)))
-        return f"differs in {mismatched} of {len(want)} rows" if mismatched else ""
-    if want.dtype.kind in "biu":
-        mismatched = int(np.count_nonzero(want != have))
-        return f"differs in {mismatched} of {len(want)} rows" if mismatched else ""
-    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
-    if np.allclose(have, want, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):
-        return ""
-    return f"differs by up to {float(np.max(np.abs(have - want))):.3g}"
 
 
 def _onnx_type(dtype: np.dtype[Any]) -> int:
@@ -336,8 +290,3 @@ def _class_name(estimator: Any) -> str:
 def _unsupported_class(exc: Exception, estimator: Any) -> str:
     named = re.search(r"<class '([\w.]+)'>", str(exc))
     return named.group(1) if named else _class_name(estimator)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,6 +19,7 @@ NOT_FOUND or UNIMPLEMENTED. So every handler of a `FlightService` is wrapped (`_
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -94,6 +95,8 @@ def client_error(exc: BaseException, where: str) -> BaseException:
     error: BaseException
     if isinstance(exc, flight.FlightCancelledError | flight.FlightTimedOutError):
         error = exc  # the client gave up on the call; it reads nothing more
+    elif isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnavailableError):
+        error = exc  # raised with words meant for the client (credentials, a caller's limit)
     elif isinstance(exc, Unavailable):
         log.warning("%s: %s (%s)", where, exc, exc.__cause__ or "no cause")
         error = flight.FlightUnavailableError(str(exc))
@@ -132,6 +135,52 @@ def _guarded_iterator(name: str, results: Iterator[Any]) -> Iterator[Any]:
         yield from results
     except Exception as exc:
         raise client_error(exc, name) from None
+
+
+RUNTIME_SECRET_HEADER: Final = "x-flightline-runtime-secret"
+
+
+class SecretMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    """Admits only callers that send `secret` in RUNTIME_SECRET_HEADER: a runtime server started by the
+    backend serves its front door (and backend), never a client that found its socket or port."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self._secret = secret.encode()
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[Any]]) -> None:
+        sent = headers.get(RUNTIME_SECRET_HEADER) or [b""]
+        value = sent[0].encode() if isinstance(sent[0], str) else bytes(sent[0])
+        if not hmac.compare_digest(value, self._secret):
+            raise flight.FlightUnauthenticatedError(
+                "runtime servers serve the front door only; call the deployment at its flight_location"
+            )
+
+
+class HeadersMiddleware(flight.ClientMiddleware):  # type: ignore[misc]
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__()
+        self._headers = headers
+
+    def sending_headers(self) -> dict[str, str]:
+        return self._headers
+
+
+class HeadersFactory(flight.ClientMiddlewareFactory):  # type: ignore[misc]
+    """Sends fixed headers on every call of a FlightClient (`flight.connect(..., middleware=[...])`)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__()
+        self._headers = headers
+
+    def start_call(self, info: flight.CallInfo) -> HeadersMiddleware:
+        return HeadersMiddleware(self._headers)
+
+
+def runtime_client(location: str, secret: str, **options: Any) -> flight.FlightClient:
+    """A client of a runtime server that sends its secret (none when `secret` is empty)."""
+    middleware = [HeadersFactory({RUNTIME_SECRET_HEADER: secret})] if secret else []
+    return flight.connect(location, middleware=middleware, **options)
 
 
 class FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
-from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, artifact_file
-from flightline.runtimes.rules import as_tensor, from_tensor, is_open, tensor_shape, tensor_type
+from flightline.runtimes.base import (
+    ModelLoadError,
+    ModelSpec,
+    Runtime,
+    artifact_file,
+    default_intra_op_threads,
+)
+from flightline.runtimes.ports import Port, port_field, served_ports
+from flightline.runtimes.rules import as_tensor, from_tensor, numpy_dtype
 
 ONNX_TYPES: dict[str, pa.DataType] = {
     "tensor(float)": pa.float32(),
@@ -33,10 +39,6 @@ ONNX_TYPES: dict[str, pa.DataType] = {
     "tensor(string)": pa.string(),
 }
 
-# One intra-op thread is fastest for small models and leaves the other core to the Flight transport;
-# a model with megabytes of weights is dominated by matrix products and gets every core (measured with
-# the benchmark's models A and B). `options["intra_op_threads"]` overrides both.
-HEAVY_MODEL_BYTES = 1 << 20
 # onnxruntime prefixes messages with its build's source location and C++ signature; users need neither.
 _ORT_SOURCE = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:[^()]*\([^)]*\) )?")
 
@@ -46,25 +48,7 @@ def _ort_message(error: Exception, path: Path) -> str:
     return _ORT_SOURCE.sub("", str(error)).replace(os.fspath(path), path.name)
 
 
-@dataclass(frozen=True)
-class _Port:
-    """One graph input or output: its name, element type and per-row dimensions (None = dynamic)."""
-
-    name: str
-    leaf: pa.DataType
-    dims: tuple[int | None, ...]
-
-    @property
-    def fixed(self) -> bool:
-        return all(d is not None for d in self.dims)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The per-row shape of a `fixed` port."""
-        return tuple(d for d in self.dims if d is not None)
-
-
-def _ports(kind: str, args: list[ort.NodeArg]) -> list[_Port]:
+def _ports(kind: str, args: list[ort.NodeArg]) -> list[Port]:
     ports = []
     for arg in args:
         leaf = ONNX_TYPES.get(arg.type)
@@ -87,56 +71,19 @@ def _ports(kind: str, args: list[ort.NodeArg]) -> list[_Port]:
                 "model with a dynamic first dimension"
             )
         dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in shape[1:])
-        ports.append(_Port(arg.name, leaf, dims))
+        ports.append(Port(arg.name, leaf, dims))
     return ports
 
 
-def _match(kind: str, ports: list[_Port], declared: pa.Schema) -> list[tuple[_Port, pa.Field]]:
-    """Pairs graph ports with user-declared fields: by name when the names agree, else in order."""
-    if set(declared.names) == {p.name for p in ports}:
-        by_name = {p.name: p for p in ports}
-        return [(by_name[f.name], f) for f in declared]
-    if len(declared) != len(ports):
-        raise ModelLoadError(
-            f"the declared {kind} schema has {len(declared)} columns {declared.names} but "
-            f"the model has {len(ports)} {kind}s {[p.name for p in ports]}"
-        )
-    return list(zip(ports, declared, strict=True))
-
-
-def _resolve(kind: str, port: _Port, field: pa.Field) -> _Port:
-    """The port with dynamic dimensions fixed by a compatible declared field; ModelLoadError otherwise."""
-    leaf, shape = tensor_shape(field.type)
-    wanted = f"{kind} '{port.name}' (declared as '{field.name}: {field.type}')"
-    if not leaf.equals(port.leaf):
-        raise ModelLoadError(f"{wanted}: the model's element type is {port.leaf}, not {leaf}")
-    if len(shape) != len(port.dims) or any(
-        d is not None and d != s for d, s in zip(port.dims, shape, strict=False)
-    ):
-        graph_dims = ["?" if d is None else d for d in port.dims]
-        raise ModelLoadError(f"{wanted}: the model's per-row shape is {graph_dims}, not {list(shape)}")
-    return _Port(port.name, leaf, shape)
-
-
-def _field(kind: str, name: str, port: _Port) -> pa.Field:
-    if not port.fixed:
-        graph_dims = ["?" if d is None else d for d in port.dims]
-        raise ModelLoadError(
-            f"{kind} '{port.name}' has dynamic per-row shape {graph_dims}; declare a fixed "
-            f"shape in the {kind} schema (e.g. fixed_size_list<{port.leaf}>[n])"
-        )
-    return pa.field(name, tensor_type(port.leaf, port.shape))
-
-
-def _zero_row(port: _Port) -> np.ndarray:
-    dtype: Any = object if port.leaf.equals(pa.string()) else port.leaf.to_pandas_dtype()
-    return np.zeros((1, *port.shape), dtype=dtype)
+def _zero_row(port: Port) -> np.ndarray:
+    return np.zeros((1, *port.shape), dtype=numpy_dtype(port.leaf))
 
 
 def _session_options(spec: ModelSpec, path: Path) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    default_threads = (os.cpu_count() or 1) if path.stat().st_size >= HEAVY_MODEL_BYTES else 1
-    options.intra_op_num_threads = int(spec.options.get("intra_op_threads", default_threads))
+    # base.default_intra_op_threads: one thread for small models, the CPU share for heavy ones;
+    # `options["intra_op_threads"]` overrides it.
+    options.intra_op_num_threads = int(spec.options.get("intra_op_threads", default_intra_op_threads(path)))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -177,31 +124,22 @@ class OnnxRuntime(Runtime):
         inputs = _ports("input", session.get_inputs())
         outputs = _ports("output", session.get_outputs())
 
-        if spec.input_schema is not None and not is_open(spec.input_schema):
-            pairs = [(f.name, _resolve("input", p, f)) for p, f in _match("input", inputs, spec.input_schema)]
-        else:
-            pairs = [(p.name, p) for p in inputs]
-        input_schema = pa.schema([_field("input", name, port) for name, port in pairs])
+        pairs = served_ports("input", inputs, spec.input_schema)
+        input_schema = pa.schema([port_field("input", name, port) for name, port in pairs])
         feeds = [port.name for _, port in pairs]
-
-        if spec.output_schema is not None and not is_open(spec.output_schema):
-            out_pairs = [
-                (f.name, _resolve("output", p, f)) for p, f in _match("output", outputs, spec.output_schema)
-            ]
-        else:
-            out_pairs = [(p.name, p) for p in outputs]
+        out_pairs = served_ports("output", outputs, spec.output_schema)
         if not all(port.fixed for _, port in out_pairs):
             out_pairs = cls._probe_output_shapes(session, pairs, out_pairs, path)
-        output_schema = pa.schema([_field("output", name, port) for name, port in out_pairs])
+        output_schema = pa.schema([port_field("output", name, port) for name, port in out_pairs])
         return cls(session, feeds, input_schema, [port.name for _, port in out_pairs], output_schema)
 
     @staticmethod
     def _probe_output_shapes(
         session: ort.InferenceSession,
-        inputs: list[tuple[str, _Port]],
-        outputs: list[tuple[str, _Port]],
+        inputs: list[tuple[str, Port]],
+        outputs: list[tuple[str, Port]],
         path: Path,
-    ) -> list[tuple[str, _Port]]:
+    ) -> list[tuple[str, Port]]:
         """Output shapes the graph leaves dynamic, found by running one row of zeros."""
         try:
             results = session.run([p.name for _, p in outputs], {p.name: _zero_row(p) for _, p in inputs})
@@ -211,7 +149,7 @@ class OnnxRuntime(Runtime):
                 f"({_ort_message(error, path)}); declare the output schema"
             ) from error
         return [
-            (name, _Port(port.name, port.leaf, tuple(result.shape[1:])))
+            (name, Port(port.name, port.leaf, tuple(result.shape[1:])))
             for (name, port), result in zip(outputs, results, strict=True)
         ]
 

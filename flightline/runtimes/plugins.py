@@ -39,6 +39,11 @@ class ArtifactForm:
     suffix: str  # ".onnx", ".pkl", ".py", ".zip", ...; "" = any file
     description: str  # "ONNX model (.onnx)"
     archive: bool = False  # a zip that is checked at upload and unpacked for the runtime
+    # The plug-in's frameworks this form is for; () = all of them (e.g. .h5 is Keras, not TensorFlow).
+    frameworks: tuple[str, ...] = ()
+
+    def accepted_for(self, framework: str) -> bool:
+        return not self.frameworks or framework in self.frameworks
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,23 @@ class Plugin:
     # Modules needed for one framework only, e.g. xgboost pickles need xgboost besides sklearn.
     framework_requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     install_hint: str = ""  # what to install when not available
+    # "module:function" (archive: Path) -> (requirements, python_version): what the model itself says it
+    # needs (an MLflow model's requirements.txt, a BYOP zip's), recorded on the version at upload so its
+    # environment is built from it. Runs in the control plane: it reads text entries of the checked
+    # archive and never imports or runs the model's code; its module imports nothing heavy at the top.
+    own_requirements: str | None = None
+    # Its models always run in an environment built for them (their requirements on top of its family
+    # row in hosting/environments.py FAMILIES), never on the server's own packages.
+    own_environment: bool = False
+    # Declared schemas may hold variable-size list columns (ragged rows), which other runtimes refuse:
+    # the guide's answer for such shapes is BYOP.
+    variable_lists: bool = False
+    # Frameworks served as uploaded, never given to the converter (TensorFlow SavedModels are native).
+    unconverted: tuple[str, ...] = ()
+
+    def converts(self, framework: str) -> bool:
+        """Uploads of `framework` go through the converter first."""
+        return self.converter is not None and framework not in self.unconverted
 
     @property
     def unpacks(self) -> bool:
@@ -100,6 +122,8 @@ class Plugin:
             return f"the {self.name} runtime needs {', '.join(missing)}: {self.install_hint}"
         return ""
 
+
+_ZIP_OF = "zip archive (.zip)"
 
 PLUGINS: tuple[Plugin, ...] = (
     Plugin(
@@ -152,6 +176,80 @@ PLUGINS: tuple[Plugin, ...] = (
         requires=("sklearn", "joblib"),
         framework_requires=(("xgboost", ("xgboost",)),),
         install_hint="pip install scikit-learn joblib xgboost",
+    ),
+    Plugin(
+        name="pyfunc",
+        entry="flightline.runtimes.pyfunc:PyfuncRuntime",
+        frameworks=("mlflow",),
+        forms=(ArtifactForm(".zip", f"MLflow model directory as a {_ZIP_OF}", archive=True),),
+        # Not a family built ahead: each model runs in an environment built at upload from its own
+        # requirements (`own_environment`), which the server's packages never stand in for.
+        environment=SERVER_ENVIRONMENT,
+        # A PythonModel's predict is user code that may keep state; nothing says it is reentrant.
+        concurrent=False,
+        trusted_artifacts=False,  # cloudpickled models and models-from-code run the author's code
+        native=False,
+        describe="flightline.runtimes.pyfunc:describe",
+        own_requirements="flightline.runtimes.pyfunc:own_requirements",
+        own_environment=True,
+    ),
+    Plugin(
+        name="byop",
+        entry="flightline.runtimes.byop:ByopRuntime",
+        frameworks=("custom",),
+        forms=(ArtifactForm(".zip", f"Arbitrary Python (BYOP) {_ZIP_OF}: scripts, artifacts", archive=True),),
+        environment=SERVER_ENVIRONMENT,  # or its own, from the zip's requirements.txt
+        concurrent=False,  # user code
+        trusted_artifacts=False,
+        native=False,
+        describe="flightline.runtimes.byop:describe",
+        own_requirements="flightline.runtimes.byop:own_requirements",
+        variable_lists=True,
+    ),
+    Plugin(
+        name="tensorflow",
+        entry="flightline.runtimes.tensorflow:TensorflowRuntime",
+        # One framework, several forms, told apart by content (flightline.runtimes.keras_convert): a Keras
+        # upload is converted to ONNX where tf2onnx can, else served here as a SavedModel.
+        frameworks=("tensorflow", "keras"),
+        forms=(
+            ArtifactForm(".zip", "SavedModel folder as .zip", archive=True),
+            ArtifactForm(".h5", "Keras HDF5 (.h5), Keras 3 or Keras 2", frameworks=("keras",)),
+            ArtifactForm(".keras", "Keras native format (.keras)", frameworks=("keras",)),
+        ),
+        environment="tensorflow",
+        # A SavedModel signature is a graph function; TensorFlow runs concurrent calls of one function
+        # safely, each on the shared inter/intra-op pools (sized from the cores at load).
+        concurrent=True,
+        # Not data: TensorFlow graphs can read and write files (ReadFile/WriteFile ops) and Keras files
+        # can hold Lambda layers, so they run on the workspace's own sandboxed runtime server.
+        trusted_artifacts=False,
+        native=True,  # the guide's native tensorflow runtime
+        converter="flightline.runtimes.keras_convert:convert",
+        describe="flightline.runtimes.tensorflow:describe",
+        requires=("tensorflow", "tf2onnx"),
+        install_hint="flightline runtimes install tensorflow",
+        unconverted=("tensorflow",),
+    ),
+    Plugin(
+        name="torchscript",
+        entry="flightline.runtimes.torchscript:TorchScriptRuntime",
+        frameworks=("pytorch",),
+        forms=(
+            ArtifactForm(".pt", "TorchScript (.pt)"),
+            ArtifactForm(".pth", "TorchScript (.pth)"),
+            ArtifactForm("", "TorchScript under any name"),
+        ),
+        environment="torch",
+        # Serialized: scripted code may assign module attributes in forward(), and torch's intra-op
+        # pool already spreads one call over the cores it was given.
+        concurrent=False,
+        trusted_artifacts=False,  # TorchScript is a program (it can call torch.ops of any loaded library)
+        native=False,  # the guide's onnx/flight: native only once converted
+        converter="flightline.runtimes.torch_convert:convert",
+        describe="flightline.runtimes.torchscript:describe",
+        requires=("torch",),
+        install_hint="flightline runtimes install torch",
     ),
 )
 

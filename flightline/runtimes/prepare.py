@@ -9,8 +9,8 @@ subprocess of the control plane, under memory and time limits:
 Schema files hold Arrow IPC serialized schemas. On success the process writes
 `OUTDIR/input_schema.arrow` and `OUTDIR/output_schema.arrow` (each only when there is a schema) and
 prints one JSON line `{"runtime": <plug-in name>, "artifact": <path relative to OUTDIR, or "" for the
-original>, "note": <why a convertible upload was not converted, or "">}`; on failure it prints
-`{"error": <reason>}`. Exit codes: 0 done, 2 bad request, 3 the model cannot be served.
+original>, "note": <which conversion route won and why others did not, or why it was not converted>}`;
+on failure it prints `{"error": <reason>}`. Exit codes: 0 done, 2 bad request, 3 the model cannot be served.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class InvalidPrepareRequest(ValueError):
 @dataclass(frozen=True)
 class Preparation:
     runtime: str  # the plug-in that serves the result
-    artifact: Path | None  # the converted file; None: the original is served
+    artifact: Path | None  # the converted (or re-exported) file; None: the original is served
     input_schema: pa.Schema | None
     output_schema: pa.Schema | None
     note: str = ""
@@ -65,7 +65,8 @@ def prepare(
     get_framework(framework)  # UnknownFramework names the valid ones
     accepting = for_framework(framework)
     note = ""
-    if accepting.converter is not None:
+    served = artifact
+    if accepting.converter is not None and accepting.converts(framework):
         convert = load_attribute(accepting.converter)
         result = convert(
             framework,
@@ -78,10 +79,11 @@ def prepare(
         if result.onnx_path is not None:
             target = for_framework(CONVERTED_FRAMEWORK)
             served_in, served_out = _describe(target, result.onnx_path, input_schema, output_schema)
-            return Preparation(target.name, Path(result.onnx_path), served_in, served_out)
+            return Preparation(target.name, Path(result.onnx_path), served_in, served_out, result.note)
         note = result.note
-    served_in, served_out = _describe(accepting, artifact, input_schema, output_schema)
-    return Preparation(accepting.name, None, served_in, served_out, note)
+        served = result.served_path or artifact
+    served_in, served_out = _describe(accepting, served, input_schema, output_schema)
+    return Preparation(accepting.name, None if served is artifact else served, served_in, served_out, note)
 
 
 def _describe(

@@ -8,40 +8,17 @@ columns; without a declared output schema its output columns are whatever the sc
 from __future__ import annotations
 
 import ast
-import importlib.machinery
-import importlib.util
-import itertools
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Self
 
 import pandas as pd
 import pyarrow as pa
 
 from flightline.runtimes.base import ModelLoadError, ModelSpec, Runtime, artifact_file
+from flightline.runtimes.scripts import load_module
 
 ENTRY_POINT = "wallaroo_json"
-_module_ids = itertools.count()
-
-
-def _load_module(path: Path) -> ModuleType:
-    """Runs the script as its own module, so two steps in one process never share globals."""
-    name = f"flightline_step_{next(_module_ids)}_{path.stem}"
-    # An explicit source loader: stored artifacts are named by their sha256, without a .py suffix.
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    module_spec = importlib.util.spec_from_loader(name, loader)
-    if module_spec is None:
-        raise ModelLoadError(f"{path.name} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
-    try:
-        loader.exec_module(module)
-    except Exception as error:
-        sys.modules.pop(name, None)
-        raise ModelLoadError(f"{path.name} failed to import: {type(error).__name__}: {error}") from error
-    return module
 
 
 def _to_batch(result: Any) -> pa.RecordBatch:
@@ -76,7 +53,7 @@ class PythonStepRuntime(Runtime):
     @classmethod
     def load(cls, spec: ModelSpec) -> Self:
         path = artifact_file(spec.artifact, ".py", "script")
-        function = getattr(_load_module(path), ENTRY_POINT, None)
+        function = getattr(load_module(path), ENTRY_POINT, None)
         if not callable(function):
             raise ModelLoadError(
                 f"{path.name} does not define a function {ENTRY_POINT}(data: pandas.DataFrame)"

@@ -38,6 +38,14 @@ _NUMERIC = (
 _NUMPY_DTYPES: dict[pa.DataType, np.dtype] = {pa.from_numpy_dtype(d): np.dtype(d) for d in _NUMERIC}
 
 
+def numpy_dtype(leaf: pa.DataType) -> np.dtype:
+    """The numpy dtype of a tensor leaf type (object for strings and other non-numeric leaves), without
+    pyarrow's pandas shim, which family environments do not have."""
+    if pt.is_boolean(leaf):
+        return np.dtype(bool)
+    return _NUMPY_DTYPES.get(leaf, np.dtype(object))
+
+
 def is_open(schema: pa.Schema) -> bool:
     """True for the empty schema, which a runtime uses to say "I accept (or produce) any columns"."""
     return len(schema) == 0
@@ -299,10 +307,11 @@ def check_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return BatchRules(schema).check(batch)
 
 
-def check_schema(what: str, schema: pa.Schema) -> None:
+def check_schema(what: str, schema: pa.Schema, *, variable_lists: bool = False) -> None:
     """A declared schema must describe what the rules above accept, so a model is never registered
     with a contract no batch can meet: tensors of a fixed shape (nested fixed-size lists; a
-    variable-size list allows ragged rows) and of one dtype (no union, struct or map)."""
+    variable-size list allows ragged rows) and of one dtype (no union, struct or map). A runtime that
+    takes ragged data (BYOP) allows variable-size lists (`variable_lists`)."""
     for field in schema:
         column_type = field.type
         while True:
@@ -310,6 +319,9 @@ def check_schema(what: str, schema: pa.Schema) -> None:
                 raise InvalidInput(
                     f"{what}: field '{field.name}' mixes value types ({field.type}); a tensor holds one dtype"
                 )
+            if (pt.is_list(column_type) or pt.is_large_list(column_type)) and variable_lists:
+                column_type = column_type.value_type
+                continue
             if pt.is_list(column_type) or pt.is_large_list(column_type):
                 raise InvalidInput(
                     f"{what}: field '{field.name}' is a variable-size list ({field.type}); tensors have a "

@@ -54,6 +54,7 @@ from flightline.runtimes.flight_service import (
     FlightService,
     InvalidArgument,
     NotFound,
+    SecretMiddlewareFactory,
     Unimplemented,
 )
 from flightline.runtimes.host import MODES, Host, Mode, ModelOutputError, parse_mode
@@ -68,6 +69,7 @@ FRONT_DOOR_HINT: Final = (
 )
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
 EXIT_WITH_STDIN: Final = "--exit-with-stdin"
+SECRET_STDIN: Final = "--secret-stdin"
 SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 ACTIONS: Final = {
@@ -359,6 +361,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how long open streams may keep the process alive after SIGTERM",
     )
     parser.add_argument(
+        SECRET_STDIN,
+        action="store_true",
+        help="read a secret from the first line of stdin and serve only callers that send it in the "
+        "x-flightline-runtime-secret header (how the server's backend starts runtime servers)",
+    )
+    parser.add_argument(
         EXIT_WITH_STDIN,
         action="store_true",
         help="shut down at the end of stdin, i.e. when the parent holding its pipe closes it or dies "
@@ -391,6 +399,16 @@ def _stop_at_end_of_stdin(stop: threading.Event) -> None:
     threading.Thread(target=watch, daemon=True, name="stdin-watch").start()
 
 
+def _first_line_of_stdin() -> str:
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 4096:
+        byte = os.read(0, 1)  # one byte at a time: what follows stays for the stdin watch
+        if not byte:
+            break
+        line += byte
+    return line.decode(errors="replace").strip()
+
+
 def _shutdown(server: RuntimeServer, grace: float) -> None:
     if not server.close(grace):
         # The interpreter's own exit would call shutdown() again and wait forever: end the streams with it.
@@ -409,8 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         # A socket left by a killed predecessor would make the bind fail; it is ours to replace.
         with contextlib.suppress(OSError):
             Path(args.listen.removeprefix("grpc+unix://")).unlink(missing_ok=True)
+    kwargs: dict[str, Any] = {}
+    if args.secret_stdin:  # before anything else reads stdin; never on the command line (ps shows it)
+        secret = _first_line_of_stdin()
+        if not secret:
+            print("no secret on stdin", file=sys.stderr, flush=True)
+            return 2
+        kwargs["middleware"] = {"secret": SecretMiddlewareFactory(secret)}
     try:
-        server = RuntimeServer(args.artifacts.resolve(), args.listen)
+        server = RuntimeServer(args.artifacts.resolve(), args.listen, **kwargs)
     except Exception as error:  # pyarrow says only "Server did not start properly"; gRPC logged why
         print(f"cannot listen on {args.listen}: {error}", file=sys.stderr, flush=True)
         return LISTEN_ERROR_EXIT_CODE

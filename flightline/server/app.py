@@ -7,15 +7,22 @@ Everything lives on the App instance; there is no global state.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent import futures
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from flightline.server.access.audit import Recorder
+from flightline.server.access.authn import Authenticator, bootstrap_admin
+from flightline.server.access.quotas import CallerLimits
 from flightline.server.api import reflection
+from flightline.server.api.access import AccessServicer
+from flightline.server.api.auth import AuthInterceptor, Authorizer
 from flightline.server.api.calls import CallInterceptor, SlowLane
 from flightline.server.api.deployments import DeploymentServicer
 from flightline.server.api.models import ModelServicer
@@ -25,12 +32,13 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
-from flightline.server.dataplane.routes import Router
+from flightline.server.dataplane.routes import Router, route_key
 from flightline.server.hosting.environments import Environments
 from flightline.server.hosting.local import LocalBackend
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
 from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
+from flightline.server.services.access import AccessService
 from flightline.server.services.changes import Changes
 from flightline.server.services.deployments import DeploymentService, resumable
 from flightline.server.services.models import ModelService
@@ -40,7 +48,10 @@ from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
 from flightline.server.store.records import DeploymentStatus
+from flightline.server.store.secrets import Secrets, load_keys
 from flightline.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     model_pb2,
@@ -59,6 +70,7 @@ SERVICES = [
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     model_pb2.DESCRIPTOR.services_by_name["ModelService"],
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"],
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"],
 ]
 
 
@@ -73,10 +85,48 @@ def _open_store(settings: Settings) -> tuple[Path, str, MetadataStore]:
     # metadata database (registry tokens) nor the artifacts of other models.
     data = private_dir(settings.data_dir.resolve())
     instance = instance_id(settings.instance_id, data)
-    store = MetadataStore(settings.metadata_url, owner=instance)
+    database = data / "flightline.db"
+    if not settings.database_url and not database.exists():  # created owner-only before SQLite opens it
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    secrets = Secrets(load_keys(settings.secret_key, data))
+    store = MetadataStore(settings.metadata_url, owner=instance, secrets=secrets)
     if not settings.database_url:
-        private_file(data / "flightline.db")
+        for path in data.glob("flightline.db*"):
+            private_file(path)
     return data, instance, store
+
+
+def _read(path: str) -> bytes:
+    return Path(path).expanduser().read_bytes()
+
+
+def flight_tls(settings: Settings) -> dict[str, Any]:
+    """FlightServerBase options for TLS (and mTLS) from settings; {} without TLS."""
+    if not settings.tls:
+        return {}
+    import pyarrow.flight as flight
+
+    options: dict[str, Any] = {
+        "tls_certificates": [flight.CertKeyPair(_read(settings.tls_cert), _read(settings.tls_key))]
+    }
+    if settings.tls_client_ca:
+        options["verify_client"] = True
+        options["root_certificates"] = _read(settings.tls_client_ca)
+    return options
+
+
+def flight_scheme(settings: Settings) -> str:
+    return "grpc+tls" if settings.tls else "grpc+tcp"
+
+
+class Access:
+    """What both planes share to check callers: built once per server process."""
+
+    def __init__(self, settings: Settings, store: MetadataStore, data: Path) -> None:
+        self.authenticator = Authenticator(store, ttl=settings.token_cache_seconds)
+        self.limits = CallerLimits(settings.caller_max_uploads, settings.caller_max_streams)
+        store.encrypt_clear_tokens()  # rows written before migration 0005
+        self.admin_token_file = bootstrap_admin(store, data, settings.bootstrap_token)
 
 
 class App:
@@ -87,6 +137,7 @@ class App:
         if self.role == "frontdoor":
             raise ValueError("role frontdoor is served by FrontDoorApp (see build())")
         data, self.instance_id, self.store = _open_store(settings)
+        self.access = Access(settings, self.store, data)
         # Outside the data folder, which the sandbox user cannot traverse: runtimes' specs and artifacts.
         self.sandbox = Sandbox.temporary()
         self.artifacts = ArtifactStore(settings.artifact_url)
@@ -124,8 +175,15 @@ class App:
         self.front_door: FrontDoor | None = None
         self.flight_location = settings.public_flight_location
         if self.role == "all":
-            self.front_door = FrontDoor(self.router, f"grpc+tcp://{settings.host}:{settings.flight_port}")
-            self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+            scheme = flight_scheme(settings)
+            self.front_door = FrontDoor(
+                self.router,
+                f"{scheme}://{settings.host}:{settings.flight_port}",
+                authenticator=self.access.authenticator,
+                limits=self.access.limits,
+                **flight_tls(settings),
+            )
+            self.flight_location = f"{scheme}://{settings.host}:{self.front_door.port}"
         if settings.runtime_transport not in ("unix", "tcp"):
             raise ValueError(f"runtime_transport must be 'unix' or 'tcp', not {settings.runtime_transport!r}")
         self.backend = LocalBackend(
@@ -158,8 +216,18 @@ class App:
             settings.route_poll_seconds,
             "follow-deployments",
         )
+        self.audit = Recorder(self.store)
         self.grpc_server = self._grpc_server()
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        if settings.tls:
+            credentials = grpc.ssl_server_credentials(
+                [(_read(settings.tls_key), _read(settings.tls_cert))],
+                root_certificates=_read(settings.tls_client_ca) if settings.tls_client_ca else None,
+                require_client_auth=bool(settings.tls_client_ca),
+            )
+            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self.grpc_server.add_insecure_port(address)
         self.metrics_port = self.observer.metrics.serve(settings.host, settings.metrics_port)  # -1: off
 
     @property
@@ -196,6 +264,7 @@ class App:
         closed = self.front_door is None or self.front_door.close(grace=self.settings.shutdown_grace)
         grpc_stopped.wait()
         self._follow.close()
+        self.audit.close()
         self.models.close()
         self.deployments.close()
         self.sandbox.close()
@@ -216,14 +285,26 @@ class App:
             interceptors=[
                 ObserveInterceptor(self.observer),
                 ErrorInterceptor(),
+                AuthInterceptor(
+                    self.access.authenticator,
+                    Authorizer(self.store),
+                    self.audit,
+                    self.access.limits,
+                ),
                 CallInterceptor(self.slow_lane),
             ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", self.settings.max_request_bytes),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(self.workspaces), server)
+        forget = self.access.authenticator.forget
+        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+            WorkspaceServicer(self.workspaces, forget), server
+        )
+        access_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessServicer(AccessService(self.store, self.access.authenticator)), server
+        )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registries), server)
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
@@ -246,11 +327,12 @@ class FrontDoorApp:
         self.settings = settings
         self.role = "frontdoor"
         data, self.instance_id, self.store = _open_store(settings)
+        self.access = Access(settings, self.store, data)
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.router = Router()
         # Until the first sync routes them, the deployments that run get UNAVAILABLE (retry), not NOT_FOUND.
         self.router.expect(
-            d.name
+            route_key(d.workspace_id, d.name)
             for d in self.store.list_deployments()
             if d.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING)
         )
@@ -261,12 +343,16 @@ class FrontDoorApp:
             data / "work" / "cache",
             period=settings.route_poll_seconds,
         )
+        scheme = flight_scheme(settings)
         self.front_door = FrontDoor(
             self.router,
-            f"grpc+tcp://{settings.host}:{settings.flight_port}",
+            f"{scheme}://{settings.host}:{settings.flight_port}",
             ready=lambda: self.route_sync.ready,
+            authenticator=self.access.authenticator,
+            limits=self.access.limits,
+            **flight_tls(settings),
         )
-        self.flight_location = f"grpc+tcp://{settings.host}:{self.front_door.port}"
+        self.flight_location = f"{scheme}://{settings.host}:{self.front_door.port}"
 
     def start(self) -> FrontDoorApp:
         self.route_sync.start()

@@ -4,6 +4,7 @@ uploads and Flight exchanges are implemented there once and used here."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +33,15 @@ from flightline.v1 import (
 __all__ = ["Client", "every_page", "infer"]
 
 
+def _token(token: str | None) -> str | None:
+    return token if token is not None else os.environ.get("FLIGHTLINE_TOKEN") or None
+
+
 class Client:
+    """`token` defaults to FLIGHTLINE_TOKEN, sent as `authorization: Bearer <token>` on every call."""
+
     def __init__(self, address: str, token: str | None = None) -> None:
-        self.channel = open_channel(address, token)
+        self.channel = open_channel(address, _token(token))
         self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self.channel)
         self.registries = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -104,17 +111,18 @@ class Client:
         deployment: deployment_pb2.Deployment = self.deployments.Deploy(request)
         if not wait:
             return deployment
-        return self.wait_deployment(name, on_status=on_status, timeout=timeout)
+        return self.wait_deployment(name, workspace_id, on_status=on_status, timeout=timeout)
 
     def wait_deployment(
         self,
         name: str,
+        workspace_id: int = 0,
         *,
         on_status: Callable[[deployment_pb2.Deployment], None] | None = None,
         timeout: float | None = None,
     ) -> deployment_pb2.Deployment:
         """Follows WatchDeployment until the deployment is RUNNING, FAILED or STOPPED."""
-        request = deployment_pb2.WatchDeploymentRequest(name=name)
+        request = deployment_pb2.WatchDeploymentRequest(name=name, workspace_id=workspace_id)
         found: deployment_pb2.Deployment = follow(
             lambda left: self.deployments.WatchDeployment(request, timeout=left),
             deployment_settled,
@@ -124,9 +132,13 @@ class Client:
         return found
 
 
-def infer(location: str, name: str, table: pa.Table, *, mode: str = "") -> pa.Table:
-    """Streams a table through a deployment with do_exchange and returns the results. At a runtime
-    server's own location, pass the model's key as `name`."""
+def infer(location: str, name: str, table: pa.Table, *, mode: str = "", token: str | None = None) -> pa.Table:
+    """Streams a table through a deployment with do_exchange and returns the results; `name` is the
+    deployment's flight_path or its bare name. `token` defaults to FLIGHTLINE_TOKEN."""
     path = [segment for segment in (name, mode) if segment]
+    given = _token(token)
+    options = flight.FlightCallOptions(
+        headers=[(b"authorization", f"Bearer {given}".encode())] if given else []
+    )
     with flight.connect(location) as conn:
-        return exchange_table(conn, path, table)
+        return exchange_table(conn, path, table, options)

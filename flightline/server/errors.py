@@ -23,6 +23,11 @@ class Unauthenticated(FlightlineError):
     """A registry (or a client) presented missing or wrong credentials."""
 
 
+class PermissionDenied(FlightlineError):
+    """The caller is a member of the workspace but its role is too low. (A caller who is no member at all
+    gets NotFound, so the ids of other workspaces' resources do not leak.)"""
+
+
 class Unavailable(FlightlineError):
     """A dependency (registry, runtime) cannot be reached; retrying later may help."""
 

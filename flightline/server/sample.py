@@ -77,6 +77,6 @@ def serve_sample(client: Client, console: Console | None = None) -> deployment_p
         return client.deploy(workspace.id, NAME, uploaded.model_id, on_status=deployment_state)
 
 
-def demo(client: Client) -> pa.Table:
+def demo(client: Client, token: str | None = None) -> pa.Table:
     deployment = serve_sample(client)
-    return infer(deployment.flight_location, deployment.name, sample_batch())
+    return infer(deployment.flight_location, deployment.flight_path, sample_batch(), token=token)

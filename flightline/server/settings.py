@@ -63,6 +63,35 @@ class Settings:
     # The environment cache (hosting/environments.py); "" is its default: /var/cache/flightline/envs as
     # root, else ~/.cache/flightline/envs. Shared with `flightline runtimes install --envs-dir`.
     envs_dir: str = ""
+    # -- access control (flightline/server/access/, README "Access control")
+    # The platform admin's first token, created at the first start when no user exists yet; "" makes a
+    # fresh one. Either way it is written to data_dir/admin-token, readable by the server's user only.
+    bootstrap_token: str = ""
+    # Keys that encrypt registry tokens (and runtime servers' secrets) at rest, comma-separated, newest
+    # first; "" keeps one in data_dir/secret-key (created owner-only). Servers sharing a database must
+    # share it. `flightline keys rotate` re-encrypts with a new key.
+    secret_key: str = ""
+    # TLS for gRPC and Flight: PEM files of the server's certificate chain and key; with tls_client_ca,
+    # clients must present a certificate signed by that CA (mTLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Per caller (user), at once: uploads in flight, and streams (gRPC Watch streams, Flight exchanges).
+    # Past them: RESOURCE_EXHAUSTED (gRPC), UNAVAILABLE with the reason (Flight). And the largest gRPC
+    # request message for anyone (bytes; uploads come in chunks far below it).
+    caller_max_uploads: int = 4
+    caller_max_streams: int = 64
+    max_request_bytes: int = 64 * 1024 * 1024
+    # How long a verified token is remembered (a revocation elsewhere applies within this).
+    token_cache_seconds: float = 1.0
+
+    @property
+    def tls(self) -> bool:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return bool(self.tls_cert)
 
     @property
     def metadata_url(self) -> str:

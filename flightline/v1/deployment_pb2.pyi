@@ -75,7 +75,7 @@ class DeploymentStep(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time", "revision", "pending_revision", "canary_steps", "canary_percent", "shadow_steps", "shadow_stats")
+    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time", "flight_path", "revision", "pending_revision", "canary_steps", "canary_percent", "shadow_steps", "shadow_stats")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Deployment(_message.Message):
     INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FLIGHT_PATH_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     PENDING_REVISION_FIELD_NUMBER: _ClassVar[int]
     CANARY_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -102,13 +103,14 @@ class Deployment(_message.Message):
     input_schema: bytes
     output_schema: bytes
     create_time: _timestamp_pb2.Timestamp
+    flight_path: str
     revision: int
     pending_revision: int
     canary_steps: _containers.RepeatedCompositeFieldContainer[DeploymentStep]
     canary_percent: int
     shadow_steps: _containers.RepeatedCompositeFieldContainer[DeploymentStep]
     shadow_stats: ShadowStats
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., pending_revision: _Optional[int] = ..., canary_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., canary_percent: _Optional[int] = ..., shadow_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., shadow_stats: _Optional[_Union[ShadowStats, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flight_path: _Optional[str] = ..., revision: _Optional[int] = ..., pending_revision: _Optional[int] = ..., canary_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., canary_percent: _Optional[int] = ..., shadow_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., shadow_stats: _Optional[_Union[ShadowStats, _Mapping]] = ...) -> None: ...
 
 class ShadowStats(_message.Message):
     __slots__ = ("batches", "rows", "failed", "dropped", "disagreeing_rows", "mean_latency_ms", "max_latency_ms")
@@ -213,22 +215,28 @@ class ListDeploymentRevisionsResponse(_message.Message):
     def __init__(self, revisions: _Optional[_Iterable[_Union[DeploymentRevision, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchDeploymentRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class UndeployRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "workspace_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    workspace_id: int
+    def __init__(self, name: _Optional[str] = ..., workspace_id: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ("workspace_id", "page_size", "page_token")

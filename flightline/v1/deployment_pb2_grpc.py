@@ -86,8 +86,9 @@ class DeploymentServiceServicer:
 
     def Deploy(self, request, context):
         """Deploys a pipeline of model versions. The request is checked at once: INVALID_ARGUMENT for a
-        bad name or no steps, NOT_FOUND for an unknown workspace, model or version, ALREADY_EXISTS if
-        the name is deployed, FAILED_PRECONDITION if a version is not READY. It then returns at once
+        bad name or no steps, NOT_FOUND for an unknown workspace, model or version (or another
+        workspace's private model), ALREADY_EXISTS if the name is deployed in that workspace (names are
+        unique per workspace), FAILED_PRECONDITION if a version is not READY. It then returns at once
         with the deployment DEPLOYING; its runtimes start in the background and it ends RUNNING or
         FAILED (status_reason says why, e.g. the model could not load). Follow it with
         WatchDeployment or poll GetDeployment.
@@ -120,7 +121,7 @@ class DeploymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeployments(self, request, context):
-        """Lists deployments (of one workspace, or of all), by id.
+        """Lists deployments (of one workspace, or of every workspace the caller is a member of), by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

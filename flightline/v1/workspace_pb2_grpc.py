@@ -55,7 +55,8 @@ class WorkspaceServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateWorkspace(self, request, context):
-        """Creates a workspace. ALREADY_EXISTS if the name is taken, INVALID_ARGUMENT if it is empty.
+        """Creates a workspace; its creator becomes its admin. ALREADY_EXISTS if the name is taken,
+        INVALID_ARGUMENT if it is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +70,8 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkspaces(self, request, context):
-        """Lists workspaces in creation order.
+        """Lists the workspaces the caller is a member of (all of them for a platform admin), in creation
+        order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

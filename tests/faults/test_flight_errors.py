@@ -24,6 +24,7 @@ from support.mlp import build_mlp
 import flightline
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
+from flightline.runtimes.flight_service import runtime_client as secret_client
 from flightline.runtimes.host import Host
 from flightline.runtimes.server import LoadSpec, RuntimeServer
 from flightline.server.dataplane.frontdoor import FrontDoor
@@ -141,7 +142,12 @@ def front_door(backend: LocalBackend, specs: dict[str, tuple[str, ModelSpec]]) -
             f"{name}.0", runtime, sha256, spec.framework, spec.input_schema, spec.output_schema
         )
         backend.load(GROUP, model)
-        router.put(Route.of(f"{name}-remote", [RemoteStep(backend.ensure_server(GROUP), model.key)]))
+        router.put(
+            Route.of(
+                f"{name}-remote",
+                [RemoteStep(backend.ensure_server(GROUP), model.key, secret=backend.secret(GROUP))],
+            )
+        )
         if runtime != "sklearn":
             router.put(Route.of(f"{name}-local", [LocalStep(Host(load_runtime(runtime, spec)))]))
     router.put(Route.of("broken", [BrokenStep()]))
@@ -156,7 +162,7 @@ def door(front_door: FrontDoor) -> Iterator[flight.FlightClient]:
 
 
 def runtime_client(backend: LocalBackend) -> flight.FlightClient:
-    return flight.connect(backend.ensure_server(GROUP))
+    return secret_client(backend.ensure_server(GROUP), backend.secret(GROUP))
 
 
 # -- errors

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from support.auth import flight_connect
 from support.mlp import build_mlp
 from support.wait import wait_until
 
@@ -247,10 +248,10 @@ def test_start_up_retries_deployments_that_failed_by_a_fault(tmp_path: Path) -> 
         faulted = deploy(client, ws, "faulted", upload(client, ws, crashing, "crashing", "python"))
         assert faulted.status == deployment_pb2.DEPLOYMENT_STATUS_FAILED
         assert "while loading the model" in faulted.status_reason
-        assert first.store.get_deployment("faulted").failed_by_fault
+        assert first.store.get_deployment(ws, "faulted").failed_by_fault
         model_failed = deploy(client, ws, "model-failed", upload(client, ws, broken, "broken", "python"))
         assert model_failed.status == deployment_pb2.DEPLOYMENT_STATUS_FAILED
-        assert not first.store.get_deployment("model-failed").failed_by_fault
+        assert not first.store.get_deployment(ws, "model-failed").failed_by_fault
     marker.unlink()  # the fault is gone by the next start
     shutil.rmtree(folder)
     with App(settings) as second, Client(second.grpc_address) as client:
@@ -300,7 +301,7 @@ def test_sigterm_ends_serve_within_bounded_time_despite_open_streams(tmp_path: P
         batch = pa.record_batch(
             [pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 29)], names=["inputs"]
         )
-        flight_client = flight.connect(addresses["flight"])
+        flight_client = flight_connect(addresses["flight"])
         busy = flight_client.do_exchange(flight.FlightDescriptor.for_path("ccfraud"))
         busy[0].begin(batch.schema)
         busy[0].write_batch(batch)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flightline.v1 import workspace_pb2, workspace_pb2_grpc
+from support import auth
 
 BOUND_S = 1.0
 
@@ -33,7 +34,7 @@ class Watch:
 def responsive(address: str, workspace_id: int, interval: float = 0.05) -> Iterator[Watch]:
     """Yields a Watch that keeps checking until the block exits; call assert_responsive() after it."""
     watch, stop = Watch(), threading.Event()
-    channel = grpc.insecure_channel(address)
+    channel = auth.channel(address)
     health = health_pb2_grpc.HealthStub(channel)
     workspaces = workspace_pb2_grpc.WorkspaceServiceStub(channel)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
+from flightline.server.access.authn import current
 from flightline.server.api import messages
 from flightline.server.services.deployments import DeploymentService, batching_of
 from flightline.server.store.records import Deployment, DeploymentStep
@@ -33,23 +34,25 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         self, request: pb.WatchDeploymentRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Deployment]:
         context.add_callback(self.deployments.changes.notify)  # a client going away wakes its watch
-        for deployment in self.deployments.watch(request.name, context.is_active):
+        for deployment in self.deployments.watch(request.workspace_id, request.name, context.is_active):
             yield self._message(deployment)
 
     def Undeploy(self, request: pb.UndeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
-        return self._message(self.deployments.undeploy(request.name))
+        return self._message(self.deployments.undeploy(request.workspace_id, request.name))
 
     def GetDeployment(self, request: pb.GetDeploymentRequest, context: grpc.ServicerContext) -> pb.Deployment:
-        return self._message(self.deployments.get(request.name))
+        return self._message(self.deployments.get(request.workspace_id, request.name))
 
     def ListDeployments(
         self, request: pb.ListDeploymentsRequest, context: grpc.ServicerContext
     ) -> pb.ListDeploymentsResponse:
         workspace_id = request.workspace_id if request.HasField("workspace_id") else None
+        caller = current()
+        only = None if caller is None or workspace_id is not None else caller.workspaces()
         page = messages.keyset_page(
             request.page_size,
             messages.page_after(request.page_token),
-            lambda limit, after: self.deployments.in_workspace(workspace_id, limit, after),
+            lambda limit, after: self.deployments.in_workspace(workspace_id, limit, after, only),
             lambda d: d.id,
         )
         return pb.ListDeploymentsResponse(
@@ -112,7 +115,7 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         )
 
     def _message(self, deployment: Deployment) -> pb.Deployment:
-        live = self.deployments.live(deployment.name)
+        live = self.deployments.live(deployment.workspace_id, deployment.name)
         return messages.deployment(deployment, live, self.flight_location)
 
 
@@ -124,6 +127,7 @@ def _steps(specs: Iterable[pb.StepSpec], field: str) -> list[DeploymentStep]:
 
 
 def _actor(context: grpc.ServicerContext) -> str:
-    """Who asked, for the revision history: the caller's identity once access control knows it (the
-    "auth" work); until then the gRPC peer address."""
-    return str(context.peer() or "")[:255]
+    """Who asked, for the revision history: the authenticated caller's user name (access control's
+    identity of the caller); empty when the server runs without authentication."""
+    caller = current()
+    return "" if caller is None else caller.name[:255]

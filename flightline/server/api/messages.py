@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flightline.runtimes.catalog import FrameworkSpec
 from flightline.runtimes.envelope import envelope_schema
+from flightline.server.dataplane.routes import route_key
 from flightline.server.errors import InvalidArgument
 from flightline.server.registries import mlflow
 from flightline.server.services.deployments import Live, Loaded
@@ -264,6 +265,7 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
         create_time=timestamp(d.created_at),
         revision=d.revision,
         canary_percent=d.canary_percent,
+        flight_path=route_key(d.workspace_id, d.name),
     )
     if d.pending_revision:
         message.pending_revision = d.pending_revision

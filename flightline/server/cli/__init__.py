@@ -3,7 +3,7 @@ through the Python client (`flightline.client`)."""
 
 from __future__ import annotations
 
-from flightline.server.cli import deployments, infer, models, registries, runtimes, serve, workspaces
+from flightline.server.cli import access, deployments, infer, models, registries, runtimes, serve, workspaces
 from flightline.server.cli._app import app
 
-__all__ = ["app", "deployments", "infer", "models", "registries", "runtimes", "serve", "workspaces"]
+__all__ = ["access", "app", "deployments", "infer", "models", "registries", "runtimes", "serve", "workspaces"]

@@ -51,10 +51,16 @@ def deploy(
 
 
 @app.command("undeploy")
-def undeploy(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
+def undeploy(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Its workspace (needed when the name is in several)."),
+    ] = None,
+) -> None:
     """Stops a deployment."""
     with client() as fl:
-        found = fl.undeploy(name)
+        found = fl.undeploy(name, workspace=workspace)
     console.print(f"deployment {found.name}: {found.status.value}", highlight=False)
 
 
@@ -70,11 +76,16 @@ def list_(
 
 @deployments.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Deployment name.")], output: OutputFormat = Format.table
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Its workspace (needed when the name is in several)."),
+    ] = None,
+    output: OutputFormat = Format.table,
 ) -> None:
     """Shows a deployment: state, steps, location and schemas."""
     with client() as fl:
-        show_one(fl.deployments.get(name), output)
+        show_one(fl.deployments.get(name, workspace=workspace), output)
 
 
 Steps = Annotated[
@@ -90,7 +101,11 @@ Reason = Annotated[str, typer.Option(help="Why, recorded in the deployment's his
 Wait = Annotated[bool, typer.Option(help="Wait until the change is live or failed.")]
 ChangeWorkspace = Annotated[
     str | None,
-    typer.Option("--workspace", "-w", help="Where model names are looked up; default: the deployment's."),
+    typer.Option(
+        "--workspace",
+        "-w",
+        help="Its workspace (needed when the name is in several); model names are looked up there.",
+    ),
 ]
 REVISION_COLUMNS = ["revision", "create_time", "status", "reason", "steps", "canary_steps", "shadow_steps"]
 
@@ -158,11 +173,13 @@ def shadow(
 
 @deployments.command("history")
 def history(
-    name: Annotated[str, typer.Argument(help="Deployment name.")], output: OutputFormat = Format.table
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    workspace: ChangeWorkspace = None,
+    output: OutputFormat = Format.table,
 ) -> None:
     """Lists a deployment's revisions: who changed what, when and why."""
     with client() as fl:
-        revisions = list(fl.deployments.history(name))
+        revisions = list(fl.deployments.history(name, workspace=workspace))
     if output is Format.json:
         show(revisions, REVISION_COLUMNS, output)
         return

@@ -127,6 +127,10 @@ def infer(
         bool, typer.Option(help="The full envelope (time, in., out., check_failures).")
     ] = False,
     batch_rows: Annotated[int, typer.Option(min=1, help="Rows per Flight batch.")] = 10_000,
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Its workspace (needed when the name is in several)."),
+    ] = None,
 ) -> None:
     """Streams a file through a deployment; prints the results as a table or writes them to --output."""
     _check(input, "--input")
@@ -142,7 +146,7 @@ def infer(
     shown: list[pa.RecordBatch] = []
     rows_out = 0
     with client() as fl:
-        deployment = fl.deployments.get(name)
+        deployment = fl.deployments.get(name, workspace=workspace)
         schema = deployment.input_schema
         batches = (conform(b, schema) for b in source.batches)
         first = next(batches, None)

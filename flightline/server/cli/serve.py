@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from flightline.server import observability
+from flightline.server.access.authn import ADMIN_TOKEN_FILE
 from flightline.server.app import App, build
 from flightline.server.cli._app import app, console, fail
 from flightline.server.client import Client
@@ -80,8 +81,13 @@ def serve(
         if sample and isinstance(running, App):
             from flightline.server.sample import demo
 
-            with Client(running.grpc_address) as client:
-                result = demo(client)
+            # As the platform admin whose token this server wrote at its first start (or FLIGHTLINE_TOKEN).
+            token_file = settings.data_dir.resolve() / ADMIN_TOKEN_FILE
+            token = os.environ.get("FLIGHTLINE_TOKEN") or (
+                token_file.read_text().strip() if token_file.exists() else None
+            )
+            with Client(running.grpc_address, token) as client:
+                result = demo(client, token)
             console.print(f"[bold]Sample model 'ccfraud' is served at {running.flight_location}[/bold]")
             shown = result.drop_columns([c for c in result.column_names if c.startswith("in.")])
             print(shown.to_pandas().to_string(), flush=True)

@@ -25,7 +25,15 @@ from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
-from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step, answered_by
+from flightline.server.dataplane.routes import (
+    LocalStep,
+    RemoteStep,
+    Route,
+    Router,
+    Step,
+    answered_by,
+    route_key,
+)
 from flightline.server.dataplane.shadow import Record, Shadow
 from flightline.server.services.names import parse_schema
 from flightline.server.store.artifacts import ArtifactStore
@@ -47,7 +55,9 @@ def placement(step: Step) -> StepPlacement:
     """What a front door elsewhere needs to run `step` as the owner's own front door does."""
     if isinstance(step, LocalStep):
         return StepPlacement(in_front_door=True)
-    return StepPlacement(in_front_door=False, location=step.location or "", model_key=_key(step))
+    return StepPlacement(
+        in_front_door=False, location=step.location or "", model_key=_key(step), secret=_secret(step)
+    )
 
 
 def _key(step: Step) -> str:
@@ -56,9 +66,14 @@ def _key(step: Step) -> str:
     return key if isinstance(key, str) else ""
 
 
-def _remote_step(location: str, key: str) -> Step:
+def _secret(step: Step) -> str:
+    inner = getattr(step, "step", step)  # a BatchingStep wraps the remote step
+    return inner.secret if isinstance(inner, RemoteStep) else ""
+
+
+def _remote_step(location: str, key: str, secret: str = "") -> Step:
     """The step for a model served remotely: `key` addresses it on its runtime server."""
-    return RemoteStep(location, key)
+    return RemoteStep(location, key, secret=secret)
 
 
 def model_spec(version: ModelVersion, artifact: Path) -> ModelSpec:
@@ -155,7 +170,11 @@ class RouteSync:
         version = self.store.route_version()
         if version == self._seen:
             return True
-        running = {d.name: d for d in self.store.list_deployments() if d.status is DeploymentStatus.RUNNING}
+        running = {
+            route_key(d.workspace_id, d.name): d
+            for d in self.store.list_deployments()
+            if d.status is DeploymentStatus.RUNNING
+        }
         for name in [n for n in self._routed if n not in running]:
             self.router.remove(name)
             del self._routed[name]
@@ -186,7 +205,7 @@ class RouteSync:
                 self.router.expect([name])
                 complete = False
                 continue
-            mirror = None if shadow is None else Shadow(name, shadow, self._record)
+            mirror = None if shadow is None else Shadow(deployment.name, shadow, self._record)
             self.router.put(route, canary=canary, canary_percent=deployment.canary_percent, shadow=mirror)
             self._drop_shadow(name)
             if mirror is not None:
@@ -218,11 +237,11 @@ class RouteSync:
             for s, placed in zip(pins, placements, strict=True)
         ]
         tag = answered_by(deployment.revision, variant, ((s.model_id, s.version) for s in pins))
-        return Route.of(deployment.name, steps, answered_by=tag)
+        return Route.of(route_key(deployment.workspace_id, deployment.name), steps, answered_by=tag)
 
     def _step(self, version: ModelVersion, placed: StepPlacement) -> Step:
         if not placed.in_front_door:
-            return _remote_step(placed.location, placed.model_key)
+            return _remote_step(placed.location, placed.model_key, placed.secret)
         if plugin(version.runtime).unpacks:
             raise ValueError(f"runtime {version.runtime} unpacks archives: not served inside a front door")
         artifact = self.artifacts.local_path(version.sha256, self.cache_dir)

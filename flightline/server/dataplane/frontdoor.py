@@ -1,8 +1,16 @@
-"""The Flight front door: one address for every deployment. Descriptors it accepts (PATH descriptors only):
+"""The Flight front door: one address for every deployment. Descriptors it accepts (PATH descriptors only),
+where `path` is the deployment's `flight_path`, "<workspace id>/<name>" (Deployment.flight_path):
 
-    do_exchange(FlightDescriptor.for_path(name))             -> envelopes: time, in.*, out.*, check_failures
-    do_exchange(FlightDescriptor.for_path(name, "envelope")) -> the same
-    do_exchange(FlightDescriptor.for_path(name, "outputs"))  -> out.* columns only
+    do_exchange(FlightDescriptor.for_path(path))             -> envelopes: time, in.*, out.*, check_failures
+    do_exchange(FlightDescriptor.for_path(path, "envelope")) -> the same
+    do_exchange(FlightDescriptor.for_path(path, "outputs"))  -> out.* columns only
+
+The bare deployment name is accepted in place of `path` while it names one deployment the caller can
+see (names are unique per workspace only); otherwise INVALID_ARGUMENT asks for the full path.
+
+With an authenticator (always, in a server), every call but the `healthcheck` and `version` actions and
+`list_actions` needs credentials (`dataplane/auth.py`); a deployment of a workspace where the caller has
+no role is NOT_FOUND, as if it did not exist, and `list_flights` lists only the caller's.
 
 and gets one result batch per request batch on the same stream (a zero-row batch gets a zero-row result).
 Each result batch carries Flight app metadata saying which version answered,
@@ -49,7 +57,10 @@ from flightline.runtimes.flight_service import SEE_LOG, Fault, FlightService, In
 from flightline.runtimes.host import MODES as ALL_MODES
 from flightline.runtimes.rules import is_open
 from flightline.runtimes.server import conform
-from flightline.server.dataplane.routes import Route, Router, Served, StepFailed, StepStream
+from flightline.server.access.authn import Authenticator, Identity
+from flightline.server.access.quotas import CallerLimits
+from flightline.server.dataplane import auth
+from flightline.server.dataplane.routes import Route, Router, Served, StepFailed, StepStream, split_key
 from flightline.server.errors import NotFound, Unavailable
 from flightline.server.observability import DEFAULT, Observer
 
@@ -76,13 +87,20 @@ class FrontDoor(FlightService):
         location: str = "grpc+tcp://127.0.0.1:0",
         *,
         ready: Callable[[], bool] | None = None,
+        authenticator: Authenticator | None = None,
+        limits: CallerLimits | None = None,
         **kwargs: Any,
     ) -> None:
+        if authenticator is not None:
+            kwargs.setdefault("middleware", {})[auth.KEY] = auth.AuthMiddlewareFactory(authenticator)
+            kwargs.setdefault("auth_handler", auth.HandshakeOnly())
         super().__init__(location, **kwargs)
+        self.authenticated = authenticator is not None  # without one (tests of the data path): open
+        self.limits = limits or CallerLimits()
         self.router = router
         self._ready = ready  # None: routes are pushed in-process, so always ready
         uri = flight.Location(location).uri.decode()
-        if uri.startswith("grpc+tcp://"):  # advertise the port actually bound when asked for port 0
+        if uri.startswith(("grpc+tcp://", "grpc+tls://")):  # advertise the port bound when asked for 0
             uri = f"{uri.rsplit(':', 1)[0]}:{self.port}"
         self.location = uri
 
@@ -96,13 +114,20 @@ class FrontDoor(FlightService):
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         name, echo = _target(descriptor)
-        served = self._served(name)
+        identity = self._caller(context)
+        served = self._served(name, identity)
         route = served.pick()  # per stream: a stream's answers all come from one version
         shadow = served.shadow
         # Which version answered, on every result batch (format: protos/flightline/v1/deployment.proto).
         answered_by = pa.py_buffer(route.answered_by) if route.answered_by else None
+        held = self.limits.stream(identity) if identity is not None else None
+        if held is not None:
+            try:
+                held.__enter__()
+            except Exception as exc:  # over the caller's limit: RESOURCE_EXHAUSTED-like, retry later
+                raise flight.FlightUnavailableError(str(exc)) from None
         route.usage.enter()  # an update unloads this route's runtimes only after its streams ended
-        seen = self.observer.flight_stream(name)  # counts, times and logs this stream
+        seen = self.observer.flight_stream(_display(route))  # counts, times and logs this stream
         streams: list[StepStream] = []
         try:
             streams = [step.open() for step in route.steps]
@@ -141,6 +166,8 @@ class FrontDoor(FlightService):
                 stream.close()
             route.usage.exit()
             seen.end()
+            if held is not None:
+                held.__exit__(None, None, None)
 
     # -- metadata -----------------------------------------------------------------------------------
 
@@ -148,17 +175,20 @@ class FrontDoor(FlightService):
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         name, echo = _target(descriptor)
-        return self._info(self._route(name), descriptor, echo)
+        return self._info(self._route(name, self._caller(context)), descriptor, echo)
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         name, echo = _target(descriptor)
-        route = self._route(name)
+        route = self._route(name, self._caller(context))
         return flight.SchemaResult(envelope_schema(route.input_schema, route.output_schema, echo))
 
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        identity = self._caller(context)
         for name in self.router.names():
+            if not self._may_see(identity, name):
+                continue
             try:
                 route = self.router.get(name)
             except NotFound:  # undeployed since names() was read
@@ -175,6 +205,7 @@ class FrontDoor(FlightService):
             return iter([b"ok"])
         if action.type == "version":
             return iter([__version__.encode()])
+        self._caller(context)
         raise Unimplemented(f"unknown action {action.type!r}; known actions: {sorted(ACTIONS)}")
 
     def _info(self, route: Route, descriptor: flight.FlightDescriptor, echo: bool) -> flight.FlightInfo:
@@ -182,12 +213,39 @@ class FrontDoor(FlightService):
         schema = envelope_schema(route.input_schema, route.output_schema, echo)
         return flight.FlightInfo(schema, descriptor, [], -1, -1)
 
-    def _route(self, name: str) -> Route:
-        return self._served(name).primary
+    def _caller(self, context: flight.ServerCallContext) -> Identity | None:
+        return auth.caller(context) if self.authenticated else None
 
-    def _served(self, name: str) -> Served:
+    @staticmethod
+    def _may_see(identity: Identity | None, key: str) -> bool:
+        if identity is None:  # no authentication configured
+            return True
         try:
-            return self.router.served(name)
+            workspace_id, _ = split_key(key)
+        except ValueError:  # a route put by hand (tests): only platform admins see it
+            return identity.admin
+        return identity.role_in(workspace_id) is not None
+
+    def _route(self, name: str, identity: Identity | None = None) -> Route:
+        return self._served(name, identity).primary
+
+    def _served(self, name: str, identity: Identity | None = None) -> Served:
+        """What a descriptor names: a route key, or a bare name that is the caller's one deployment of
+        that name. Another workspace's is NOT_FOUND, as if it did not exist."""
+        key = name
+        if "/" not in name:
+            keys = [k for k in self.router.named(name) if self._may_see(identity, k)]
+            if len(keys) > 1:
+                raise InvalidArgument(
+                    f"deployment {name!r} exists in several workspaces; use its flight_path "
+                    f"(for_path('<workspace id>/{name}'))"
+                )
+            if keys:
+                key = keys[0]
+        if not self._may_see(identity, key):
+            raise flight_service.NotFound(f"deployment {name.rpartition('/')[2]!r} not found")
+        try:
+            return self.router.served(key)
         except NotFound as error:
             raise flight_service.NotFound(str(error)) from None
         except Unavailable as error:  # a restarting server has not routed it yet: retry
@@ -235,4 +293,9 @@ def _run_steps(route: Route, streams: list[StepStream], batch: pa.RecordBatch) -
 
 def _step_name(route: Route, index: int) -> str:
     # Built only when a step failed: the happy path formats nothing per batch.
-    return f"step {index + 1} of {route.name!r}"
+    return f"step {index + 1} of {_display(route)!r}"
+
+
+def _display(route: Route) -> str:
+    """A route's deployment name, as clients and metrics know it (the key is "<workspace>/<name>")."""
+    return route.name.rpartition("/")[2]

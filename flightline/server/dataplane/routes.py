@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.runtimes.base import InvalidInput
-from flightline.runtimes.flight_service import SEE_LOG
+from flightline.runtimes.flight_service import SEE_LOG, runtime_client
 from flightline.runtimes.host import Host, ModelOutputError
 from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
@@ -121,9 +121,11 @@ class RemoteStep(Step):
         input_schema: pa.Schema | None = None,
         output_schema: pa.Schema | None = None,
         pool_size: int = POOL_SIZE,
+        secret: str = "",
     ) -> None:
         self.location = location
         self.key = key
+        self.secret = secret  # what the runtime server demands (hosting: Backend.secret)
         self.descriptor = flight.FlightDescriptor.for_path(key, "raw")
         self._lock = threading.Lock()
         self._clients: list[flight.FlightClient | None] = [None] * max(1, pool_size)
@@ -141,7 +143,9 @@ class RemoteStep(Step):
             self._next += 1
             client = self._clients[slot]
             if client is None:
-                client = self._clients[slot] = flight.connect(self.location, generic_options=CLIENT_OPTIONS)
+                client = self._clients[slot] = runtime_client(
+                    self.location or "", self.secret, generic_options=CLIENT_OPTIONS
+                )
             return client
 
     def reset(self, client: flight.FlightClient) -> None:
@@ -271,6 +275,20 @@ class Usage:
             return True
 
 
+def route_key(workspace_id: int, name: str) -> str:
+    """The name of a deployment's route, and of its Flight descriptor path element: "<workspace>/<name>"
+    (deployment names are unique per workspace and never hold a '/')."""
+    return f"{workspace_id}/{name}"
+
+
+def split_key(key: str) -> tuple[int, str]:
+    """(workspace id, deployment name) of a route key; ValueError when `key` is not one."""
+    workspace, slash, name = key.partition("/")
+    if not slash or not workspace.isdigit() or not name:
+        raise ValueError(f"not a route key: {key!r}")
+    return int(workspace), name
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
@@ -392,13 +410,20 @@ class Router:
             served = self._served.get(name)
             expected = served is None and name in self._expected
         if served is None:
+            bare = name.rpartition("/")[2]  # the route key's workspace is not the client's word
             if expected:
-                raise Unavailable(f"deployment {name!r} is starting; retry")
-            raise NotFound(f"deployment {name!r} not found")
+                raise Unavailable(f"deployment {bare!r} is starting; retry")
+            raise NotFound(f"deployment {bare!r} not found")
         return served
 
     def get(self, name: str) -> Route:
         return self.served(name).primary
+
+    def named(self, name: str) -> list[str]:
+        """The route keys of the deployments called `name`, in any workspace."""
+        suffix = "/" + name
+        with self._lock:
+            return sorted(k for k in self._served if k.endswith(suffix))
 
     def names(self) -> list[str]:
         with self._lock:

@@ -17,11 +17,12 @@ the configured index; nothing else is downloaded.
 `FAMILIES` is the one table of family environments; the plug-in registry will own it later.
 
 Which environment a model runs in (`wanted`): a model with its own requirements (or another Python than
-the server's) runs in one built from its plug-in's family requirements plus its own, built at upload
-time; else a plug-in whose `environment` is a family runs in that family's environment (built by
-`flightline runtimes install`); else the server's own interpreter. Everything it depends on is recorded
-on the version (runtime, Conversion.requirements and python_version), so a deploy derives the same key
-and only looks it up (`Environments.lookup`): deploys never build."""
+the server's), or of a plug-in with `own_environment` (pyfunc), runs in one built from its plug-in's
+family requirements plus its own, built at upload time; else a plug-in whose `environment` is a family
+runs in that family's environment (built by `flightline runtimes install`); else the server's own
+interpreter. Everything it depends on is recorded on the version (runtime, Conversion.requirements and
+python_version), so a deploy derives the same key and only looks it up (`Environments.lookup`):
+deploys never build."""
 
 from __future__ import annotations
 
@@ -57,9 +58,27 @@ FAMILIES: Final[dict[str, tuple[str, ...]]] = {
         "scikit-learn==1.9.1",
         "scipy==1.17.1",
         "joblib==1.6.0",
-        "xgboost==3.2.0",
+        "xgboost-cpu==3.2.0",  # the `xgboost` module without CUDA (xgboost pulls 470 MB of NCCL)
         "pandas==3.1.1",
     ),
+    # MLflow pyfunc models: the slim client is enough to load and predict (a model's own `mlflow` pin is
+    # turned into mlflow-skinny of that version by runtimes/pyfunc.py); pyfunc predicts on DataFrames.
+    "pyfunc": ("mlflow-skinny==3.17.2", "pandas==3.1.1"),
+    # TensorFlow with Keras 3 (its default) and Keras 2 (tf_keras, for TF_USE_LEGACY_KERAS=1 models),
+    # tf2onnx for the Keras converter, onnx and onnxruntime to verify a conversion against the original.
+    # tensorflow 2.21 on Linux x86_64 is the CPU build (~1.9 GB installed).
+    "tensorflow": (
+        "tensorflow==2.21.0",
+        "tf-keras==2.21.0",
+        "tf2onnx==1.17.0",
+        "onnx==1.23.2",
+        "onnxruntime==1.32.0",
+    ),
+    # The CPU build of torch, by its local version: PyPI's torch==2.13.0 pulls several GB of CUDA
+    # libraries, "+cpu" exists only as a local wheel (pip's find-links, which `_uv` passes on), so a
+    # machine without it fails to build this family instead of downloading CUDA. A GPU host would pin
+    # the plain version (or "+cu12x") instead, see the README.
+    "torch": ("torch==2.13.0+cpu", "onnx==1.23.2", "onnxruntime==1.32.0"),
 }
 # What `flightline.runtimes` itself imports; pinned to the server's own versions so Arrow data and the
 # runtime code behave in every environment as they do in the server.
@@ -139,7 +158,7 @@ def wanted(plugin: Plugin, requirements: Sequence[str] = (), python_version: str
     knows what it was trained with). EnvironmentBuildError naming an invalid requirement."""
     own = normalize(requirements)
     python = own_python(python_version)
-    if own or python is not None:
+    if own or python is not None or plugin.own_environment:
         names = {canonicalize_name(Requirement(r).name) for r in own}
         family = tuple(
             r for r in plugin_requirements(plugin) if canonicalize_name(Requirement(r).name) not in names
@@ -304,6 +323,12 @@ class Environments:
     def _uv(self, args: list[str], say: Progress, requirements: tuple[str, ...]) -> None:
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
         env.pop("VIRTUAL_ENV", None)
+        # Local wheel folders pip is configured with (e.g. this machine's CPU build of torch) are
+        # searched by uv too; uv reads no pip configuration of its own.
+        if "UV_FIND_LINKS" not in env:
+            links = env.get("PIP_FIND_LINKS") or _pip_config("global.find-links")
+            if links:
+                env["UV_FIND_LINKS"] = ",".join(links.split())
         output: list[str] = []
         with subprocess.Popen(
             [_uv_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -347,6 +372,21 @@ class Environments:
             check=True,
         ).stdout.strip()
         return path, version
+
+
+def _pip_config(name: str) -> str:
+    """A value of pip's configuration files ("" when unset or pip is not there)."""
+    try:
+        found = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 def _uv_bin() -> str:

@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
@@ -43,10 +44,12 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.runtimes.base import ModelLoadError
+from flightline.runtimes.flight_service import runtime_client
 from flightline.runtimes.server import (
     EXIT_WITH_STDIN,
     LISTEN_ERROR_EXIT_CODE,
     READY,
+    SECRET_STDIN,
     LoadSpec,
     remote_error_message,
 )
@@ -110,6 +113,9 @@ class ServerProcess:
     failure: str | None = None
     failed_by_fault: bool = False  # FAILED by a RuntimeFault (retryable), not by a model's load error
     instance: str = ""  # the sandbox name of this server instance: its working folder (and socket)
+    # Demanded of every caller; the same across restarts, so routes to it keep working. Handed to the
+    # process on stdin, never on its command line (which every local user can read).
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     models: dict[str, LoadRequest] = field(default_factory=dict)
     _popen: subprocess.Popen[str] | None = field(default=None, repr=False)
     _client: flight.FlightClient | None = field(default=None, repr=False)
@@ -183,6 +189,9 @@ class LocalBackend:
 
     def ensure_server(self, group: ServerGroup) -> str:
         return self._ensure(group).location
+
+    def secret(self, group: ServerGroup) -> str:
+        return self._ensure(group).secret
 
     def load(self, group: ServerGroup, model: LoadRequest) -> None:
         """Loads `model`; a server that died during the load (a fault, not the model's answer) is given
@@ -393,6 +402,7 @@ class LocalBackend:
             "--artifacts",
             str(self.artifacts(proc.group).folder),
             EXIT_WITH_STDIN,
+            SECRET_STDIN,
         ]
         # Own session = own process group, so a stop reaches whatever the runtime spawned. The stdin pipe
         # stays open (unwritten) for the process's life: its end is the runtime's signal to exit.
@@ -411,6 +421,12 @@ class LocalBackend:
             raise ModelLoadError(f"cannot start the runtime server: {exc}") from exc
         except OSError as exc:
             raise RuntimeFault(f"cannot start the runtime server: {exc}") from exc
+        try:
+            assert popen.stdin is not None
+            popen.stdin.write(proc.secret + "\n")
+            popen.stdin.flush()
+        except OSError as exc:  # it died at once; the READY wait below says so
+            log.warning("runtime server %s: cannot hand over its secret: %s", proc.group.name, exc)
         proc._stderr_tail.clear()
         announcements: queue.Queue[str | None] = queue.Queue()
         name = proc.group.name
@@ -444,7 +460,7 @@ class LocalBackend:
                 self._reason(proc, f"runtime server exited with code {popen.returncode} before it was ready")
             )
         location = line.removeprefix(READY).strip()
-        client = flight.connect(location)
+        client = runtime_client(location, proc.secret)
         with self._lock:
             proc.location = location
             old, proc._client = proc._client, client

@@ -6,6 +6,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from flightline.runtimes.archives import extract
 from flightline.server.errors import InvalidArgument
 
 
@@ -42,17 +43,10 @@ def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
 
 
 def extract_zip(path: Path, dest: Path) -> Path:
-    """Extracts a checked archive; a single top-level folder (zip -r name.zip name/) is unwrapped."""
+    """Extracts a checked archive and returns its model root (runtimes.archives: a single top-level
+    folder, as `zip -r name.zip name/` makes, is unwrapped)."""
     check_zip(path)
-    with zipfile.ZipFile(path) as archive:
-        archive.extractall(dest)
-    return unwrap(dest)
-
-
-def unwrap(folder: Path) -> Path:
-    """The model root of an extracted archive: its only top-level folder, if it has just one."""
-    entries = list(folder.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+    return extract(path, dest)
 
 
 def zip_dir(folder: Path, dest: Path) -> Path:

@@ -20,7 +20,17 @@ from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
 from flightline.server.dataplane.batching import MAX_DELAY_MS, Batching, BatchingStep
 from flightline.server.dataplane.discovery import model_spec, placement
-from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step, Usage, answered_by
+from flightline.server.dataplane.routes import (
+    LocalStep,
+    RemoteStep,
+    Route,
+    Router,
+    Step,
+    Usage,
+    answered_by,
+    route_key,
+    split_key,
+)
 from flightline.server.dataplane.shadow import Shadow, ShadowStats
 from flightline.server.errors import (
     FailedPrecondition,
@@ -173,6 +183,9 @@ class DeploymentService:
         self.artifacts = artifacts
         self.backend = backend
         self.environments = environments or Environments()
+        # In memory, deployments go by their route key, "<workspace id>/<name>" (names are unique per
+        # workspace); runtime model keys are "<route key>.<step index>" (the deploy's) or
+        # "<route key>@<tag>.<step index>" (a change's, e.g. "3/fraud@r2.0").
         self._placed: dict[str, ServerGroup] = {}  # step key -> where it is loaded
         self._batching: dict[str, Batching] = {}
         self.router = router
@@ -198,17 +211,18 @@ class DeploymentService:
     ) -> Deployment:
         """Checks the request and records the deployment DEPLOYING; its runtimes start in the background."""
         check_dns_name("deployment", name)
-        versions = [self._ready_version(s) for s in steps]
+        versions = [self._ready_version(workspace_id, s) for s in steps]
         pinned = tuple(DeploymentStep(v.model_id, v.version) for v in versions)
+        key = route_key(workspace_id, name)
         # Short and never held while runtimes start (that is the name lock's job), so two Deploys of
         # one name get ALREADY_EXISTS at once rather than racing on the table's unique name.
         with self._create_lock:
             deployment = self.store.create_deployment(workspace_id, name, pinned, actor=actor)
             with self._lock:  # in memory only: a restarted server resumes without batching
                 if batching is not None and batching.enabled:
-                    self._batching[name] = batching
+                    self._batching[key] = batching
                 else:
-                    self._batching.pop(name, None)
+                    self._batching.pop(key, None)
         self.changes.notify()
         self._pool.submit(self._start_in_background, deployment, versions)
         return deployment
@@ -231,7 +245,7 @@ class DeploymentService:
         drained, at most `drain_seconds` later) and records the revision with `reason`. A split is
         cleared, a shadow kept. If the new steps cannot load, the old keep serving and the deployment's
         status_reason (and the revision) say why. `wait=False` returns at once with the change pending."""
-        pins = self._pins("steps", steps, required=True)
+        pins = self._pins(workspace_id, "steps", steps, required=True)
         return self._change(
             workspace_id,
             name,
@@ -258,7 +272,7 @@ class DeploymentService:
             raise InvalidArgument(f"canary_percent must be 0 to 100, got {percent}")
         if percent and not canary:
             raise InvalidArgument("canary_steps: give the canary's steps for a canary_percent above 0")
-        pins = self._pins("canary_steps", canary, required=False)
+        pins = self._pins(workspace_id, "canary_steps", canary, required=False)
         return self._change(
             workspace_id,
             name,
@@ -279,7 +293,7 @@ class DeploymentService:
         wait: bool = True,
     ) -> Deployment:
         """Mirrors requests to the `shadow` pipeline (none: no shadow)."""
-        pins = self._pins("shadow_steps", shadow, required=False)
+        pins = self._pins(workspace_id, "shadow_steps", shadow, required=False)
         return self._change(
             workspace_id,
             name,
@@ -290,41 +304,46 @@ class DeploymentService:
         )
 
     def revisions(self, workspace_id: int, name: str, limit: int, after: int = 0) -> list[Revision]:
-        self._deployment_in(workspace_id, name)
-        return self.store.list_revisions(name, limit, after)
+        return self.store.list_revisions(workspace_id, name, limit, after)
 
-    def shadow_stats(self, name: str) -> ShadowStats | None:
-        live = self.live(name)
+    def shadow_stats(self, workspace_id: int, name: str) -> ShadowStats | None:
+        live = self.live(workspace_id, name)
         return None if live is None or live.mirror is None else live.mirror.stats()
 
-    def undeploy(self, name: str) -> Deployment:
-        with self._name_lock(name):
-            self.store.get_deployment(name)
-            self._stop(name)
-            stopped = self.store.update_deployment(name, DeploymentStatus.STOPPED)
+    def undeploy(self, workspace_id: int, name: str) -> Deployment:
+        key = route_key(workspace_id, name)
+        with self._name_lock(key):
+            self.store.get_deployment(workspace_id, name)
+            self._stop(key)
+            stopped = self.store.update_deployment(workspace_id, name, DeploymentStatus.STOPPED)
         self.changes.notify()
         return stopped
 
-    def watch(self, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
+    def watch(self, workspace_id: int, name: str, active: Callable[[], bool]) -> Iterator[Deployment]:
         """The deployment's current state, then each change, until RUNNING, FAILED or STOPPED with no
         change pending."""
         return self.changes.watch(
-            lambda: self.store.get_deployment(name),
+            lambda: self.store.get_deployment(workspace_id, name),
             lambda d: (d.id, d.status, d.status_reason, d.revision, d.pending_revision),
             lambda d: d.status in SETTLED and not d.pending_revision,
             active=active,
         )
 
-    def get(self, name: str) -> Deployment:
-        return self.store.get_deployment(name)
+    def get(self, workspace_id: int, name: str) -> Deployment:
+        return self.store.get_deployment(workspace_id, name)
 
-    def in_workspace(self, workspace_id: int | None, limit: int, after_id: int = 0) -> list[Deployment]:
-        """Deployments of one workspace, or of every workspace for None, by id."""
-        return self.store.list_deployments(workspace_id, limit, after_id)
+    def in_workspace(
+        self, workspace_id: int | None, limit: int, after_id: int = 0, only: frozenset[int] | None = None
+    ) -> list[Deployment]:
+        """Deployments of one workspace, or of every workspace for None (of those in `only`, if given)."""
+        return self.store.list_deployments(workspace_id, limit, after_id, only=only)
 
-    def live(self, name: str) -> Live | None:
+    def live(self, workspace_id: int, name: str) -> Live | None:
+        return self._live_at(route_key(workspace_id, name))
+
+    def _live_at(self, key: str) -> Live | None:
         with self._lock:
-            return self._live.get(name)
+            return self._live.get(key)
 
     def resume(self) -> None:
         """At start-up: bring back what was running before the server stopped (with its split and
@@ -333,21 +352,24 @@ class DeploymentService:
         for deployment in self.store.list_deployments():
             if not _resumes(self.store, deployment):
                 continue
-            name = deployment.name
+            workspace_id, name = deployment.workspace_id, deployment.name
+            key = route_key(workspace_id, name)
             try:
-                with self._name_lock(name):
+                with self._name_lock(key):
                     if deployment.pending_revision:
                         deployment = self.store.fail_change(
-                            name, deployment.pending_revision, "interrupted by a server restart"
+                            workspace_id, name, deployment.pending_revision, "interrupted by a server restart"
                         )
                     if deployment.status is DeploymentStatus.FAILED:
-                        log.info("retrying deployment %s (%s)", name, deployment.status_reason)
-                        deployment = self.store.update_deployment(name, DeploymentStatus.DEPLOYING)
+                        log.info("retrying deployment %s (%s)", key, deployment.status_reason)
+                        deployment = self.store.update_deployment(
+                            workspace_id, name, DeploymentStatus.DEPLOYING
+                        )
                     versions = [self.store.get_model_version(s.model_id, s.version) for s in deployment.steps]
                     self._start(deployment, versions)
             finally:
-                if self.live(name) is None:  # it did not come back: NOT_FOUND from now on
-                    self.router.forget(name)
+                if self._live_at(key) is None:  # it did not come back: NOT_FOUND from now on
+                    self.router.forget(key)
         self.changes.notify()
 
     def runtime_failed(self, key: str, reason: str, by_fault: bool) -> None:
@@ -355,19 +377,24 @@ class DeploymentService:
         own load error): the deployment cannot serve any more, unless the model was its shadow's (whose
         batches then fail, counted) or one being retired."""
         tagged, _, index = key.rpartition(".")
-        name = tagged.partition("@")[0]
-        with self._name_lock(name):
-            deployment = self.store.get_deployment(name)
-            live = self.live(name)
+        route = tagged.partition("@")[0]
+        workspace_id, name = split_key(route)
+        with self._name_lock(route):
+            deployment = self.store.get_deployment(workspace_id, name)
+            live = self._live_at(route)
             if deployment.status is not DeploymentStatus.RUNNING or live is None:
                 return
             serving = [x for x in (live.primary, live.canary) if x is not None]
             if not any(key == k for loaded in serving for _, k in loaded.keys):
                 log.warning("runtime of %s (shadow or retired) gave up: %s", key, reason)
                 return
-            self._stop(name)
+            self._stop(route)
             self.store.update_deployment(
-                name, DeploymentStatus.FAILED, f"step {int(index) + 1}: {reason}", by_fault=by_fault
+                workspace_id,
+                name,
+                DeploymentStatus.FAILED,
+                f"step {int(index) + 1}: {reason}",
+                by_fault=by_fault,
             )
         self.changes.notify()
 
@@ -378,9 +405,9 @@ class DeploymentService:
             names = list(self._live)
         for name in names:
             with self._name_lock(name):  # a start or stop of ours finishes first, so states agree
-                live = self.live(name)
+                live = self._live_at(name)
                 try:
-                    current: Deployment | None = self.store.get_deployment(name)
+                    current: Deployment | None = self.store.get_deployment(*split_key(name))
                 except NotFound:
                     current = None
                 running = (
@@ -409,21 +436,21 @@ class DeploymentService:
         with self._lock:
             return self._name_locks[name]
 
-    def _deployment_in(self, workspace_id: int, name: str) -> Deployment:
-        """The deployment `name` of workspace `workspace_id`; NOT_FOUND for another workspace's."""
-        deployment = self.store.get_deployment(name)
-        if deployment.workspace_id != workspace_id:
-            raise NotFound(f"deployment {name!r} does not exist in workspace {workspace_id}")
-        return deployment
-
     def _pins(
-        self, what: str, steps: Sequence[DeploymentStep], *, required: bool
+        self, workspace_id: int, what: str, steps: Sequence[DeploymentStep], *, required: bool
     ) -> tuple[DeploymentStep, ...]:
+        """A change's steps, checked as Deploy checks its own: ready versions of the workspace's own or
+        public models."""
         if required and not steps:
             raise InvalidArgument(f"{what}: give at least one step")
-        return tuple(DeploymentStep(v.model_id, v.version) for v in map(self._ready_version, steps))
+        versions = [self._ready_version(workspace_id, s) for s in steps]
+        return tuple(DeploymentStep(v.model_id, v.version) for v in versions)
 
-    def _ready_version(self, step: DeploymentStep) -> ModelVersion:
+    def _ready_version(self, workspace_id: int, step: DeploymentStep) -> ModelVersion:
+        model = self.store.get_model(step.model_id)
+        if model.workspace_id != workspace_id and model.visibility != "public":
+            # Another workspace's private model: as if it did not exist, so its id does not leak.
+            raise NotFound(f"model {step.model_id} does not exist")
         version = self.store.get_model_version(step.model_id, step.version)
         if version.status is not ModelStatus.READY:
             raise FailedPrecondition(
@@ -443,14 +470,15 @@ class DeploymentService:
         batching: Batching | None = None,
         wait: bool,
     ) -> Deployment:
-        current = self._deployment_in(workspace_id, name)
+        current = self.store.get_deployment(workspace_id, name)
         plan = make(current)
-        pending = self.store.begin_change(name, plan, actor=actor, reason=reason)  # FAILED_PRECONDITION
+        pending = self.store.begin_change(workspace_id, name, plan, actor=actor, reason=reason)
         self.changes.notify()
+        key = route_key(workspace_id, name)
         if wait:  # in the caller's thread: a caller on the deploy pool itself must not wait for the pool
-            self._apply(name, pending.pending_revision, plan, batching)
-            return self.store.get_deployment(name)
-        self._pool.submit(self._apply, name, pending.pending_revision, plan, batching)
+            self._apply(key, pending.pending_revision, plan, batching)
+            return self.store.get_deployment(workspace_id, name)
+        self._pool.submit(self._apply, key, pending.pending_revision, plan, batching)
         return pending
 
     def _apply(self, name: str, revision: int, plan: Plan, batching: Batching | None) -> None:
@@ -463,14 +491,16 @@ class DeploymentService:
             self.changes.notify()
 
     def _apply_locked(self, name: str, revision: int, plan: Plan, batching: Batching | None) -> None:
-        current = self.store.get_deployment(name)
-        live = self.live(name)
+        """Applies a pending change of the deployment whose route key is `name`."""
+        workspace_id, bare = split_key(name)
+        current = self.store.get_deployment(workspace_id, bare)
+        live = self._live_at(name)
         if (
             current.status is not DeploymentStatus.RUNNING
             or current.pending_revision != revision
             or live is None
         ):
-            self.store.fail_change(name, revision, f"the deployment is {current.status.value}")
+            self.store.fail_change(workspace_id, bare, revision, f"the deployment is {current.status.value}")
             return
         if batching is not None:
             with self._lock:
@@ -499,12 +529,13 @@ class DeploymentService:
             shadow = loaded(plan.shadow, f"r{revision}s") if plan.shadow else None
             mirror = live.mirror if shadow is not None and shadow is live.shadow else None
             if shadow is not None and mirror is None:
-                mirror = Shadow(name, shadow.route(name, revision, "shadow"), self.observer.shadow_batch)
+                mirror = Shadow(bare, shadow.route(name, revision, "shadow"), self.observer.shadow_batch)
             now = Live.of(name, revision, primary, canary, plan.canary_percent, shadow, mirror)
             # Swapped before it is recorded: whoever sees the revision live finds it served.
             self._serve(name, now)
             deployment = self.store.finish_change(
-                name,
+                workspace_id,
+                bare,
                 revision,
                 plan,
                 [placement(s) for s in primary.steps],
@@ -520,7 +551,7 @@ class DeploymentService:
                 self._unload(made)
             if not isinstance(exc, (ModelLoadError, FlightlineError)):
                 log.exception("changing deployment %s to revision %d failed", name, revision)
-            failed = self.store.fail_change(name, revision, str(exc))
+            failed = self.store.fail_change(workspace_id, bare, revision, str(exc))
             self.observer.deployment_changed(failed, revision, "failed", str(exc))
             return
         if live.mirror is not None and live.mirror is not now.mirror:
@@ -574,8 +605,8 @@ class DeploymentService:
 
     def _start_in_background(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> None:
         try:
-            with self._name_lock(deployment.name):
-                current = self.store.get_deployment(deployment.name)
+            with self._name_lock(route_key(deployment.workspace_id, deployment.name)):
+                current = self.store.get_deployment(deployment.workspace_id, deployment.name)
                 # Undeployed (or replaced) while queued: nothing to start.
                 if current.id == deployment.id and current.status is DeploymentStatus.DEPLOYING:
                     self.observer.deployed(self._start(current, versions))
@@ -585,7 +616,8 @@ class DeploymentService:
             self.changes.notify()
 
     def _start(self, deployment: Deployment, versions: Sequence[ModelVersion]) -> Deployment:
-        name = deployment.name
+        workspace_id = deployment.workspace_id
+        name = route_key(workspace_id, deployment.name)
         try:
             primary = self._load(name, "", versions)
         except Exception as exc:
@@ -593,7 +625,7 @@ class DeploymentService:
             if not isinstance(exc, (ModelLoadError, FlightlineError)):
                 log.exception("deploying %s failed", name)
             return self.store.update_deployment(
-                name, DeploymentStatus.FAILED, str(exc), by_fault=_by_fault(exc)
+                workspace_id, deployment.name, DeploymentStatus.FAILED, str(exc), by_fault=_by_fault(exc)
             )
         # A resumed split or shadow that cannot load now leaves the deployment serving its own steps;
         # the record keeps the plan, so the next start tries again.
@@ -603,20 +635,22 @@ class DeploymentService:
         mirror = None
         if shadow is not None:
             mirror = Shadow(
-                name, shadow.route(name, deployment.revision, "shadow"), self.observer.shadow_batch
+                deployment.name, shadow.route(name, deployment.revision, "shadow"), self.observer.shadow_batch
             )
         live = Live.of(name, deployment.revision, primary, canary, deployment.canary_percent, shadow, mirror)
         self._serve(name, live)
         # Recorded for front doors in other processes (dataplane/discovery.py), which route the same way.
         running = self.store.update_deployment(
-            name,
+            workspace_id,
+            deployment.name,
             DeploymentStatus.RUNNING,
             "; ".join(notes),
             placements=[placement(step) for step in primary.steps],
         )
         if canary is not None or shadow is not None:
             running = self.store.set_variant_placements(
-                name,
+                workspace_id,
+                deployment.name,
                 [placement(s) for s in canary.steps] if canary else [],
                 [placement(s) for s in shadow.steps] if shadow else [],
             )
@@ -635,8 +669,9 @@ class DeploymentService:
             return None
 
     def _load(self, name: str, tag: str, versions: Sequence[ModelVersion]) -> Loaded:
-        """Loads a pipeline for deployment `name`; its runtime-server models are keyed `<name>.<index>`
-        (the deploy's) or `<name>@<tag>.<index>` (a change's), so old and new are loaded side by side."""
+        """Loads a pipeline for the deployment whose route key is `name`; its runtime-server models are
+        keyed `<name>.<index>` (the deploy's) or `<name>@<tag>.<index>` (a change's), so old and new are
+        loaded side by side."""
         keys: list[tuple[ServerGroup, str]] = []
         try:
             steps = tuple(self._step(name, tag, i, v, keys) for i, v in enumerate(versions))
@@ -667,7 +702,7 @@ class DeploymentService:
             spec = model_spec(version, self._artifact(version))
             return LocalStep(Host(load_runtime(version.runtime, spec)))
         key = f"{name}.{index}" if not tag else f"{name}@{tag}.{index}"
-        group = server_group(version, self.store.get_deployment(name).workspace_id, environment)
+        group = server_group(version, split_key(name)[0], environment)
         request = LoadRequest(
             key=key,
             runtime=version.runtime,
@@ -683,12 +718,13 @@ class DeploymentService:
         keys.append((group, key))
         try:
             location = self.backend.ensure_server(group)
+            secret = self.backend.secret(group)
             self.backend.load(group, request)
         except (ModelLoadError, RuntimeFault) as exc:
             raise type(exc)(f"{what}: {exc}") from exc
         with self._lock:
             batching = self._batching.get(name)
-        remote = RemoteStep(location, key)
+        remote = RemoteStep(location, key, secret=secret)
         return remote if batching is None else BatchingStep(remote, batching)
 
     def _artifact(self, version: ModelVersion) -> Path:
@@ -725,9 +761,9 @@ class DeploymentService:
 
 
 def resumable(store: MetadataStore) -> list[str]:
-    """The names `DeploymentService.resume` will bring back at start-up: the front door answers
+    """The route keys of what `DeploymentService.resume` will bring back at start-up: the front door answers
     UNAVAILABLE (retry) for them until they are routed, not NOT_FOUND."""
-    return [d.name for d in store.list_deployments() if _resumes(store, d)]
+    return [route_key(d.workspace_id, d.name) for d in store.list_deployments() if _resumes(store, d)]
 
 
 def _resumes(store: MetadataStore, deployment: Deployment) -> bool:

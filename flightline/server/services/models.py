@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from flightline.runtimes.base import ModelLoadError
 from flightline.runtimes.catalog import FRAMEWORKS, FrameworkSpec, UnknownFramework, get_framework
-from flightline.runtimes.plugins import for_framework, plugin
+from flightline.runtimes.plugins import for_framework, load_attribute, plugin, serving
 from flightline.runtimes.rules import check_schema
 from flightline.server.errors import InvalidArgument
 from flightline.server.hosting.environments import (
@@ -24,6 +26,7 @@ from flightline.server.hosting.environments import (
     EnvironmentBuildError,
     EnvironmentMissing,
     Environments,
+    normalize,
     wanted,
 )
 from flightline.server.observability import DEFAULT, Observer
@@ -197,10 +200,12 @@ class ModelService:
             framework = get_framework(conversion.framework)
         except UnknownFramework as exc:
             raise InvalidArgument(str(exc)) from exc
+        accepting = serving(framework.name)
+        ragged = accepting is not None and accepting.variable_lists
         for field in ("input_schema", "output_schema"):
             schema = parse_schema(f"conversion.{field}", getattr(conversion, field))
             if schema is not None:
-                check_schema(f"conversion.{field}", schema)
+                check_schema(f"conversion.{field}", schema, variable_lists=ragged)
         self.store.get_workspace(workspace_id)
         return framework
 
@@ -262,17 +267,21 @@ class ModelService:
         key = (version.model_id, version.version)
         self.store.update_model_version(*key, status=ModelStatus.CONVERTING)
         self.changes.notify()
-        conversion = version.conversion
         try:
-            # A model with its own requirements gets its environment now, on this pool (the version is
-            # CONVERTING meanwhile), and is inspected by that environment's interpreter.
-            python = self._environment(version, for_framework(framework.name).name) or sys.executable
+            accepting = for_framework(framework.name)
             with self._folder() as tmp:
+                local = self._copy_in(version.sha256, tmp / "in", filename)
+                if accepting.own_requirements is not None:
+                    version = self._own_requirements(version, accepting.own_requirements, local)
+                conversion = version.conversion
+                # A model with its own requirements gets its environment now, on this pool (the version
+                # is CONVERTING meanwhile), and is inspected by that environment's interpreter.
+                python = self._environment(version, accepting.name) or sys.executable
                 output = tmp / "out"
                 output.mkdir()
                 prepared = prepare(
                     framework,
-                    self._copy_in(version.sha256, tmp / "in", filename),
+                    local,
                     output,
                     input_schema=parse_schema("input_schema", conversion.input_schema),
                     output_schema=parse_schema("output_schema", conversion.output_schema),
@@ -303,6 +312,27 @@ class ModelService:
             conversion_note=prepared.note,
             input_schema=_ipc(prepared.input_schema),
             output_schema=_ipc(prepared.output_schema),
+        )
+
+    def _own_requirements(self, version: ModelVersion, reader: str, archive: Path) -> ModelVersion:
+        """Records what the model's archive says it needs (its plug-in's reader: text entries only, no
+        model code runs here) together with the upload's own: a requirement the upload names replaces
+        the archive's of the same package, and the upload's python_version wins. A deploy derives the
+        environment from what is recorded, as for any model."""
+        read: Callable[[Path], tuple[tuple[str, ...], str]] = load_attribute(reader)
+        from_archive, python = read(archive)
+        conversion = version.conversion
+        given = {canonicalize_name(Requirement(r).name) for r in normalize(conversion.requirements)}
+        try:
+            listed = normalize(from_archive)
+        except EnvironmentBuildError as error:
+            raise ModelLoadError(f"requirements.txt in the archive: {error}") from None
+        kept = [r for r in listed if canonicalize_name(Requirement(r).name) not in given]
+        return self.store.update_model_version(
+            version.model_id,
+            version.version,
+            requirements=(*conversion.requirements, *kept),
+            python_version=conversion.python_version or python,
         )
 
     def family_built(self, family: str) -> bool:

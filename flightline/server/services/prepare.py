@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -53,8 +54,9 @@ class Prepared:
 
 
 def check_artifact(framework: FrameworkSpec, artifact: Path) -> None:
-    """Cheap checks done before anything is stored; raises InvalidArgument."""
-    if framework.archive or artifact.suffix == ".zip":
+    """Cheap checks done before anything is stored; raises InvalidArgument. Any zip is checked (forms are
+    told apart by content: a Keras upload may be a SavedModel zip, a .keras zip or an HDF5 file)."""
+    if framework.archive_only or artifact.suffix == ".zip" or zipfile.is_zipfile(artifact):
         check_zip(artifact)
 
 

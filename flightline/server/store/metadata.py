@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flightline.server import calls
 from flightline.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from flightline.server.store.access import AccessRecords
 from flightline.server.store.records import (
     Conversion,
     Deployment,
@@ -38,6 +39,7 @@ from flightline.server.store.records import (
     StepPlacement,
     Workspace,
 )
+from flightline.server.store.secrets import Secrets, process_secrets
 from flightline.server.store.tables import (
     DeploymentRevisionRow,
     DeploymentRow,
@@ -68,12 +70,15 @@ MAX_WORKSPACE_NAME = 100
 PG_MIGRATION_LOCK = 0x466C6967
 
 
-class MetadataStore:
+class MetadataStore(AccessRecords):
     """`owner` is the id of the server instance using the store: new versions and deployments record it,
-    so that start-up recovery can touch only its own work when several instances share a database."""
+    so that start-up recovery can touch only its own work when several instances share a database.
+    `secrets` encrypts registry tokens and runtime servers' secrets at rest (None: a key of this process
+    only, for tools and tests; servers pass the key from their settings)."""
 
-    def __init__(self, url: str, owner: str = "") -> None:
+    def __init__(self, url: str, owner: str = "", *, secrets: Secrets | None = None) -> None:
         self.owner = owner
+        self.secrets = secrets or process_secrets()
         self._engine = _create_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._upgrade_schema()
@@ -103,8 +108,13 @@ class MetadataStore:
         with self._read() as session:
             return _workspace(_workspace_row(session, workspace_id))
 
-    def list_workspaces(self, limit: int, after_id: int = 0) -> list[Workspace]:
+    def list_workspaces(
+        self, limit: int, after_id: int = 0, only: Collection[int] | None = None
+    ) -> list[Workspace]:
+        """Workspaces by id; with `only`, just those (the ones a caller is a member of)."""
         query = select(WorkspaceRow).where(WorkspaceRow.id > after_id).order_by(WorkspaceRow.id).limit(limit)
+        if only is not None:
+            query = query.where(WorkspaceRow.id.in_(list(only)))
         with self._read() as session:
             return [_workspace(row) for row in session.scalars(query)]
 
@@ -115,12 +125,17 @@ class MetadataStore:
             _workspace_row(session, workspace_id)
             now = utc_now()
             row = RegistryRow(
-                id=str(uuid4()), name=name, url=url, token=token, created_at=now, updated_at=now
+                id=str(uuid4()),
+                name=name,
+                url=url,
+                token=self.secrets.encrypt(token),
+                created_at=now,
+                updated_at=now,
             )
             row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
             session.add(row)
             session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(create)
 
@@ -134,7 +149,7 @@ class MetadataStore:
                 row.links.append(RegistryWorkspaceRow(workspace_id=workspace_id))
                 row.updated_at = utc_now()
                 session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(attach)
 
@@ -147,13 +162,13 @@ class MetadataStore:
             row.links.remove(link)
             row.updated_at = utc_now()
             session.flush()
-            return _registry(row)
+            return self._registry(row)
 
         return self._write(detach)
 
     def get_registry(self, registry_id: str) -> Registry:
         with self._read() as session:
-            return _registry(_registry_row(session, registry_id))
+            return self._registry(_registry_row(session, registry_id))
 
     def list_registries(
         self, workspace_id: int, limit: int | None = None, after_id: str = ""
@@ -177,7 +192,7 @@ class MetadataStore:
                     (RegistryRow.created_at > after.created_at)
                     | ((RegistryRow.created_at == after.created_at) & (RegistryRow.id > after.id))
                 )
-            return [_registry(row) for row in session.scalars(query)]
+            return [self._registry(row) for row in session.scalars(query)]
 
     # -- models
 
@@ -271,9 +286,14 @@ class MetadataStore:
         size_bytes: int | None = None,
         input_schema: bytes | None = None,
         output_schema: bytes | None = None,
+        requirements: tuple[str, ...] | None = None,
+        python_version: str | None = None,
     ) -> ModelVersion:
-        """Changes the given fields (None leaves a field as it is)."""
+        """Changes the given fields (None leaves a field as it is). `requirements` and `python_version`
+        are the conversion's: what the model's environment is built from."""
         changes: dict[str, Any] = {
+            "conversion_requirements": None if requirements is None else list(requirements),
+            "conversion_python_version": python_version,
             "status": None if status is None else ModelStatus(status).value,
             "status_reason": status_reason,
             "conversion_note": conversion_note,
@@ -394,7 +414,9 @@ class MetadataStore:
             for step in steps:
                 _version_row(session, step.model_id, step.version)
             existing = session.scalars(
-                select(DeploymentRow).where(DeploymentRow.name == name).with_for_update()
+                select(DeploymentRow)
+                .where(DeploymentRow.workspace_id == workspace_id, DeploymentRow.name == name)
+                .with_for_update()
             ).one_or_none()
             if existing is not None:
                 if existing.status != DeploymentStatus.STOPPED:
@@ -418,12 +440,13 @@ class MetadataStore:
             session.flush()
             session.add(_revision_row(row.id, 1, Plan(tuple(steps)), actor, reason))
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(create)
 
     def update_deployment(
         self,
+        workspace_id: int,
         name: str,
         status: DeploymentStatus,
         status_reason: str = "",
@@ -437,7 +460,7 @@ class MetadataStore:
         running = status is DeploymentStatus.RUNNING
 
         def update(session: Session) -> Deployment:
-            row = _deployment_row(session, name)
+            row = _deployment_row(session, workspace_id, name)
             if running and placements and len(placements) != len(row.steps):
                 raise ValueError(
                     f"deployment {name!r}: {len(placements)} placements for {len(row.steps)} steps"
@@ -450,8 +473,11 @@ class MetadataStore:
                 step.in_front_door = placed.in_front_door
                 step.location = placed.location
                 step.model_key = placed.model_key
+                step.runtime_secret = self.secrets.encrypt(placed.secret)
             if not running:  # where the canary and shadow ran is known only while RUNNING
-                row.variants = _variants_json(_variants_of(row.variants)[0], (), ())
+                row.variants = _variants_json(
+                    _variants_of(row.variants, self.secrets)[0], (), (), self.secrets
+                )
             if status in (DeploymentStatus.RUNNING, DeploymentStatus.FAILED) and not row.pending_revision:
                 # The deploy's own revision (or a resumed one) settles with the deployment.
                 live = session.get(DeploymentRevisionRow, (row.id, row.revision))
@@ -460,48 +486,64 @@ class MetadataStore:
                     live.status_reason = status_reason
             session.flush()
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(update)
 
-    def get_deployment(self, name: str) -> Deployment:
+    def get_deployment(self, workspace_id: int, name: str) -> Deployment:
         with self._read() as session:
-            return _deployment(_deployment_row(session, name))
+            return self._deployment(_deployment_row(session, workspace_id, name))
+
+    def deployments_named(self, name: str) -> list[Deployment]:
+        """The deployments called `name`, in any workspace (names are unique per workspace only)."""
+        query = select(DeploymentRow).where(DeploymentRow.name == name).order_by(DeploymentRow.id)
+        with self._read() as session:
+            return [self._deployment(row) for row in session.scalars(query)]
 
     def list_deployments(
-        self, workspace_id: int | None = None, limit: int | None = None, after_id: int = 0
+        self,
+        workspace_id: int | None = None,
+        limit: int | None = None,
+        after_id: int = 0,
+        *,
+        only: Collection[int] | None = None,
     ) -> list[Deployment]:
-        """Deployments of one workspace, or of all when workspace_id is None, by id, after `after_id`."""
+        """Deployments of one workspace, or of all when workspace_id is None (of the workspaces in `only`,
+        when given), by id, after `after_id`."""
         query = (
             select(DeploymentRow).where(DeploymentRow.id > after_id).order_by(DeploymentRow.id).limit(limit)
         )
+        if only is not None:
+            query = query.where(DeploymentRow.workspace_id.in_(list(only)))
         with self._read() as session:
             if workspace_id is not None:
                 _workspace_row(session, workspace_id)
                 query = query.where(DeploymentRow.workspace_id == workspace_id)
-            return [_deployment(row) for row in session.scalars(query)]
+            return [self._deployment(row) for row in session.scalars(query)]
 
     def set_variant_placements(
-        self, name: str, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement]
+        self, workspace_id: int, name: str, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement]
     ) -> Deployment:
         """Records where a RUNNING deployment's canary and shadow steps run (after a resume)."""
 
         def record(session: Session) -> Deployment:
-            row = _deployment_row(session, name)
-            plan = _variants_of(row.variants)[0]
-            row.variants = _variants_json(plan, canary, shadow)
+            row = _deployment_row(session, workspace_id, name)
+            plan = _variants_of(row.variants, self.secrets)[0]
+            row.variants = _variants_json(plan, canary, shadow, self.secrets)
             session.flush()
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(record)
 
-    def begin_change(self, name: str, plan: Plan, *, actor: str, reason: str) -> Deployment:
+    def begin_change(
+        self, workspace_id: int, name: str, plan: Plan, *, actor: str, reason: str
+    ) -> Deployment:
         """Records revision n+1 PENDING for a RUNNING deployment with no change pending; the deployment
         keeps serving its revision. FailedPrecondition otherwise."""
 
         def begin(session: Session) -> Deployment:
-            row = _deployment_row(session, name, lock=True)
+            row = _deployment_row(session, workspace_id, name, lock=True)
             if row.status != DeploymentStatus.RUNNING.value:
                 raise FailedPrecondition(f"deployment {name!r} is {row.status}, not running")
             if row.pending_revision:
@@ -518,12 +560,13 @@ class MetadataStore:
             row.pending_revision = number
             row.status_reason = f"revision {number} pending: loading and warming"
             session.flush()
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(begin)
 
     def finish_change(
         self,
+        workspace_id: int,
         name: str,
         revision: int,
         plan: Plan,
@@ -534,7 +577,7 @@ class MetadataStore:
         """The pending `revision` went live: the deployment now serves `plan` where `placements` say."""
 
         def finish(session: Session) -> Deployment:
-            row = _deployment_row(session, name, lock=True)
+            row = _deployment_row(session, workspace_id, name, lock=True)
             pending = session.get(DeploymentRevisionRow, (row.id, revision))
             if pending is not None:
                 pending.status = RevisionStatus.LIVE.value
@@ -549,21 +592,22 @@ class MetadataStore:
                 step.in_front_door = placed.in_front_door
                 step.location = placed.location
                 step.model_key = placed.model_key
-            row.variants = _variants_json(plan, canary, shadow)
+                step.runtime_secret = self.secrets.encrypt(placed.secret)
+            row.variants = _variants_json(plan, canary, shadow, self.secrets)
             row.revision = revision
             row.pending_revision = 0
             row.status_reason = ""
             session.flush()
             _routes_changed(session)
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(finish)
 
-    def fail_change(self, name: str, revision: int, reason: str) -> Deployment:
+    def fail_change(self, workspace_id: int, name: str, revision: int, reason: str) -> Deployment:
         """The pending `revision` could not go live; the deployment keeps serving the one before."""
 
         def fail(session: Session) -> Deployment:
-            row = _deployment_row(session, name, lock=True)
+            row = _deployment_row(session, workspace_id, name, lock=True)
             pending = session.get(DeploymentRevisionRow, (row.id, revision))
             if pending is not None:
                 pending.status = RevisionStatus.FAILED.value
@@ -572,14 +616,16 @@ class MetadataStore:
                 row.pending_revision = 0
                 row.status_reason = f"revision {revision} failed, revision {row.revision} serves: {reason}"
             session.flush()
-            return _deployment(row)
+            return self._deployment(row)
 
         return self._write(fail)
 
-    def list_revisions(self, name: str, limit: int | None = None, after: int = 0) -> list[Revision]:
+    def list_revisions(
+        self, workspace_id: int, name: str, limit: int | None = None, after: int = 0
+    ) -> list[Revision]:
         """A deployment's revisions by number, after `after`."""
         with self._read() as session:
-            row = _deployment_row(session, name)
+            row = _deployment_row(session, workspace_id, name)
             query = (
                 select(DeploymentRevisionRow)
                 .where(DeploymentRevisionRow.deployment_id == row.id, DeploymentRevisionRow.revision > after)
@@ -588,12 +634,54 @@ class MetadataStore:
             )
             return [_revision(r) for r in session.scalars(query)]
 
-    def delete_deployment(self, name: str) -> None:
+    def delete_deployment(self, workspace_id: int, name: str) -> None:
         def delete(session: Session) -> None:
-            session.delete(_deployment_row(session, name))
+            session.delete(_deployment_row(session, workspace_id, name))
             _routes_changed(session)
 
         self._write(delete)
+
+    # -- secrets at rest
+
+    def encrypt_clear_tokens(self) -> int:
+        """Encrypts registry tokens stored in clear (by a server from before migration 0005); how many."""
+
+        def encrypt(session: Session) -> int:
+            rows = [
+                r
+                for r in session.scalars(select(RegistryRow))
+                if r.token and not r.token.startswith("fernet:")
+            ]
+            for row in rows:
+                row.token = self.secrets.encrypt(row.token)
+            return len(rows)
+
+        return self._write(encrypt)
+
+    def rotate_secrets(self, new: Secrets) -> int:
+        """Re-encrypts every stored secret with `new`'s first key, in one transaction; how many. Values
+        are read with this store's keys (or `new`'s: a rotation that was interrupted is simply re-run)."""
+        reader = Secrets([*new.keys, *self.secrets.keys])
+
+        def rotate(session: Session) -> int:
+            count = 0
+            for registry in session.scalars(select(RegistryRow)):
+                if registry.token:
+                    registry.token = new.encrypt(reader.decrypt(registry.token))
+                    count += 1
+            for step in session.scalars(select(DeploymentStepRow)):
+                if step.runtime_secret:
+                    step.runtime_secret = new.encrypt(reader.decrypt(step.runtime_secret))
+                    count += 1
+            for deployment in session.scalars(select(DeploymentRow).where(DeploymentRow.variants != "")):
+                plan, canary, shadow = _variants_of(deployment.variants, reader)
+                deployment.variants = _variants_json(plan, canary, shadow, new)
+                count += len(canary) + len(shadow)
+            return count
+
+        count = self._write(rotate)
+        self.secrets = new
+        return count
 
     # -- instances and routes
 
@@ -613,6 +701,49 @@ class MetadataStore:
         """A counter that goes up with every change of any deployment (front doors poll it)."""
         with self._read() as session:
             return int(session.scalar(select(RouteStateRow.version).where(RouteStateRow.id == 1)) or 0)
+
+    # -- rows to records that hold secrets
+
+    def _registry(self, row: RegistryRow) -> Registry:
+        return Registry(
+            id=row.id,
+            name=row.name,
+            url=row.url,
+            token=self.secrets.decrypt(row.token),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            workspace_ids=tuple(sorted(link.workspace_id for link in row.links)),
+        )
+
+    def _deployment(self, row: DeploymentRow) -> Deployment:
+        plan, canary, shadow = _variants_of(row.variants, self.secrets)
+        running = row.status == DeploymentStatus.RUNNING
+        return Deployment(
+            id=row.id,
+            name=row.name,
+            workspace_id=row.workspace_id,
+            status=DeploymentStatus(row.status),
+            status_reason=row.status_reason,
+            steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
+            created_at=row.created_at,
+            failed_by_fault=row.failed_by_fault,
+            owner=row.owner,
+            placements=tuple(
+                StepPlacement(
+                    s.in_front_door, s.location, s.model_key, self.secrets.decrypt(s.runtime_secret)
+                )
+                for s in row.steps
+            )
+            if running
+            else (),
+            revision=row.revision,
+            pending_revision=row.pending_revision,
+            canary=plan.canary,
+            canary_percent=plan.canary_percent,
+            shadow=plan.shadow,
+            canary_placements=canary if running else (),
+            shadow_placements=shadow if running else (),
+        )
 
     # -- plumbing
 
@@ -746,8 +877,10 @@ def _version_row(session: Session, model_id: int, version: int) -> tuple[ModelVe
     return row, model.name
 
 
-def _deployment_row(session: Session, name: str, *, lock: bool = False) -> DeploymentRow:
-    query = select(DeploymentRow).where(DeploymentRow.name == name)
+def _deployment_row(session: Session, workspace_id: int, name: str, *, lock: bool = False) -> DeploymentRow:
+    query = select(DeploymentRow).where(
+        DeploymentRow.workspace_id == workspace_id, DeploymentRow.name == name
+    )
     row = session.scalars(query.with_for_update() if lock else query).one_or_none()
     if row is None:
         raise NotFound(f"deployment {name!r} does not exist")
@@ -759,18 +892,6 @@ def _deployment_row(session: Session, name: str, *, lock: bool = False) -> Deplo
 
 def _workspace(row: WorkspaceRow) -> Workspace:
     return Workspace(id=row.id, name=row.name, created_at=row.created_at)
-
-
-def _registry(row: RegistryRow) -> Registry:
-    return Registry(
-        id=row.id,
-        name=row.name,
-        url=row.url,
-        token=row.token,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        workspace_ids=tuple(sorted(link.workspace_id for link in row.links)),
-    )
 
 
 def _model(row: ModelRow) -> Model:
@@ -815,32 +936,6 @@ def _version(row: ModelVersionRow, model_name: str) -> ModelVersion:
     )
 
 
-def _deployment(row: DeploymentRow) -> Deployment:
-    plan, canary, shadow = _variants_of(row.variants)
-    running = row.status == DeploymentStatus.RUNNING
-    return Deployment(
-        id=row.id,
-        name=row.name,
-        workspace_id=row.workspace_id,
-        status=DeploymentStatus(row.status),
-        status_reason=row.status_reason,
-        steps=tuple(DeploymentStep(model_id=s.model_id, version=s.version) for s in row.steps),
-        created_at=row.created_at,
-        failed_by_fault=row.failed_by_fault,
-        owner=row.owner,
-        placements=tuple(StepPlacement(s.in_front_door, s.location, s.model_key) for s in row.steps)
-        if running
-        else (),
-        revision=row.revision,
-        pending_revision=row.pending_revision,
-        canary=plan.canary,
-        canary_percent=plan.canary_percent,
-        shadow=plan.shadow,
-        canary_placements=canary if running else (),
-        shadow_placements=shadow if running else (),
-    )
-
-
 def _steps_json(steps: Sequence[DeploymentStep]) -> list[list[int]]:
     return [[s.model_id, s.version] for s in steps]
 
@@ -849,12 +944,23 @@ def _steps_of(value: Any) -> tuple[DeploymentStep, ...]:
     return tuple(DeploymentStep(int(m), int(v)) for m, v in value or ())
 
 
-def _placements_of(value: Any) -> tuple[StepPlacement, ...]:
-    return tuple(StepPlacement(bool(f), str(loc), str(key)) for f, loc, key in value or ())
+def _placements_json(placements: Sequence[StepPlacement], secrets: Secrets) -> list[list[Any]]:
+    return [[p.in_front_door, p.location, p.model_key, secrets.encrypt(p.secret)] for p in placements]
 
 
-def _variants_json(plan: Plan, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement]) -> str:
-    """A deployment's `variants` column: its split and shadow (steps of the plan are its step rows)."""
+def _placements_of(value: Any, secrets: Secrets) -> tuple[StepPlacement, ...]:
+    # [in_front_door, location, model_key, encrypted runtime secret]; rows from before auth have no secret
+    return tuple(
+        StepPlacement(bool(p[0]), str(p[1]), str(p[2]), secrets.decrypt(str(p[3])) if len(p) > 3 else "")
+        for p in value or ()
+    )
+
+
+def _variants_json(
+    plan: Plan, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement], secrets: Secrets
+) -> str:
+    """A deployment's `variants` column: its split and shadow (steps of the plan are its step rows); the
+    runtime servers' secrets in it are encrypted as the step rows' are."""
     if not plan.canary and not plan.shadow:
         return ""
     return json.dumps(
@@ -862,19 +968,22 @@ def _variants_json(plan: Plan, canary: Sequence[StepPlacement], shadow: Sequence
             "canary": _steps_json(plan.canary),
             "canary_percent": plan.canary_percent,
             "shadow": _steps_json(plan.shadow),
-            "canary_placements": [[p.in_front_door, p.location, p.model_key] for p in canary],
-            "shadow_placements": [[p.in_front_door, p.location, p.model_key] for p in shadow],
+            "canary_placements": _placements_json(canary, secrets),
+            "shadow_placements": _placements_json(shadow, secrets),
         }
     )
 
 
-def _variants_of(text: str) -> tuple[Plan, tuple[StepPlacement, ...], tuple[StepPlacement, ...]]:
+def _variants_of(
+    text: str, secrets: Secrets
+) -> tuple[Plan, tuple[StepPlacement, ...], tuple[StepPlacement, ...]]:
     """(plan without steps, canary placements, shadow placements) from a `variants` column."""
     if not text:
         return Plan(()), (), ()
     value = json.loads(text)
     plan = Plan((), _steps_of(value["canary"]), int(value["canary_percent"]), _steps_of(value["shadow"]))
-    return plan, _placements_of(value["canary_placements"]), _placements_of(value["shadow_placements"])
+    canary = _placements_of(value["canary_placements"], secrets)
+    return plan, canary, _placements_of(value["shadow_placements"], secrets)
 
 
 def _revision_row(

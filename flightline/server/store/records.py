@@ -97,6 +97,7 @@ class StepPlacement:
     in_front_door: bool
     location: str = ""
     model_key: str = ""
+    secret: str = field(default="", repr=False)  # what the runtime server demands of its callers
 
 
 class RevisionStatus(StrEnum):
@@ -152,3 +153,52 @@ class Deployment:
     @property
     def plan(self) -> Plan:
         return Plan(self.steps, self.canary, self.canary_percent, self.shadow)
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    admin: bool  # a platform administrator: every workspace, and users
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as stored: never its secret, only a salted hash of it (kept in the store alone)."""
+
+    id: str
+    user_id: int
+    name: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    token: TokenInfo
+    salt: bytes
+    hash: bytes
+    user: User
+    roles: dict[int, str]  # workspace id -> role, the user's memberships
+
+
+@dataclass(frozen=True)
+class Member:
+    workspace_id: int
+    user_id: int
+    user_name: str
+    role: str  # viewer | editor | admin
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    time: datetime
+    user_id: int | None
+    actor: str
+    action: str
+    resource: str
+    workspace_id: int | None
+    outcome: str

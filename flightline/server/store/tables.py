@@ -136,9 +136,11 @@ class ModelVersionRow(Base):
 
 class DeploymentRow(Base):
     __tablename__ = "deployments"
+    # Names are unique per workspace (migration 0005): two teams may both deploy "fraud".
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_deployments_workspace_id_name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
     status: Mapped[str] = mapped_column(String(32))
     status_reason: Mapped[str]
@@ -183,6 +185,9 @@ class DeploymentStepRow(Base):
     in_front_door: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     location: Mapped[str] = mapped_column(default="", server_default="")
     model_key: Mapped[str] = mapped_column(default="", server_default="")
+    # The secret the runtime server at `location` demands of its callers, encrypted at rest like
+    # registry tokens (store/secrets.py): front doors in other processes read it here.
+    runtime_secret: Mapped[str] = mapped_column(default="", server_default="")
 
 
 class DeploymentRevisionRow(Base):
@@ -211,3 +216,54 @@ class RouteStateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class UserRow(Base):
+    """A user or service account. `admin`: a platform administrator (every workspace, users)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime]
+
+
+class TokenRow(Base):
+    """An API token: only a salted hash of its secret part is kept (server/access/tokens.py)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str]
+    salt: Mapped[bytes]
+    hash: Mapped[bytes]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class MemberRow(Base):
+    """A user's role in a workspace: viewer, editor or admin."""
+
+    __tablename__ = "workspace_members"
+
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class AuditRow(Base):
+    """Who did what to which resource; never a token, never a payload."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor: Mapped[str]
+    action: Mapped[str]
+    resource: Mapped[str]
+    workspace_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    outcome: Mapped[str] = mapped_column(String(32))

@@ -1,7 +1,9 @@
 // Calls Flightline's control plane from Node.js using only protos/flightline/v1/*.proto (no generated code).
 //
-//   node client.mjs <host:port> <workspace-name>
+//   FLIGHTLINE_TOKEN=<token> node client.mjs <host:port> <workspace-name>
 //
+// Every call carries `authorization: Bearer <token>` (gRPC metadata); one call without it checks that the
+// server refuses it with UNAUTHENTICATED.
 // Prints one JSON line with what the server answered; exits non-zero on any surprise.
 import { readdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -28,10 +30,20 @@ function loadFlightline() {
   return grpc.loadPackageDefinition(definition).flightline.v1;
 }
 
+function bearer(token) {
+  const metadata = new grpc.Metadata();
+  if (token) metadata.add("authorization", `Bearer ${token}`);
+  return metadata;
+}
+
+let credentialsMetadata = bearer(process.env.FLIGHTLINE_TOKEN);
+
 // Promisifies one unary call with a deadline, so a hung server fails the run instead of blocking it.
-function call(stub, method, request) {
+function call(stub, method, request, metadata = credentialsMetadata) {
   return new Promise((ok, fail) => {
-    stub[method](request, { deadline: Date.now() + DEADLINE_MS }, (err, reply) => (err ? fail(err) : ok(reply)));
+    stub[method](request, metadata, { deadline: Date.now() + DEADLINE_MS }, (err, reply) =>
+      err ? fail(err) : ok(reply),
+    );
   });
 }
 
@@ -52,7 +64,10 @@ async function main([address, name]) {
   const workspaces = new v1.WorkspaceService(address, credentials);
   const models = new v1.ModelService(address, credentials);
   const deployments = new v1.DeploymentService(address, credentials);
+  const access = new v1.AccessService(address, credentials);
   try {
+    const me = await call(access, "WhoAmI", {});
+    const anonymous = await expectStatus(call(access, "WhoAmI", {}, bearer("")), grpc.status.UNAUTHENTICATED);
     const created = await call(workspaces, "CreateWorkspace", { name });
     const fetched = await call(workspaces, "GetWorkspace", { workspace_id: created.id });
     if (fetched.id !== created.id || fetched.name !== name) {
@@ -80,8 +95,11 @@ async function main([address, name]) {
       deployment_count: listed.deployments.length,
       has_sklearn: frameworks.some((f) => f.name === "sklearn"),
       unknown_workspace_status: notFound,
+      who: me.user.name,
+      without_token_status: anonymous,
     };
   } finally {
+    access.close();
     workspaces.close();
     models.close();
     deployments.close();
