@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import settings_for
+from support.auth import call_options
 from support.mlp import build_adder
 from support.wait import wait_until
 
@@ -117,7 +118,9 @@ class Streamer:
                     self.streams.append((started, answered))
 
     def _stream(self, conn: flight.FlightClient, rng: np.random.Generator) -> str:
-        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(self.name, "outputs"))
+        writer, reader = conn.do_exchange(
+            flight.FlightDescriptor.for_path(self.name, "outputs"), call_options()
+        )
         answered = ""
         with writer:
             for i in range(self.batches_per_stream):
@@ -223,7 +226,7 @@ def test_streams_ride_through_update_split_promote_rollback_and_shadow(
 
         # A stream opened before the update keeps its version to its end, after the swap too.
         conn = flight.connect(first.flight_location)
-        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("live", "outputs"))
+        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("live", "outputs"), call_options())
         probe = pa.record_batch(
             [pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(WIDTH, np.float32)), WIDTH)], names=["input"]
         )
@@ -361,7 +364,7 @@ def test_change_refusals_name_the_field(client: Client, workspace_id: int, tmp_p
                 pb.UpdateDeploymentRequest(workspace_id=other, name="guarded", steps=[step(v2)])
             ),
             grpc.StatusCode.NOT_FOUND,
-            "workspace",
+            "guarded",
         ),
         (
             lambda: d.UpdateDeployment(pb.UpdateDeploymentRequest(workspace_id=workspace_id, name="guarded")),
@@ -436,7 +439,7 @@ def one_row_latencies(location: str, name: str, count: int) -> list[float]:
     )
     took = []
     with flight.connect(location) as conn:
-        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(name, "outputs"))
+        writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(name, "outputs"), call_options())
         with writer:
             writer.begin(batch.schema)
             for _ in range(count):
@@ -494,18 +497,22 @@ def test_a_restart_keeps_the_split_and_the_shadow(tmp_path: Path) -> None:
         # Before start() resumes it, the front door listens already: retry, not "not found".
         with flight.connect(second.flight_location) as conn:
             with pytest.raises(flight.FlightUnavailableError, match="starting"):
-                writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("kept"))
+                writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("kept"), call_options())
                 writer.begin(pa.schema([("input", pa.list_(pa.float32(), WIDTH))]))
                 reader.read_chunk()
             with pytest.raises(flight.FlightUnavailableError, match="not ready"):
-                list(conn.do_action(flight.Action("healthcheck", b"")))
+                list(conn.do_action(flight.Action("healthcheck", b""), call_options()))
             with pytest.raises(pa.ArrowKeyError, match="not found"):  # no such deployment: NOT_FOUND
-                writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("never-deployed"))
+                writer, reader = conn.do_exchange(
+                    flight.FlightDescriptor.for_path("never-deployed"), call_options()
+                )
                 writer.begin(pa.schema([("input", pa.list_(pa.float32(), WIDTH))]))
                 reader.read_chunk()
         second.start()
         with flight.connect(second.flight_location) as conn:
-            assert [r.body.to_pybytes() for r in conn.do_action(flight.Action("healthcheck", b""))] == [b"ok"]
+            assert [
+                r.body.to_pybytes() for r in conn.do_action(flight.Action("healthcheck", b""), call_options())
+            ] == [b"ok"]
         with Client(second.grpc_address) as client:
             again = client.deployments.GetDeployment(pb.GetDeploymentRequest(name="kept"))
             assert again.status == pb.DEPLOYMENT_STATUS_RUNNING and again.revision == 3
@@ -565,7 +572,7 @@ def test_python_client_and_cli_update_split_shadow_history(app: App, tmp_path: P
             (4, "compare with v1"),
         ]
         # While a change is pending (held here before it loads), another is refused, naming the pending one.
-        with app.deployments._name_lock("adder"):
+        with app.deployments._name_lock(f"{ws.id}/adder"):
             pending = fl.update("adder", "adder:1", workspace=ws, wait=False)
             assert pending.pending_revision == 5 and pending.revision == 4
             with pytest.raises(flightline.errors.FailedPreconditionError, match="revision 5 pending"):
@@ -605,8 +612,8 @@ def test_a_front_door_apart_serves_the_split_and_the_shadow(tmp_path: Path) -> N
         shadow(client, ws, "split", step(v2))
         assert wait_until(
             lambda: (
-                second.router.served("split").shadow is not None
-                if "split" in second.router.names()
+                second.router.served(f"{ws}/split").shadow is not None
+                if f"{ws}/split" in second.router.names()
                 else False
             ),
             timeout=10,
@@ -616,8 +623,8 @@ def test_a_front_door_apart_serves_the_split_and_the_shadow(tmp_path: Path) -> N
         assert streamer.errors == [] and streamer.wrong == []
         assert set(streamer.since(0)) == {f"{v1.model_id}:1", f"{v2.model_id}:2"}
         update(client, ws, "split", step(v2))  # clears the split; the other front door follows
-        assert wait_until(lambda: second.router.served("split").canary is None, timeout=10)
-        assert parse_answered_by(pa.py_buffer(second.router.get("split").answered_by)) == {
+        assert wait_until(lambda: second.router.served(f"{ws}/split").canary is None, timeout=10)
+        assert parse_answered_by(pa.py_buffer(second.router.get(f"{ws}/split").answered_by)) == {
             "revision": "4",
             "variant": "primary",
             "steps": f"{v2.model_id}:2",

@@ -420,10 +420,11 @@ class Router:
         return self.served(name).primary
 
     def named(self, name: str) -> list[str]:
-        """The route keys of the deployments called `name`, in any workspace."""
+        """The route keys of the deployments called `name`, in any workspace (expected ones too, so a bare
+        name a restart has not routed yet is UNAVAILABLE, not NOT_FOUND)."""
         suffix = "/" + name
         with self._lock:
-            return sorted(k for k in self._served if k.endswith(suffix))
+            return sorted(k for k in self._served.keys() | self._expected if k.endswith(suffix))
 
     def names(self) -> list[str]:
         with self._lock:

@@ -245,11 +245,12 @@ class DeploymentService:
         drained, at most `drain_seconds` later) and records the revision with `reason`. A split is
         cleared, a shadow kept. If the new steps cannot load, the old keep serving and the deployment's
         status_reason (and the revision) say why. `wait=False` returns at once with the change pending."""
-        pins = self._pins(workspace_id, "steps", steps, required=True)
         return self._change(
             workspace_id,
             name,
-            lambda current: Plan(pins, (), 0, current.shadow),
+            lambda current: Plan(
+                self._pins(workspace_id, "steps", steps, required=True), (), 0, current.shadow
+            ),
             reason=reason,
             actor=actor,
             batching=batching,
@@ -272,11 +273,15 @@ class DeploymentService:
             raise InvalidArgument(f"canary_percent must be 0 to 100, got {percent}")
         if percent and not canary:
             raise InvalidArgument("canary_steps: give the canary's steps for a canary_percent above 0")
-        pins = self._pins(workspace_id, "canary_steps", canary, required=False)
+
+        def split(current: Deployment) -> Plan:
+            pins = self._pins(workspace_id, "canary_steps", canary, required=False)
+            return Plan(current.steps, pins, percent if pins else 0, current.shadow)
+
         return self._change(
             workspace_id,
             name,
-            lambda current: Plan(current.steps, pins, percent if pins else 0, current.shadow),
+            split,
             reason=reason,
             actor=actor,
             wait=wait,
@@ -293,11 +298,15 @@ class DeploymentService:
         wait: bool = True,
     ) -> Deployment:
         """Mirrors requests to the `shadow` pipeline (none: no shadow)."""
-        pins = self._pins(workspace_id, "shadow_steps", shadow, required=False)
         return self._change(
             workspace_id,
             name,
-            lambda current: Plan(current.steps, current.canary, current.canary_percent, pins),
+            lambda current: Plan(
+                current.steps,
+                current.canary,
+                current.canary_percent,
+                self._pins(workspace_id, "shadow_steps", shadow, required=False),
+            ),
             reason=reason,
             actor=actor,
             wait=wait,
@@ -470,7 +479,7 @@ class DeploymentService:
         batching: Batching | None = None,
         wait: bool,
     ) -> Deployment:
-        current = self.store.get_deployment(workspace_id, name)
+        current = self.store.get_deployment(workspace_id, name)  # NOT_FOUND first, then the steps
         plan = make(current)
         pending = self.store.begin_change(workspace_id, name, plan, actor=actor, reason=reason)
         self.changes.notify()
