@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
+from support.auth import call_options
 
 SERVING_TIMEOUT = 120.0
 
@@ -74,7 +75,9 @@ class Load:
         while not self.stop.is_set():
             try:
                 with flight.connect(self.location) as conn:
-                    writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path("ccfraud", "outputs"))
+                    writer, reader = conn.do_exchange(
+                        flight.FlightDescriptor.for_path("ccfraud", "outputs"), call_options()
+                    )
                     with writer:
                         writer.begin(batch.schema)
                         while not self.stop.is_set():
