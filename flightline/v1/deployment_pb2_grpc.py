@@ -129,9 +129,11 @@ class DeploymentServiceServicer:
 
     def UpdateDeployment(self, request, context):
         """Moves a RUNNING deployment to other model versions (or another pipeline) without downtime. The
-        request is checked at once (as Deploy checks its steps; NOT_FOUND for an unknown name or a
-        workspace_id that is not the deployment's, FAILED_PRECONDITION if it is not RUNNING or another
-        change is still pending) and returns with `pending_revision` set. In the background the new
+        request is checked at once (as Deploy checks its steps: the workspace's own or public models;
+        NOT_FOUND for an unknown name or a workspace_id that is not the deployment's, workspace_id 0
+        meaning the one deployment of that name the caller can see; FAILED_PRECONDITION if it is not
+        RUNNING or another change is still pending) and returns with `pending_revision` set. Needs the
+        editor role in the deployment's workspace, as do SetTrafficSplit and SetShadow. In the background the new
         steps are loaded and warmed (one generated batch) while the old ones keep serving, then new
         streams go to the new steps (one atomic swap); streams already open finish on the old steps,
         which are unloaded once those streams ended (at most 30 s later). If the new steps cannot be
@@ -168,7 +170,7 @@ class DeploymentServiceServicer:
 
     def ListDeploymentRevisions(self, request, context):
         """Lists a deployment's revisions, oldest first: the deploy, then every update, split and shadow
-        change, with who asked, when, why and whether it went live.
+        change, with who asked, when, why and whether it went live. Needs the viewer role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
