@@ -739,6 +739,13 @@ def test_revisions_and_variants_survive_a_reopen_and_go_with_a_replaced_deployme
     with again._engine.connect() as connection:  # the runtime server's secret is stored encrypted
         (variants,) = connection.execute(sa.text("SELECT variants FROM deployments")).one()
     assert "s3cret" not in variants and "fernet:" in variants
+    from flightline.server.store.secrets import Secrets
+
+    again.rotate_secrets(Secrets([Secrets.generate_key()]))  # the variants' secrets are re-encrypted too
+    assert again.get_deployment(ws.id, "d").shadow_placements == tuple(placed)
+    with again._engine.connect() as connection:
+        (rotated,) = connection.execute(sa.text("SELECT variants FROM deployments")).one()
+    assert rotated != variants and "s3cret" not in rotated
     assert deployment.status_reason == "revision 3 failed, revision 2 serves: did not load"
     revisions = again.list_revisions(ws.id, "d")
     assert [(r.revision, r.status, r.actor, r.reason) for r in revisions] == [
