@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from bench.context import RunContext
-from bench.flightline_server import IN_PROCESS_SETTING, Deployer, start_server
+from bench.flightline_server import IN_PROCESS_SETTING, Deployer, flight_middleware, start_server
 from bench.measure import Cell
 from bench.models import BenchModel
 from bench.paths.serving import Session, seconds
@@ -118,7 +118,7 @@ class Streamer:
     def __init__(
         self, location: str, name: str, batch: pa.RecordBatch, output: str, expected: np.ndarray
     ) -> None:
-        self.conn = flight.connect(location)
+        self.conn = flight.connect(location, middleware=flight_middleware())
         self.descriptor = flight.FlightDescriptor.for_path(name, "outputs")
         self.batch = batch
         self.output = output
