@@ -111,6 +111,8 @@ def start_server(
         str(free_port()),
         "--flight-port",
         str(free_port()),
+        "--metrics-port",  # any free port: two benches (or a server) on one machine must not collide
+        "0",
     ]
     process = processes.start(name, argv, env=env)
     line = process.wait_for_line(READY_LINE, timeout=120)

@@ -31,6 +31,7 @@ from bench.paths import (
     json_http,
     mlflow_serve,
     mlserver,
+    rollout,
     serving,
 )
 from bench.procs import Processes, signals_as_interrupt
@@ -58,6 +59,7 @@ SERVING: dict[str, tuple[str, ServingRunner]] = {
     "concurrent": ("64 concurrent 1-row clients, ONNX in and out of process", serving.run_concurrent),
     "batching": ("adaptive batching, Python step, 32 concurrent 1-row clients", serving.run_batching),
     "memory": ("resident memory of 20 (--quick: 5) sklearn-pickle deployments", serving.run_memory),
+    "rollout": ("a client streaming through updates against steady state", rollout.run_rollout),
     "families": ("TensorFlow, Keras and TorchScript against the framework in-process", families.run_cells),
     "hf": ("Hugging Face text-classification, in-process vs service, batching, 1 and 32 clients", hf.run),
 }

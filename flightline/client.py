@@ -32,6 +32,7 @@ import pyarrow.flight as flight
 
 from flightline import errors
 from flightline.resources import (
+    AnsweredBy,
     Columns,
     Deployment,
     DeploymentStatus,
@@ -44,13 +45,16 @@ from flightline.resources import (
     RegisteredModelVersion,
     Registry,
     RegistryArtifact,
+    Revision,
+    RevisionStatus,
+    ShadowStats,
     Workspace,
 )
 from flightline.transport import (
     DEFAULT_SERVER,
-    DEPLOYMENT_DONE,
     MODEL_DONE,
     Tls,
+    deployment_settled,
     every_page,
     follow,
     open_channel,
@@ -71,6 +75,7 @@ from flightline.v1 import (
 
 __all__ = [
     "DEFAULT_SERVER",
+    "AnsweredBy",
     "Columns",
     "Deployment",
     "DeploymentStatus",
@@ -84,6 +89,9 @@ __all__ = [
     "RegisteredModelVersion",
     "Registry",
     "RegistryArtifact",
+    "Revision",
+    "RevisionStatus",
+    "ShadowStats",
     "Workspace",
     "connect",
 ]
@@ -254,6 +262,16 @@ class Deployments(_Part):
         return Deployment.from_proto(
             self._c._call(self._c._stubs.deployments.GetDeployment, request), self._c
         )
+
+    def history(
+        self, name: str, *, workspace: WorkspaceRef | None = None, page_size: int = 0
+    ) -> Iterator[Revision]:
+        """A deployment's revisions (deploy, updates, split and shadow changes), oldest first."""
+        request = deployment_pb2.ListDeploymentRevisionsRequest(
+            workspace_id=self._c._deployment_workspace(name, workspace), name=name, page_size=page_size
+        )
+        for m in self._c._pages(self._c._stubs.deployments.ListDeploymentRevisions, request, "revisions"):
+            yield Revision.from_proto(m)
 
 
 class _Stubs:
@@ -540,7 +558,7 @@ class Flightline:
         on_status: Callable[[Deployment], None] | None = None,
         timeout: float | None = None,
     ) -> Deployment:
-        """Waits until a deployment is RUNNING, FAILED or STOPPED and returns it."""
+        """Waits until a deployment is RUNNING, FAILED or STOPPED, with no change pending, and returns it."""
         request = deployment_pb2.WatchDeploymentRequest(
             name=name, workspace_id=self._optional_workspace(workspace)
         )
@@ -548,11 +566,88 @@ class Flightline:
         with self._grpc_errors():
             found = follow(
                 lambda left: self._stubs.deployments.WatchDeployment(request, timeout=left),
-                DEPLOYMENT_DONE,
+                deployment_settled,
                 show,
                 timeout,
             )
         return Deployment.from_proto(found, self)
+
+    def update(
+        self,
+        name: str,
+        *models_or_versions: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Moves a running deployment to other model versions (or another pipeline) without downtime: the
+        new steps are loaded and warmed while the old serve, then new streams go to them. With `wait`,
+        returns once the change is live or failed (then `status_reason` says why and the old steps
+        still serve). Steps as in `deploy`; `workspace` defaults to the deployment's."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.UpdateDeploymentRequest(
+            workspace_id=workspace_id,
+            name=name,
+            steps=[self._step(ref, workspace_id) for ref in models_or_versions],
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.UpdateDeployment, request, wait, timeout)
+
+    def split(
+        self,
+        name: str,
+        percent: int,
+        *canary: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Sends `percent` percent of new streams to the `canary` pipeline (a stream stays on the version
+        it started on); `split(name, 0)` removes the split."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.SetTrafficSplitRequest(
+            workspace_id=workspace_id,
+            name=name,
+            canary_steps=[self._step(ref, workspace_id) for ref in canary],
+            canary_percent=percent,
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.SetTrafficSplit, request, wait, timeout)
+
+    def shadow(
+        self,
+        name: str,
+        *models_or_versions: ModelRef,
+        workspace: WorkspaceRef | None = None,
+        reason: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Deployment:
+        """Mirrors every request to the given pipeline, whose answers are compared and counted
+        (`Deployment.shadow_stats`) but never returned; no steps removes the shadow."""
+        workspace_id = self._deployment_workspace(name, workspace)
+        request = deployment_pb2.SetShadowRequest(
+            workspace_id=workspace_id,
+            name=name,
+            shadow_steps=[self._step(ref, workspace_id) for ref in models_or_versions],
+            reason=reason,
+        )
+        return self._changed(self._stubs.deployments.SetShadow, request, wait, timeout)
+
+    def _changed(self, rpc: Any, request: Any, wait: bool, timeout: float | None) -> Deployment:
+        pending = self._call(rpc, request)
+        if not wait:
+            return Deployment.from_proto(pending, self)
+        return self.wait_deployment(request.name, workspace=request.workspace_id, timeout=timeout)
+
+    def _deployment_workspace(self, name: str, workspace: WorkspaceRef | None) -> int:
+        """The deployment's workspace: `workspace`, else that of the one deployment of that name you can
+        see (its model names are looked up there too)."""
+        if workspace is not None:
+            return self._workspace_id(workspace)
+        return self.deployments.get(name).workspace_id
 
     def undeploy(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
         """Stops a deployment (of `workspace`, or the one of that name you can see); returns it STOPPED."""

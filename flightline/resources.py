@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import pyarrow as pa
 
 from flightline import errors
-from flightline.transport import exchange, exchange_table
+from flightline.transport import exchange, exchange_answers, exchange_table
 from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
 if TYPE_CHECKING:
@@ -221,6 +221,93 @@ class DeploymentStep:
 Columns: TypeAlias = "pa.Table | pa.RecordBatch | Mapping[str, Any] | pd.DataFrame"
 
 
+def _pins(steps: Iterable[deployment_pb2.DeploymentStep]) -> tuple[DeploymentStep, ...]:
+    return tuple(DeploymentStep(s.model_id, s.version, s.runtime, s.location) for s in steps)
+
+
+@dataclass(frozen=True)
+class ShadowStats:
+    """What a deployment's shadow did on the server since it was set: batches mirrored, failed, dropped
+    (its queue was full), rows whose answer differed from the deployment's, its latency."""
+
+    batches: int
+    rows: int
+    failed: int
+    dropped: int
+    disagreeing_rows: int
+    mean_latency_ms: float
+    max_latency_ms: float
+
+    @classmethod
+    def from_proto(cls, m: deployment_pb2.ShadowStats) -> ShadowStats:
+        return cls(
+            m.batches, m.rows, m.failed, m.dropped, m.disagreeing_rows, m.mean_latency_ms, m.max_latency_ms
+        )
+
+
+class RevisionStatus(enum.StrEnum):
+    """A revision's state: PENDING while it loads, then LIVE or FAILED (the one before kept serving)."""
+
+    UNSPECIFIED = "unspecified"
+    PENDING = "pending"
+    LIVE = "live"
+    FAILED = "failed"
+
+    @classmethod
+    def from_proto(cls, value: int) -> RevisionStatus:
+        return cls(deployment_pb2.RevisionStatus.Name(value).removeprefix("REVISION_STATUS_").lower())
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One change of a deployment: its deploy, an update, a traffic split or shadow change."""
+
+    revision: int
+    status: RevisionStatus
+    status_reason: str
+    actor: str
+    reason: str
+    steps: tuple[DeploymentStep, ...]
+    canary_steps: tuple[DeploymentStep, ...]
+    canary_percent: int
+    shadow_steps: tuple[DeploymentStep, ...]
+    create_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, m: deployment_pb2.DeploymentRevision) -> Revision:
+        return cls(
+            m.revision,
+            RevisionStatus.from_proto(m.status),
+            m.status_reason,
+            m.actor,
+            m.reason,
+            _pins(m.steps),
+            _pins(m.canary_steps),
+            m.canary_percent,
+            _pins(m.shadow_steps),
+            _time(m, "create_time"),
+        )
+
+
+@dataclass(frozen=True)
+class AnsweredBy:
+    """Which version answered a result batch, from its Flight app metadata (format in deployment.proto):
+    the deployment revision whose routing chose it, "primary" or "canary", and (model id, version) per
+    step."""
+
+    revision: int
+    variant: str
+    steps: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, metadata: bytes) -> AnsweredBy:
+        fields = dict(part.split("=", 1) for part in metadata.decode().split(";") if "=" in part)
+        steps = tuple(
+            (int(m), int(v)) for m, v in (s.split(":") for s in fields.get("steps", "").split(",") if s)
+        )
+        return cls(int(fields.get("revision", 0)), fields.get("variant", ""), steps)
+
+
 @dataclass(frozen=True)
 class Deployment:
     """A named inference endpoint: a pipeline of model versions served over Arrow Flight."""
@@ -238,10 +325,15 @@ class Deployment:
     # The Flight descriptor path element naming it at the front door, "<workspace id>/<name>".
     flight_path: str = ""
     _client: Flightline | None = field(default=None, repr=False, compare=False)
+    revision: int = 1
+    pending_revision: int | None = None  # a change being loaded and warmed
+    canary_steps: tuple[DeploymentStep, ...] = ()
+    canary_percent: int = 0
+    shadow_steps: tuple[DeploymentStep, ...] = ()
+    shadow_stats: ShadowStats | None = None
 
     @classmethod
     def from_proto(cls, m: deployment_pb2.Deployment, client: Flightline | None = None) -> Deployment:
-        steps = tuple(DeploymentStep(s.model_id, s.version, s.runtime, s.location) for s in m.steps)
         return cls(
             m.id,
             m.name,
@@ -249,12 +341,18 @@ class Deployment:
             DeploymentStatus.from_proto(m.status),
             m.status_reason,
             m.flight_location,
-            steps,
+            _pins(m.steps),
             _schema(m.input_schema),
             _schema(m.output_schema),
             _time(m, "create_time"),
             m.flight_path,
             client,
+            revision=m.revision,
+            pending_revision=m.pending_revision if m.HasField("pending_revision") else None,
+            canary_steps=_pins(m.canary_steps),
+            canary_percent=m.canary_percent,
+            shadow_steps=_pins(m.shadow_steps),
+            shadow_stats=ShadowStats.from_proto(m.shadow_stats) if m.HasField("shadow_stats") else None,
         )
 
     @property
@@ -299,6 +397,51 @@ class Deployment:
         conn = self.client._flight(self.flight_location)
         with self.client._flight_errors():
             yield from exchange(conn, self._path(envelope), schema, batches, self.client._flight_options)
+
+    def stream_answers(
+        self, schema: pa.Schema, batches: Iterable[pa.RecordBatch], *, envelope: bool = False
+    ) -> Iterator[tuple[pa.RecordBatch, AnsweredBy]]:
+        """As `stream`, with which version answered each result batch."""
+        conn = self.client._flight(self.flight_location)
+        with self.client._flight_errors():
+            for batch, metadata in exchange_answers(
+                conn, self._path(envelope), schema, batches, self.client._flight_options
+            ):
+                yield batch, AnsweredBy.parse(metadata)
+
+    def update(
+        self, *steps: Any, reason: str = "", wait: bool = True, timeout: float | None = None
+    ) -> Deployment:
+        """Moves the deployment to other model versions without downtime (see `Flightline.update`)."""
+        return self.client.update(
+            self.name, *steps, workspace=self.workspace_id, reason=reason, wait=wait, timeout=timeout
+        )
+
+    def split(
+        self, percent: int, *canary: Any, reason: str = "", wait: bool = True, timeout: float | None = None
+    ) -> Deployment:
+        """Sends `percent` percent of new streams to the `canary` steps (see `Flightline.split`)."""
+        return self.client.split(
+            self.name,
+            percent,
+            *canary,
+            workspace=self.workspace_id,
+            reason=reason,
+            wait=wait,
+            timeout=timeout,
+        )
+
+    def shadow(
+        self, *steps: Any, reason: str = "", wait: bool = True, timeout: float | None = None
+    ) -> Deployment:
+        """Mirrors requests to the `steps`; none removes the shadow (see `Flightline.shadow`)."""
+        return self.client.shadow(
+            self.name, *steps, workspace=self.workspace_id, reason=reason, wait=wait, timeout=timeout
+        )
+
+    def history(self, *, page_size: int = 0) -> Iterator[Revision]:
+        """The deployment's revisions, oldest first."""
+        return self.client.deployments.history(self.name, workspace=self.workspace_id, page_size=page_size)
 
     def undeploy(self) -> Deployment:
         """Stops the deployment; returns it STOPPED."""

@@ -53,22 +53,28 @@ def every_page(rpc: Callable[..., Any], request: Any, field: str) -> Iterator[An
         page.page_token = response.next_page_token
 
 
+def deployment_settled(deployment: deployment_pb2.Deployment) -> bool:
+    """RUNNING, FAILED or STOPPED with no change (update, split, shadow) pending."""
+    return deployment.status in DEPLOYMENT_DONE and not deployment.HasField("pending_revision")
+
+
 def follow(
     watch: Callable[[float | None], Iterator[_T]],
-    done: frozenset[int],
+    done: frozenset[int] | Callable[[_T], bool],
     on_status: Callable[[_T], None] | None = None,
     timeout: float | None = None,
 ) -> _T:
     """The last state of a Watch stream once it is in `done`, watching again when a stream ends before
     (a stream's lifetime is bounded by the server). `watch(seconds_left)` opens one stream."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    finished = done if callable(done) else (lambda state: state.status in done)
     while True:
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         last = None
         for last in watch(left):
             if on_status is not None:
                 on_status(last)
-            if last.status in done:
+            if finished(last):
                 return last
         if deadline is not None and time.monotonic() >= deadline:
             state = last.status if last is not None else "unknown"
@@ -118,6 +124,25 @@ def exchange(
         writer.done_writing()
         result_schema: pa.Schema = reader.schema
     return result_schema
+
+
+def exchange_answers(
+    conn: flight.FlightClient,
+    path: list[str],
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    options: flight.FlightCallOptions | None = None,
+) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+    """As `exchange`, with each result batch's app metadata (which version answered; b"" if none)."""
+    writer, reader = conn.do_exchange(flight.FlightDescriptor.for_path(*path), options=options)
+    with writer:
+        writer.begin(schema)
+        for batch in batches:
+            writer.write_batch(batch)
+            chunk = reader.read_chunk()
+            metadata = chunk.app_metadata
+            yield chunk.data, metadata.to_pybytes() if metadata is not None else b""
+        writer.done_writing()
 
 
 def exchange_table(

@@ -166,6 +166,49 @@ def test_a_viewer_cannot_upload_nor_deploy_but_reads_and_infers(teams: Teams) ->
         assert result.num_rows == 3
 
 
+def test_live_changes_need_an_editor_take_own_or_public_models_and_record_the_user(teams: Teams) -> None:
+    dep = deployment_pb2
+    with (
+        Client(teams.app.grpc_address, teams.alice) as alice,
+        Client(teams.app.grpc_address, teams.bob) as bob,
+    ):
+        model = upload(alice, teams.a, teams.onnx, "live-model", "onnx")
+        assert alice.deploy(teams.a, "live", model).status == dep.DEPLOYMENT_STATUS_RUNNING
+        own = [dep.StepSpec(model_id=model)]
+        # A viewer reads the history but changes nothing.
+        for change in (
+            lambda: bob.deployments.UpdateDeployment(dep.UpdateDeploymentRequest(name="live", steps=own)),
+            lambda: bob.deployments.SetTrafficSplit(
+                dep.SetTrafficSplitRequest(name="live", canary_steps=own, canary_percent=10)
+            ),
+            lambda: bob.deployments.SetShadow(dep.SetShadowRequest(name="live", shadow_steps=own)),
+        ):
+            assert code_of(change) == grpc.StatusCode.PERMISSION_DENIED
+        history = dep.ListDeploymentRevisionsRequest(name="live")  # workspace_id 0: the one bob can see
+        assert [r.revision for r in bob.deployments.ListDeploymentRevisions(history).revisions] == [1]
+        # B's private model is no step of A's deployment, as for Deploy; B's public one is.
+        stolen = [dep.StepSpec(model_id=teams.b_model)]
+        steal = dep.SetShadowRequest(workspace_id=teams.a, name="live", shadow_steps=stolen)
+        assert code_of(lambda: alice.deployments.SetShadow(steal)) == grpc.StatusCode.NOT_FOUND
+        public = [dep.StepSpec(model_id=teams.b_public)]
+        alice.deployments.UpdateDeployment(
+            dep.UpdateDeploymentRequest(workspace_id=teams.a, name="live", steps=public, reason="shared")
+        )
+        live = alice.wait_deployment("live", teams.a, timeout=60)
+        assert (live.revision, [s.model_id for s in live.steps]) == (2, [teams.b_public]), live.status_reason
+        revisions = bob.deployments.ListDeploymentRevisions(history).revisions
+        assert [(r.revision, r.actor, r.reason) for r in revisions] == [
+            (1, "alice", "deploy"),
+            (2, "alice", "shared"),
+        ]
+        assert revisions[1].status == dep.REVISION_STATUS_LIVE
+    assert teams.app.audit.flush()
+    events = teams.app.store.audit_events(limit=1000)
+    outcomes = {(e.actor, e.outcome) for e in events if e.action == "UpdateDeployment"}
+    assert outcomes == {("alice", "OK"), ("bob", "PERMISSION_DENIED")}
+    assert ("bob", "PERMISSION_DENIED") in {(e.actor, e.outcome) for e in events if e.action == "SetShadow"}
+
+
 def test_the_creator_of_a_workspace_is_its_admin(teams: Teams) -> None:
     with Client(teams.app.grpc_address, teams.alice) as alice:
         own = alice.workspaces.CreateWorkspace(workspace_pb2.CreateWorkspaceRequest(name="alices-own"))
@@ -255,6 +298,18 @@ def b_requests(t: Teams) -> dict[str, Callable[[Client], Any]]:
         ),
         "ListDeployments": lambda c: c.deployments.ListDeployments(
             dep.ListDeploymentsRequest(workspace_id=t.b)
+        ),
+        "UpdateDeployment": lambda c: c.deployments.UpdateDeployment(
+            dep.UpdateDeploymentRequest(workspace_id=t.b, name="fraud", steps=step)
+        ),
+        "SetTrafficSplit": lambda c: c.deployments.SetTrafficSplit(
+            dep.SetTrafficSplitRequest(workspace_id=t.b, name="fraud", canary_steps=step, canary_percent=10)
+        ),
+        "SetShadow": lambda c: c.deployments.SetShadow(
+            dep.SetShadowRequest(workspace_id=t.b, name="fraud", shadow_steps=step)
+        ),
+        "ListDeploymentRevisions": lambda c: c.deployments.ListDeploymentRevisions(
+            dep.ListDeploymentRevisionsRequest(workspace_id=t.b, name="fraud")
         ),
         "SetMember": lambda c: access(c).SetMember(
             acc.SetMemberRequest(workspace_id=t.b, user_id=t.alice_id, role=acc.ROLE_ADMIN)

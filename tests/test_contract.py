@@ -85,7 +85,7 @@ def test_every_list_request_pages_the_aip_158_way() -> None:
         for name in service.methods_by_name
         if name.startswith("List")
     ]
-    assert len(lists) == 9
+    assert len(lists) == 10  # ListDeploymentRevisions joined (issue 13)
     for method, _ in lists:
         request, response = method.input_type.fields_by_name, method.output_type.fields_by_name
         assert request["page_size"].type == FieldDescriptor.TYPE_INT32, method.full_name

@@ -2,8 +2,8 @@
 moves, the new version is uploaded and prepared and handed to `update` with the reason; a version that
 cannot be prepared is not handed over, the follow says why, and it is not retried.
 
-`DeploymentService.update` is being built on the rollout branch; until it is merged here, the follower is
-tested against the same signature (`follow.Updater`) with an updater that records what it is asked."""
+The follower's rules are tested with an updater that records what it is asked (`follow.Updater`, the
+signature of `DeploymentService.update`); the last test runs the real update under streaming clients."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from support.mlflow_models import COLUMNS
 
 from flightline.server.app import App
 from flightline.server.client import Client, infer
-from flightline.server.services.deployments import DeploymentService
 from flightline.server.services.follow import ACTOR, AliasFollower
 from flightline.server.store.records import Conversion, Deployment, DeploymentStep, ModelStatus
 from flightline.v1 import model_pb2, registry_pb2, workspace_pb2
@@ -172,9 +171,6 @@ def test_follow_alias_over_grpc_and_its_refusals(client: Client, mlflow_playgrou
         assert refused.value.code() == code, fields
 
 
-@pytest.mark.skipif(
-    not hasattr(DeploymentService, "update"), reason="DeploymentService.update (rollout) is not merged yet"
-)
 def test_alias_move_is_swapped_in_under_streaming_clients(
     app: App, client: Client, mlflow_playground: str
 ) -> None:

@@ -708,3 +708,56 @@ def test_latest_versions_of_many_models_in_one_call(tmp_path: Path) -> None:
     latest = store.latest_versions(ids)
     assert {m: v.version for m, v in latest.items()} == dict(zip(ids, (3, 1, 2), strict=True))
     assert latest[ids[0]].model_name == "a"
+
+
+def test_revisions_and_variants_survive_a_reopen_and_go_with_a_replaced_deployment(db_url: str) -> None:
+    from flightline.server.errors import FailedPrecondition
+    from flightline.server.store.records import Plan, RevisionStatus
+
+    store = MetadataStore(db_url, owner="me")
+    ws = store.create_workspace("w")
+    one, two = (add_version(store, ws.id, "m", status=ModelStatus.READY) for _ in range(2))
+    v1, v2 = DeploymentStep(one.model_id, one.version), DeploymentStep(two.model_id, two.version)
+    store.create_deployment(ws.id, "d", [v1], actor="alice")
+    store.update_deployment(ws.id, "d", DeploymentStatus.RUNNING, placements=[StepPlacement(True)])
+    plan = Plan((v1,), canary=(v2,), canary_percent=10, shadow=(v2,))
+    pending = store.begin_change(ws.id, "d", plan, actor="bob", reason="canary")
+    assert (pending.revision, pending.pending_revision) == (1, 2)
+    with pytest.raises(FailedPrecondition, match="revision 2 pending"):
+        store.begin_change(ws.id, "d", plan, actor="bob", reason="again")
+    placed = [StepPlacement(False, "grpc+unix:///s", f"{ws.id}/d@r2c.0", "s3cret")]
+    store.finish_change(ws.id, "d", 2, plan, [StepPlacement(True)], placed, placed)
+    store.begin_change(ws.id, "d", Plan((v2,)), actor="carol", reason="update")
+    store.fail_change(ws.id, "d", 3, "did not load")
+    store.close()
+
+    again = MetadataStore(db_url, owner="me")
+    deployment = again.get_deployment(ws.id, "d")
+    assert (deployment.revision, deployment.pending_revision, deployment.steps) == (2, 0, (v1,))
+    assert (deployment.canary, deployment.canary_percent, deployment.shadow) == ((v2,), 10, (v2,))
+    assert deployment.canary_placements == tuple(placed) and deployment.plan == plan
+    with again._engine.connect() as connection:  # the runtime server's secret is stored encrypted
+        (variants,) = connection.execute(sa.text("SELECT variants FROM deployments")).one()
+    assert "s3cret" not in variants and "fernet:" in variants
+    from flightline.server.store.secrets import Secrets
+
+    again.rotate_secrets(Secrets([Secrets.generate_key()]))  # the variants' secrets are re-encrypted too
+    assert again.get_deployment(ws.id, "d").shadow_placements == tuple(placed)
+    with again._engine.connect() as connection:
+        (rotated,) = connection.execute(sa.text("SELECT variants FROM deployments")).one()
+    assert rotated != variants and "s3cret" not in rotated
+    assert deployment.status_reason == "revision 3 failed, revision 2 serves: did not load"
+    revisions = again.list_revisions(ws.id, "d")
+    assert [(r.revision, r.status, r.actor, r.reason) for r in revisions] == [
+        (1, RevisionStatus.LIVE, "alice", "deploy"),
+        (2, RevisionStatus.LIVE, "bob", "canary"),
+        (3, RevisionStatus.FAILED, "carol", "update"),
+    ]
+    assert revisions[1].plan == plan and revisions[2].status_reason == "did not load"
+    assert [r.revision for r in again.list_revisions(ws.id, "d", limit=1, after=1)] == [2]
+    # Stopped, the placements go; deployed again under the same name, the history starts afresh.
+    stopped = again.update_deployment(ws.id, "d", DeploymentStatus.STOPPED)
+    assert stopped.canary_placements == () and stopped.canary == (v2,)
+    again.create_deployment(ws.id, "d", [v2])
+    assert [r.revision for r in again.list_revisions(ws.id, "d")] == [1]
+    again.close()

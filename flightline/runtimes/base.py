@@ -5,6 +5,7 @@ inference on Arrow record batches. Nothing else: validation, output envelopes an
 from __future__ import annotations
 
 import json
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 
 class InvalidInput(pa.ArrowInvalid):  # type: ignore[misc]
@@ -102,6 +105,52 @@ class Runtime(ABC):
         its types (`params.resolve`), and only when the request sent some. Runtimes that declare a
         `params_schema` override this; the default ignores them, as MLflow does for models without one."""
         return self.infer(batch)
+
+    def warm_up(self) -> None:
+        """Runs the model once before it serves, so the first client batch does not pay for lazy
+        initialisation (ONNX Runtime's first run, a library's import on first call). The default infers
+        one generated row of `input_schema` (zeros, empty strings); a failure is logged, not fatal: a
+        model may reject made-up values and still serve real ones. Plug-ins whose inputs need real
+        values (tokenizers, string tensors) override this."""
+        if not self.input_schema.names:  # an open schema: nothing to generate a row from
+            return
+        try:
+            self.infer(sample_batch(self.input_schema))
+        except Exception as error:  # the model's own exception: logged here, never raised
+            log.warning(
+                "warm-up of %s model failed (it serves anyway): %s: %s",
+                self.name,
+                type(error).__name__,
+                error,
+            )
+
+
+def sample_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """One row of `schema`: zeros, False, empty strings and bytes, tensors of zeros; nulls for the rest."""
+    return pa.RecordBatch.from_arrays([_one(f.type) for f in schema], schema=schema)
+
+
+def _one(kind: pa.DataType) -> pa.Array:
+    return _values(kind, 1)
+
+
+def _values(kind: pa.DataType, count: int) -> pa.Array:
+    if pa.types.is_fixed_size_list(kind):
+        return pa.FixedSizeListArray.from_arrays(
+            _values(kind.value_type, count * kind.list_size), kind.list_size
+        )
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = pa.array(range(count + 1), pa.int32() if pa.types.is_list(kind) else pa.int64())
+        return type(pa.array([], kind)).from_arrays(offsets, _values(kind.value_type, count))
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return pa.array([0] * count, kind)
+    if pa.types.is_boolean(kind):
+        return pa.array([False] * count, kind)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.array([""] * count, kind)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.array([b""] * count, kind)
+    return pa.nulls(count, kind)
 
 
 def cpu_share() -> int:

@@ -227,6 +227,7 @@ class RuntimeServer(FlightService):
             raise
         except Exception as error:  # model code raised while loading: the reason is the model's
             raise ModelLoadError(f"{type(error).__name__}: {error}") from error
+        host.runtime.warm_up()  # before it serves: the first client batch finds it warm (failures logged)
         model = Model(spec, host, plugin(spec.runtime).concurrent)
         with self._models_lock:
             self._models[spec.key] = model

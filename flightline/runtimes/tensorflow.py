@@ -170,7 +170,6 @@ class TensorflowRuntime(Runtime):
             input_schema,
             output_schema,
         )
-        runtime.warm_up()
         return runtime
 
     def warm_up(self) -> None:

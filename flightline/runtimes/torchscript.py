@@ -151,7 +151,6 @@ class TorchScriptRuntime(Runtime):
         input_schema = pa.schema([port_field("input", port.name, port) for port in ports])
         output_schema = pa.schema([port_field("output", name, port) for name, port in outputs])
         runtime = cls(module, [port.name for _, port in outputs], input_schema, output_schema)
-        runtime.warm_up()
         return runtime
 
     def warm_up(self) -> None:

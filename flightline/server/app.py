@@ -32,7 +32,7 @@ from flightline.server.api.status import ErrorInterceptor
 from flightline.server.api.workspaces import WorkspaceServicer
 from flightline.server.dataplane.discovery import Poller, RouteSync, on_route_change
 from flightline.server.dataplane.frontdoor import FrontDoor
-from flightline.server.dataplane.routes import Router
+from flightline.server.dataplane.routes import Router, route_key
 from flightline.server.hosting.environments import Environments
 from flightline.server.hosting.local import LocalBackend
 from flightline.server.hosting.sandbox import Sandbox, private_dir, private_file
@@ -40,14 +40,15 @@ from flightline.server.instance import check_role, instance_id
 from flightline.server.observability import Observer
 from flightline.server.services.access import AccessService
 from flightline.server.services.changes import Changes
-from flightline.server.services.deployments import DeploymentService
-from flightline.server.services.follow import AliasFollower, InPlaceUpdates
+from flightline.server.services.deployments import DeploymentService, resumable
+from flightline.server.services.follow import AliasFollower
 from flightline.server.services.models import ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.services.workspaces import WorkspaceService
 from flightline.server.settings import Settings
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
+from flightline.server.store.records import DeploymentStatus
 from flightline.server.store.secrets import Secrets, load_keys
 from flightline.v1 import (
     access_pb2,
@@ -167,6 +168,10 @@ class App:
             environments=self.environments,
         )
         self.router = Router()
+        # The front door listens from construction, before start() resumes the deployments: their
+        # streams get UNAVAILABLE (retry) meanwhile, not NOT_FOUND, and its healthcheck is not ready.
+        self.store.claim_unowned()
+        self.router.expect(resumable(self.store))
         # A Flight server listens from construction; serve() would only block and steal SIGTERM.
         self.front_door: FrontDoor | None = None
         self.flight_location = settings.public_flight_location
@@ -217,7 +222,7 @@ class App:
             self.store,
             self.models,
             self.registries,
-            InPlaceUpdates(self.deployments),
+            self.deployments,
             period=settings.follow_poll_seconds,
         )
         self.audit = Recorder(self.store)
@@ -336,6 +341,12 @@ class FrontDoorApp:
         self.access = Access(settings, self.store, data)
         self.artifacts = ArtifactStore(settings.artifact_url)
         self.router = Router()
+        # Until the first sync routes them, the deployments that run get UNAVAILABLE (retry), not NOT_FOUND.
+        self.router.expect(
+            route_key(d.workspace_id, d.name)
+            for d in self.store.list_deployments()
+            if d.status in (DeploymentStatus.RUNNING, DeploymentStatus.DEPLOYING)
+        )
         self.route_sync = RouteSync(
             self.store,
             self.artifacts,

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flightline.transport import (
-    DEPLOYMENT_DONE,
     MODEL_DONE,
+    deployment_settled,
     every_page,
     exchange_table,
     follow,
@@ -125,7 +125,7 @@ class Client:
         request = deployment_pb2.WatchDeploymentRequest(name=name, workspace_id=workspace_id)
         found: deployment_pb2.Deployment = follow(
             lambda left: self.deployments.WatchDeployment(request, timeout=left),
-            DEPLOYMENT_DONE,
+            deployment_settled,
             on_status,
             timeout,
         )

@@ -204,6 +204,33 @@ class Metrics:
             registry=r,
         )
         self.deploys = Counter("flightline_deploys", "Deploys by outcome.", ["status"], registry=r)
+        self.deployment_changes = Counter(
+            "flightline_deployment_changes",
+            "Updates, traffic split and shadow changes of live deployments, by outcome (live, failed).",
+            ["status"],
+            registry=r,
+        )
+        self.shadow_batches = Counter(
+            "flightline_shadow_batches",
+            "Request batches mirrored to a shadow, by outcome (ok, failed, dropped: its queue was full).",
+            ["deployment", "outcome"],
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "flightline_shadow_rows", "Rows a shadow answered.", ["deployment"], registry=r
+        )
+        self.shadow_disagreements = Counter(
+            "flightline_shadow_disagreeing_rows",
+            "Rows whose shadow answer differed from the deployment's.",
+            ["deployment"],
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "flightline_shadow_batch_duration_seconds",
+            "Time a shadow took per batch.",
+            ["deployment"],
+            registry=r,
+        )
         self.environment_builds = Counter(
             "flightline_environment_builds",
             "Runtime environment builds.",
@@ -384,6 +411,35 @@ class Observer:
         level = logging.WARNING if status == "failed" else logging.INFO
         events.log(level, "deploy %s [%s]: %s", deployment.name, steps, status, extra=fields)
         return deployment
+
+    def deployment_changed(
+        self, deployment: Deployment, revision: int, status: str, reason: str = ""
+    ) -> None:
+        """An update, split or shadow change of a live deployment went live or failed."""
+        self.metrics.deployment_changes.labels(status=status).inc()
+        fields: dict[str, Any] = {
+            "event": "deployment_change",
+            "deployment": deployment.name,
+            "workspace_id": deployment.workspace_id,
+            "revision": revision,
+            "status": status,
+        }
+        if reason:
+            fields["reason"] = reason
+        level = logging.WARNING if status == "failed" else logging.INFO
+        events.log(level, "deployment %s revision %d: %s", deployment.name, revision, status, extra=fields)
+
+    def shadow_batch(
+        self, deployment: str, outcome: str, seconds: float, rows: int, disagreeing: int
+    ) -> None:
+        """One batch mirrored to a deployment's shadow (dataplane/shadow.py); no log line per batch."""
+        self.metrics.shadow_batches.labels(deployment=deployment, outcome=outcome).inc()
+        if outcome == "dropped":
+            return
+        self.metrics.shadow_latency.labels(deployment=deployment).observe(seconds)
+        self.metrics.shadow_rows.labels(deployment=deployment).inc(rows)
+        if disagreeing:
+            self.metrics.shadow_disagreements.labels(deployment=deployment).inc(disagreeing)
 
     # -- data plane -------------------------------------------------------------------------------
 

@@ -64,6 +64,26 @@ class DeploymentServiceStub:
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateDeployment = channel.unary_unary(
+                '/flightline.v1.DeploymentService/UpdateDeployment',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.UpdateDeploymentRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.SetTrafficSplit = channel.unary_unary(
+                '/flightline.v1.DeploymentService/SetTrafficSplit',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.SetTrafficSplitRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.SetShadow = channel.unary_unary(
+                '/flightline.v1.DeploymentService/SetShadow',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.SetShadowRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.ListDeploymentRevisions = channel.unary_unary(
+                '/flightline.v1.DeploymentService/ListDeploymentRevisions',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsResponse.FromString,
+                _registered_method=True)
 
 
 class DeploymentServiceServicer:
@@ -124,6 +144,55 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateDeployment(self, request, context):
+        """Moves a RUNNING deployment to other model versions (or another pipeline) without downtime. The
+        request is checked at once (as Deploy checks its steps: the workspace's own or public models;
+        NOT_FOUND for an unknown name or a workspace_id that is not the deployment's, workspace_id 0
+        meaning the one deployment of that name the caller can see; FAILED_PRECONDITION if it is not
+        RUNNING or another change is still pending) and returns with `pending_revision` set. Needs the
+        editor role in the deployment's workspace, as do SetTrafficSplit and SetShadow. In the background the new
+        steps are loaded and warmed (one generated batch) while the old ones keep serving, then new
+        streams go to the new steps (one atomic swap); streams already open finish on the old steps,
+        which are unloaded once those streams ended (at most 30 s later). If the new steps cannot be
+        loaded the old ones keep serving: status stays RUNNING, status_reason and the revision say why.
+        A traffic split is cleared (the new steps get every stream); a shadow is kept. Follow the
+        change with WatchDeployment (it ends once nothing is pending) or poll GetDeployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTrafficSplit(self, request, context):
+        """Sends `canary_percent` percent of new streams to a second pipeline (the canary), the rest to
+        the deployment's steps; a stream stays on the variant it started on, so its answers come from
+        one version. Changing only the percentage takes effect at once; other canary steps are loaded
+        and warmed first, as UpdateDeployment does. No canary_steps (and canary_percent 0) removes
+        the split. Same checks and pending state as UpdateDeployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShadow(self, request, context):
+        """Mirrors every request batch to a shadow pipeline whose answers are compared with the
+        deployment's and recorded (Deployment.shadow_stats, Prometheus flightline_shadow_*), never
+        returned. The shadow runs on a thread of its own behind a bounded queue: when it is slow,
+        batches it cannot take are dropped (counted), so it never slows or fails the deployment's
+        own answers. No shadow_steps removes the shadow. Same checks and pending state as
+        UpdateDeployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeploymentRevisions(self, request, context):
+        """Lists a deployment's revisions, oldest first: the deploy, then every update, split and shadow
+        change, with who asked, when, why and whether it went live. Needs the viewer role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeploymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +225,26 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.ListDeployments,
                     request_deserializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentsRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'UpdateDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeployment,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.UpdateDeploymentRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
+            'SetTrafficSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficSplit,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.SetTrafficSplitRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
+            'SetShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShadow,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.SetShadowRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
+            'ListDeploymentRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeploymentRevisions,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +409,114 @@ class DeploymentService:
             '/flightline.v1.DeploymentService/ListDeployments',
             flightline_dot_v1_dot_deployment__pb2.ListDeploymentsRequest.SerializeToString,
             flightline_dot_v1_dot_deployment__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/UpdateDeployment',
+            flightline_dot_v1_dot_deployment__pb2.UpdateDeploymentRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/SetTrafficSplit',
+            flightline_dot_v1_dot_deployment__pb2.SetTrafficSplitRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/SetShadow',
+            flightline_dot_v1_dot_deployment__pb2.SetShadowRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeploymentRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/ListDeploymentRevisions',
+            flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.ListDeploymentRevisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

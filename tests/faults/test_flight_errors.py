@@ -20,6 +20,7 @@ import pyarrow.flight as flight
 import pytest
 from sklearn.kernel_ridge import KernelRidge
 from support.mlp import build_mlp
+from support.wait import wait_until
 
 import flightline
 from flightline.runtimes import load_runtime
@@ -334,6 +335,7 @@ def test_a_runtime_that_died_is_unavailable_with_a_short_message(
     door: flight.FlightClient, backend: LocalBackend
 ) -> None:
     process = backend.server(GROUP)
+    restarts = process.restarts
     writer, reader = door.do_exchange(flight.FlightDescriptor.for_path("mlp-remote", "outputs"))
     writer.begin(request(1).schema)
     writer.write_batch(request(2))
@@ -345,6 +347,10 @@ def test_a_runtime_that_died_is_unavailable_with_a_short_message(
     assert assert_clean(failure.value).startswith("runtime for step 1 of 'mlp-remote' died")
     with pytest.raises(flight.FlightUnavailableError):
         writer.close()
+    # Until its watcher notices (and `poll()` sees the kill land), the dead process still reads HEALTHY:
+    # waiting for health at once could return before the restart, and the next test would then reach
+    # the new process while it reloads its models ("no model 'mlp.0'"). Wait for the restart first.
+    assert wait_until(lambda: process.restarts > restarts, timeout=30)
     backend.wait_healthy(GROUP, timeout=60)
 
 

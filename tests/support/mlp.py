@@ -37,3 +37,20 @@ def build_mlp(path: Path, sizes: tuple[int, ...] = (29, 32, 16, 2), *, seed: int
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def build_adder(path: Path, constant: float, width: int = 4) -> Path:
+    """Writes an ONNX model whose output `output` is its input `input` [N, width] plus `constant`: two
+    versions with different constants answer distinguishably, so a client can check every answer."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "constant"], ["output"])],
+        "adder",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(np.full((1, width), constant, dtype=np.float32), "constant")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path

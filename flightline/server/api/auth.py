@@ -114,6 +114,10 @@ RULES: Final[dict[str, Rule]] = {
             "Undeploy": Rule(EDIT, DEP, audit=True),
             "GetDeployment": Rule(VIEW, DEP),
             "ListDeployments": Rule(VIEW, WS),  # without workspace_id: the caller's workspaces
+            "UpdateDeployment": Rule(EDIT, DEP, audit=True),
+            "SetTrafficSplit": Rule(EDIT, DEP, audit=True),
+            "SetShadow": Rule(EDIT, DEP, audit=True),
+            "ListDeploymentRevisions": Rule(VIEW, DEP),
         },
     ),
     **_service(

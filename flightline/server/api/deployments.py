@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -36,15 +36,14 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         )
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
-        steps = [
-            DeploymentStep(s.model_id, messages.requested_version(s, f"steps[{i}].version"))
-            for i, s in enumerate(request.steps)
-        ]
+        steps = _steps(request.steps, "steps")
         batching = None
         if request.HasField("batching"):
             batching = batching_of(request.batching.max_batch_rows, request.batching.max_delay_ms)
         return self._message(
-            self.deployments.deploy(request.workspace_id, request.name, steps, batching=batching)
+            self.deployments.deploy(
+                request.workspace_id, request.name, steps, batching=batching, actor=_actor(context)
+            )
         )
 
     def WatchDeployment(
@@ -76,6 +75,75 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             deployments=[self._message(d) for d in page.items], next_page_token=page.next_page_token
         )
 
+    def UpdateDeployment(
+        self, request: pb.UpdateDeploymentRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        batching = None
+        if request.HasField("batching"):
+            batching = batching_of(request.batching.max_batch_rows, request.batching.max_delay_ms)
+        updated = self.deployments.update(
+            request.workspace_id,
+            request.name,
+            _steps(request.steps, "steps"),
+            reason=request.reason or "update",
+            actor=_actor(context),
+            batching=batching,
+            wait=False,
+        )
+        return self._message(updated)
+
+    def SetTrafficSplit(
+        self, request: pb.SetTrafficSplitRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        changed = self.deployments.set_split(
+            request.workspace_id,
+            request.name,
+            _steps(request.canary_steps, "canary_steps"),
+            request.canary_percent,
+            reason=request.reason or f"canary at {request.canary_percent}%",
+            actor=_actor(context),
+            wait=False,
+        )
+        return self._message(changed)
+
+    def SetShadow(self, request: pb.SetShadowRequest, context: grpc.ServicerContext) -> pb.Deployment:
+        changed = self.deployments.set_shadow(
+            request.workspace_id,
+            request.name,
+            _steps(request.shadow_steps, "shadow_steps"),
+            reason=request.reason or ("shadow set" if request.shadow_steps else "shadow removed"),
+            actor=_actor(context),
+            wait=False,
+        )
+        return self._message(changed)
+
+    def ListDeploymentRevisions(
+        self, request: pb.ListDeploymentRevisionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDeploymentRevisionsResponse:
+        page = messages.keyset_page(
+            request.page_size,
+            messages.page_after(request.page_token),
+            lambda limit, after: self.deployments.revisions(request.workspace_id, request.name, limit, after),
+            lambda r: r.revision,
+        )
+        return pb.ListDeploymentRevisionsResponse(
+            revisions=[messages.revision(r) for r in page.items], next_page_token=page.next_page_token
+        )
+
     def _message(self, deployment: Deployment) -> pb.Deployment:
         live = self.deployments.live(deployment.workspace_id, deployment.name)
         return messages.deployment(deployment, live, self.flight_location)
+
+
+def _steps(specs: Iterable[pb.StepSpec], field: str) -> list[DeploymentStep]:
+    return [
+        DeploymentStep(s.model_id, messages.requested_version(s, f"{field}[{i}].version"))
+        for i, s in enumerate(specs)
+    ]
+
+
+def _actor(context: grpc.ServicerContext) -> str:
+    """Who asked, for the revision history: the authenticated caller's user name (access control's
+    identity of the caller); empty when the server runs without authentication."""
+    caller = current()
+    return "" if caller is None else caller.name[:255]

@@ -77,6 +77,17 @@ MAXIMA: dict[str, int] = {
     "flightline.v1.UndeployRequest.name": 63,
     "flightline.v1.GetDeploymentRequest.name": 63,
     "flightline.v1.ListDeploymentsRequest.page_token": 64,
+    "flightline.v1.UpdateDeploymentRequest.name": 63,
+    "flightline.v1.UpdateDeploymentRequest.steps": 32,
+    "flightline.v1.UpdateDeploymentRequest.reason": 1024,
+    "flightline.v1.SetTrafficSplitRequest.name": 63,
+    "flightline.v1.SetTrafficSplitRequest.canary_steps": 32,
+    "flightline.v1.SetTrafficSplitRequest.reason": 1024,
+    "flightline.v1.SetShadowRequest.name": 63,
+    "flightline.v1.SetShadowRequest.shadow_steps": 32,
+    "flightline.v1.SetShadowRequest.reason": 1024,
+    "flightline.v1.ListDeploymentRevisionsRequest.name": 63,
+    "flightline.v1.ListDeploymentRevisionsRequest.page_token": 64,
 }
 
 # Cc: C0 and C1 controls (NUL, newline, tab, DEL, ...). No request string has a use for them, and they

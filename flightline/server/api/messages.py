@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flightline.runtimes.catalog import FrameworkSpec
@@ -15,7 +16,7 @@ from flightline.runtimes.envelope import envelope_schema
 from flightline.server.dataplane.routes import route_key
 from flightline.server.errors import InvalidArgument
 from flightline.server.registries import mlflow
-from flightline.server.services.deployments import Live
+from flightline.server.services.deployments import Live, Loaded
 from flightline.server.store import records
 from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
@@ -281,22 +282,76 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
         status=DEPLOYMENT_STATUSES[d.status],
         status_reason=d.status_reason,
         create_time=timestamp(d.created_at),
+        revision=d.revision,
+        canary_percent=d.canary_percent,
         flight_path=route_key(d.workspace_id, d.name),
     )
-    for index, step in enumerate(d.steps):
-        message.steps.add(
-            model_id=step.model_id,
-            version=step.version,
-            runtime=live.runtimes[index] if live else "",
-            location=(live.route.steps[index].location or "") if live else "",
-        )
+    if d.pending_revision:
+        message.pending_revision = d.pending_revision
+    _steps(message.steps, d.steps, live.primary if live else None)
+    _steps(message.canary_steps, d.canary, live.canary if live else None)
+    _steps(message.shadow_steps, d.shadow, live.shadow if live else None)
     if live is not None:
         message.flight_location = flight_location
         message.input_schema = live.route.input_schema.serialize().to_pybytes()
         message.output_schema = (
             envelope_schema(live.route.input_schema, live.route.output_schema).serialize().to_pybytes()
         )
+        if live.mirror is not None:
+            stats = live.mirror.stats()
+            message.shadow_stats.CopyFrom(
+                deployment_pb2.ShadowStats(
+                    batches=stats.batches,
+                    rows=stats.rows,
+                    failed=stats.failed,
+                    dropped=stats.dropped,
+                    disagreeing_rows=stats.disagreeing_rows,
+                    mean_latency_ms=stats.mean_latency_ms,
+                    max_latency_ms=stats.max_latency_ms,
+                )
+            )
     return message
+
+
+def _steps(
+    field: RepeatedCompositeFieldContainer[deployment_pb2.DeploymentStep],
+    steps: Sequence[records.DeploymentStep],
+    loaded: Loaded | None,
+) -> None:
+    """Steps as recorded; runtime and location from what is loaded for them, when it is these steps."""
+    here = loaded if loaded is not None and loaded.pins == tuple(steps) else None
+    for index, step in enumerate(steps):
+        field.add(
+            model_id=step.model_id,
+            version=step.version,
+            runtime=here.runtimes[index] if here else "",
+            location=(here.steps[index].location or "") if here else "",
+        )
+
+
+REVISION_STATUSES = {
+    records.RevisionStatus.PENDING: deployment_pb2.REVISION_STATUS_PENDING,
+    records.RevisionStatus.LIVE: deployment_pb2.REVISION_STATUS_LIVE,
+    records.RevisionStatus.FAILED: deployment_pb2.REVISION_STATUS_FAILED,
+}
+
+
+def revision(r: records.Revision) -> deployment_pb2.DeploymentRevision:
+    def pins(steps: Sequence[records.DeploymentStep]) -> list[deployment_pb2.DeploymentStep]:
+        return [deployment_pb2.DeploymentStep(model_id=s.model_id, version=s.version) for s in steps]
+
+    return deployment_pb2.DeploymentRevision(
+        revision=r.revision,
+        status=REVISION_STATUSES[r.status],
+        status_reason=r.status_reason,
+        actor=r.actor,
+        reason=r.reason,
+        steps=pins(r.plan.steps),
+        canary_steps=pins(r.plan.canary),
+        canary_percent=r.plan.canary_percent,
+        shadow_steps=pins(r.plan.shadow),
+        create_time=timestamp(r.created_at),
+    )
 
 
 def requested_version(

@@ -8,30 +8,47 @@ deployments, build routes for RUNNING ones that are new or changed, and remove t
 number of front doors serve exactly the RUNNING deployments, each a poll period behind at most.
 
 A front-door step loads its model version here, from the artifact store by sha256; a remote step only
-dials the runtime server. A deployment whose route cannot be built yet (its runtime server not reachable,
-a store fault) is retried at the next poll. `ready` turns true once one pass has routed every RUNNING
-deployment, and stays true (the front door's `healthcheck` waits for it)."""
+dials the runtime server. A deployment's canary and shadow are routed the same way from their recorded
+placements (a shadow here records its own counts). A deployment whose route cannot be built yet (its
+runtime server not reachable, a store fault) is retried at the next poll, UNAVAILABLE meanwhile. `ready`
+turns true once one pass has routed every RUNNING deployment, and stays true (the front door's
+`healthcheck` waits for it)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flightline.runtimes import load_runtime
 from flightline.runtimes.base import ModelSpec
 from flightline.runtimes.host import Host
 from flightline.runtimes.plugins import plugin
-from flightline.server.dataplane.routes import LocalStep, RemoteStep, Route, Router, Step, route_key
+from flightline.server.dataplane.routes import (
+    LocalStep,
+    RemoteStep,
+    Route,
+    Router,
+    Step,
+    answered_by,
+    route_key,
+)
+from flightline.server.dataplane.shadow import Record, Shadow
 from flightline.server.services.names import parse_schema
 from flightline.server.store.artifacts import ArtifactStore
 from flightline.server.store.metadata import MetadataStore
-from flightline.server.store.records import Deployment, DeploymentStatus, ModelVersion, StepPlacement
+from flightline.server.store.records import (
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    ModelVersion,
+    StepPlacement,
+)
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, tuple[tuple[int, int], ...], tuple[StepPlacement, ...]]
+Signature = tuple[object, ...]
 
 
 def placement(step: Step) -> StepPlacement:
@@ -118,12 +135,15 @@ class RouteSync:
         cache_dir: Path,
         *,
         period: float = 1.0,
+        record: Record | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.router = router
         self.cache_dir = cache_dir
+        self._record: Record = record or (lambda *_: None)
         self._routed: dict[str, Signature] = {}
+        self._shadows: dict[str, Shadow] = {}
         self._seen = -1  # the route_version of the last complete pass
         self._ready = threading.Event()
         self._poller = Poller(self.sync, period, "route-sync")
@@ -141,6 +161,9 @@ class RouteSync:
         for name in list(self._routed):
             self.router.remove(name)
         self._routed.clear()
+        for shadow in self._shadows.values():
+            shadow.close(timeout=1)
+        self._shadows.clear()
 
     def sync(self) -> bool:
         """One pass; True when every RUNNING deployment is routed."""
@@ -155,6 +178,7 @@ class RouteSync:
         for name in [n for n in self._routed if n not in running]:
             self.router.remove(name)
             del self._routed[name]
+            self._drop_shadow(name)
             log.info("route %s removed", name)
         complete = True
         for name, deployment in running.items():
@@ -162,28 +186,58 @@ class RouteSync:
             if self._routed.get(name) == signature:
                 continue
             if not deployment.placements:  # RUNNING from before placements: its owner records them
+                self.router.expect([name])
                 complete = False
                 continue
             try:
-                route = self._route(deployment)
-            except Exception as exc:  # retried at the next poll; the front door answers NOT_FOUND till then
+                route = self._route(deployment, deployment.steps, deployment.placements, "primary")
+                canary = shadow = None
+                if deployment.canary and deployment.canary_placements:
+                    canary = self._route(
+                        deployment, deployment.canary, deployment.canary_placements, "canary"
+                    )
+                if deployment.shadow and deployment.shadow_placements:
+                    shadow = self._route(
+                        deployment, deployment.shadow, deployment.shadow_placements, "shadow"
+                    )
+            except Exception as exc:  # retried at the next poll; the front door answers UNAVAILABLE till then
                 log.warning("cannot route deployment %s yet: %s", name, exc)
+                self.router.expect([name])
                 complete = False
                 continue
-            self.router.put(route)
+            mirror = None if shadow is None else Shadow(deployment.name, shadow, self._record)
+            self.router.put(route, canary=canary, canary_percent=deployment.canary_percent, shadow=mirror)
+            self._drop_shadow(name)
+            if mirror is not None:
+                self._shadows[name] = mirror
             self._routed[name] = signature
             log.info("route %s updated", name)
         if complete:
+            for name in self.router.expected():
+                if name not in running:  # expected at start, not running after all
+                    self.router.forget(name)
             self._seen = version
             self._ready.set()
         return complete
 
-    def _route(self, deployment: Deployment) -> Route:
+    def _drop_shadow(self, name: str) -> None:
+        shadow = self._shadows.pop(name, None)
+        if shadow is not None:
+            shadow.close(timeout=1)
+
+    def _route(
+        self,
+        deployment: Deployment,
+        pins: Sequence[DeploymentStep],
+        placements: Sequence[StepPlacement],
+        variant: str,
+    ) -> Route:
         steps = [
             self._step(self.store.get_model_version(s.model_id, s.version), placed)
-            for s, placed in zip(deployment.steps, deployment.placements, strict=True)
+            for s, placed in zip(pins, placements, strict=True)
         ]
-        return Route.of(route_key(deployment.workspace_id, deployment.name), steps)
+        tag = answered_by(deployment.revision, variant, ((s.model_id, s.version) for s in pins))
+        return Route.of(route_key(deployment.workspace_id, deployment.name), steps, answered_by=tag)
 
     def _step(self, version: ModelVersion, placed: StepPlacement) -> Step:
         if not placed.in_front_door:
@@ -195,6 +249,16 @@ class RouteSync:
 
 
 def _signature(deployment: Deployment) -> Signature:
-    # A replaced deployment (same name, new id) or moved steps must be routed afresh.
-    steps = tuple((s.model_id, s.version) for s in deployment.steps)
-    return deployment.id, steps, deployment.placements
+    # A replaced deployment (same name, new id), a new revision or moved steps must be routed afresh.
+    d = deployment
+    return (
+        d.id,
+        d.revision,
+        d.steps,
+        d.placements,
+        d.canary,
+        d.canary_percent,
+        d.canary_placements,
+        d.shadow,
+        d.shadow_placements,
+    )

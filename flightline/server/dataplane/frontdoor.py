@@ -13,6 +13,11 @@ With an authenticator (always, in a server), every call but the `healthcheck` an
 no role is NOT_FOUND, as if it did not exist, and `list_flights` lists only the caller's.
 
 and gets one result batch per request batch on the same stream (a zero-row batch gets a zero-row result).
+Each result batch carries Flight app metadata saying which version answered,
+`revision=<n>;variant=<primary|canary>;steps=<model_id>:<version>[,...]` (protos/.../deployment.proto).
+A stream is given its route when it starts (`Served.pick`: the deployment's steps, or its canary for a
+percentage of streams) and keeps it to its end, even if the deployment is updated meanwhile; each batch
+and its answer are then offered to the deployment's shadow, if any, which never blocks (`shadow.py`).
 The front door runs the route's steps in order and builds the envelope itself from the request batch as
 received (no copy), so runtimes send back only their outputs. The "raw" mode is for chaining runtime
 servers and is refused here; a descriptor without a deployment name is INVALID_ARGUMENT.
@@ -29,8 +34,9 @@ stream from a helper thread would let a failing batch leave that thread blocked 
 has already finished.) Once the front door is closing, a stream ends at its next batch with UNAVAILABLE.
 
 Errors clients see (short messages only; see `flightline/runtimes/flight_service.py`): NOT_FOUND for an
-unknown deployment, INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the
-message names the column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
+unknown deployment, UNAVAILABLE for one a restarting server has not routed again yet (retry),
+INVALID_ARGUMENT for a bad descriptor or data that breaks the first step's rules (the message names the
+column), UNAVAILABLE when a runtime process died (retry once the supervisor restarted
 it) or the server is shutting down, INTERNAL "step N of 'name' failed: ...; see the server log" when a
 model failed, with the detail in the server log."""
 
@@ -54,14 +60,15 @@ from flightline.runtimes.server import conform
 from flightline.server.access.authn import Authenticator, Identity
 from flightline.server.access.quotas import CallerLimits
 from flightline.server.dataplane import auth
-from flightline.server.dataplane.routes import Route, Router, StepFailed, StepStream, split_key
+from flightline.server.dataplane.routes import Route, Router, Served, StepFailed, StepStream, split_key
 from flightline.server.errors import NotFound, Unavailable
 from flightline.server.observability import DEFAULT, Observer
 
 MODES = ("envelope", "outputs")  # "raw" outputs are for chaining runtime servers, not for clients
 ACTIONS = {
-    "healthcheck": "Returns b'ok' while the front door serves; UNAVAILABLE until its routes are known "
-    "(a front door apart from the control plane: after its first complete sync with the metadata store).",
+    "healthcheck": "Returns b'ok' while the front door serves; UNAVAILABLE until every RUNNING deployment "
+    "is routed (after a restart, until they are resumed; a front door apart from the control plane: after "
+    "its first complete sync with the metadata store).",
     "version": "Returns the server version (flightline.__version__) as UTF-8.",
 }
 
@@ -108,16 +115,22 @@ class FrontDoor(FlightService):
     ) -> None:
         name, echo = _target(descriptor)
         identity = self._caller(context)
-        route = self._route(name, identity)
+        served = self._served(name, identity)
+        route = served.pick()  # per stream: a stream's answers all come from one version
+        shadow = served.shadow
+        # Which version answered, on every result batch (format: protos/flightline/v1/deployment.proto).
+        answered_by = pa.py_buffer(route.answered_by) if route.answered_by else None
         held = self.limits.stream(identity) if identity is not None else None
         if held is not None:
             try:
                 held.__enter__()
             except Exception as exc:  # over the caller's limit: RESOURCE_EXHAUSTED-like, retry later
                 raise flight.FlightUnavailableError(str(exc)) from None
-        streams = [step.open() for step in route.steps]
+        route.usage.enter()  # an update unloads this route's runtimes only after its streams ended
         seen = self.observer.flight_stream(_display(route))  # counts, times and logs this stream
+        streams: list[StepStream] = []
         try:
+            streams = [step.open() for step in route.steps]
             result_schema: pa.Schema | None = None
             output_schema: pa.Schema | None = None
             if not is_open(route.output_schema):
@@ -136,7 +149,13 @@ class FrontDoor(FlightService):
                     writer.begin(result_schema)
                 elif not outputs.schema.equals(output_schema):
                     outputs = conform(outputs, output_schema, f"the outputs of {route.name!r}")
-                writer.write_batch(envelope(batch, outputs, echo=echo, schema=result_schema))
+                result = envelope(batch, outputs, echo=echo, schema=result_schema)
+                if answered_by is None:
+                    writer.write_batch(result)
+                else:
+                    writer.write_with_metadata(result, answered_by)
+                if shadow is not None:  # after the answer is sent: the shadow never delays it
+                    shadow.offer(batch, outputs)
             if result_schema is None:
                 writer.begin(envelope_schema(reader.schema, route.output_schema, echo))
         except BaseException as error:
@@ -145,6 +164,7 @@ class FrontDoor(FlightService):
         finally:
             for stream in streams:
                 stream.close()
+            route.usage.exit()
             seen.end()
             if held is not None:
                 held.__exit__(None, None, None)
@@ -180,8 +200,8 @@ class FrontDoor(FlightService):
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         if action.type == "healthcheck":
-            if self._ready is not None and not self._ready():
-                raise flight_service.Unavailable("not ready: the routes have not been read yet")
+            if not self.router.ready or (self._ready is not None and not self._ready()):
+                raise flight_service.Unavailable("not ready: not every running deployment is routed yet")
             return iter([b"ok"])
         if action.type == "version":
             return iter([__version__.encode()])
@@ -207,8 +227,11 @@ class FrontDoor(FlightService):
         return identity.role_in(workspace_id) is not None
 
     def _route(self, name: str, identity: Identity | None = None) -> Route:
-        """The route a descriptor names: a route key, or a bare name that is the caller's one deployment
-        of that name. Another workspace's is NOT_FOUND, as if it did not exist."""
+        return self._served(name, identity).primary
+
+    def _served(self, name: str, identity: Identity | None = None) -> Served:
+        """What a descriptor names: a route key, or a bare name that is the caller's one deployment of
+        that name. Another workspace's is NOT_FOUND, as if it did not exist."""
         key = name
         if "/" not in name:
             keys = [k for k in self.router.named(name) if self._may_see(identity, k)]
@@ -222,9 +245,11 @@ class FrontDoor(FlightService):
         if not self._may_see(identity, key):
             raise flight_service.NotFound(f"deployment {name.rpartition('/')[2]!r} not found")
         try:
-            return self.router.get(key)
+            return self.router.served(key)
         except NotFound as error:
             raise flight_service.NotFound(str(error)) from None
+        except Unavailable as error:  # a restarting server has not routed it yet: retry
+            raise flight_service.Unavailable(str(error)) from None
 
 
 def _target(descriptor: flight.FlightDescriptor) -> tuple[str, bool]:

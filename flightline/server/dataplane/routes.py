@@ -2,16 +2,24 @@
 
 A route is an ordered list of steps, the raw outputs of one feeding the next. A step runs either in the
 front door's own process (`LocalStep`, for native runtimes: no second hop) or in a supervised runtime
-server (`RemoteStep`, reached over one long-lived Flight exchange per client stream)."""
+server (`RemoteStep`, reached over one long-lived Flight exchange per client stream).
+
+A deployment is `Served` by a primary route and optionally a canary route that gets a percentage of new
+streams (per stream, so one stream's answers all come from one version) and a shadow that requests are
+mirrored to (`shadow.py`). The router swaps a deployment's `Served` in one assignment: a stream holds
+the Route it started on until it ends, and `Route.usage` tells when the last such stream is gone."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -22,6 +30,8 @@ from flightline.runtimes.host import Host, ModelOutputError
 from flightline.runtimes.params import params_metadata
 from flightline.runtimes.server import remote_error_message
 from flightline.server.errors import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 # Clients per remote step: enough connections that concurrent streams do not queue on one socket.
 POOL_SIZE: Final = 4
@@ -76,6 +86,7 @@ class LocalStep(Step):
         self.input_schema = host.input_schema
         self.output_schema = host.output_schema
         self.location = location
+        host.runtime.warm_up()  # the first client batch should not pay for lazy initialisation
 
     def open(self) -> StepStream:
         return _LocalStream(self.host)
@@ -235,6 +246,40 @@ class _RemoteStream(StepStream):
                 writer.close()
 
 
+class Usage:
+    """How many client streams run on a route, so its runtimes are unloaded only once they ended."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._streams = 0
+
+    def enter(self) -> None:
+        with self._idle:
+            self._streams += 1
+
+    def exit(self) -> None:
+        with self._idle:
+            self._streams -= 1
+            if self._streams == 0:
+                self._idle.notify_all()
+
+    @property
+    def streams(self) -> int:
+        with self._idle:
+            return self._streams
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no stream runs on the route; False if some still did after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._streams:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
+
+
 def route_key(workspace_id: int, name: str) -> str:
     """The name of a deployment's route, and of its Flight descriptor path element: "<workspace>/<name>"
     (deployment names are unique per workspace and never hold a '/')."""
@@ -255,12 +300,16 @@ class Route:
     steps: Sequence[Step]
     input_schema: pa.Schema  # the first step's inputs
     output_schema: pa.Schema  # the last step's raw outputs; empty when only known per batch
+    # Flight app metadata on every result batch of a stream on this route: which version answered
+    # (format in protos/flightline/v1/deployment.proto); b"" for none.
+    answered_by: bytes = b""
+    usage: Usage = field(default_factory=Usage, compare=False, repr=False)
 
     @classmethod
-    def of(cls, name: str, steps: Sequence[Step]) -> Route:
+    def of(cls, name: str, steps: Sequence[Step], *, answered_by: bytes = b"") -> Route:
         if not steps:
             raise ValueError(f"route {name!r} needs at least one step")
-        return cls(name, tuple(steps), steps[0].input_schema, steps[-1].output_schema)
+        return cls(name, tuple(steps), steps[0].input_schema, steps[-1].output_schema, answered_by)
 
     @property
     def locations(self) -> list[str]:
@@ -268,35 +317,120 @@ class Route:
         return [s.location for s in self.steps if s.location]
 
 
+def answered_by(revision: int, variant: str, steps: Iterable[tuple[int, int]]) -> bytes:
+    """The app metadata of a route's result batches (documented in deployment.proto)."""
+    listed = ",".join(f"{model_id}:{version}" for model_id, version in steps)
+    return f"revision={revision};variant={variant};steps={listed}".encode()
+
+
+class Mirror(Protocol):
+    """Where the front door mirrors a stream's batches and answers (`shadow.Shadow`); never blocks."""
+
+    def offer(self, batch: pa.RecordBatch, answer: pa.RecordBatch) -> None: ...
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one deployment name serves: the primary route, optionally a canary route that gets
+    `canary_percent` percent of new streams, and optionally a shadow that gets a copy of every batch."""
+
+    primary: Route
+    canary: Route | None = None
+    canary_percent: int = 0
+    shadow: Mirror | None = None
+    _streams: Iterable[int] = field(default_factory=itertools.count, compare=False, repr=False)
+
+    def pick(self) -> Route:
+        """The route of a new stream. Stream n goes to the canary when floor((n+1)p/100) > floor(np/100):
+        exactly p of every 100 consecutive streams, spread evenly, with no randomness to explain."""
+        if self.canary is None or self.canary_percent <= 0:
+            return self.primary
+        if self.canary_percent >= 100:
+            return self.canary
+        n = next(self._streams)  # type: ignore[call-overload]  # itertools.count: atomic under the GIL
+        p = self.canary_percent
+        return self.canary if (n + 1) * p // 100 > n * p // 100 else self.primary
+
+    @property
+    def routes(self) -> list[Route]:
+        return [self.primary] if self.canary is None else [self.primary, self.canary]
+
+
 class Router:
-    """Deployment name -> route; read by every front door stream, changed by deploy/undeploy."""
+    """Deployment name -> what it serves; read by every front door stream, changed by deploy/undeploy and
+    swapped whole by updates. A name that is `expect`ed (a restarting server has not routed it yet) is
+    UNAVAILABLE, so clients retry, rather than NOT_FOUND."""
 
     def __init__(self) -> None:
-        self._routes: dict[str, Route] = {}
+        self._served: dict[str, Served] = {}
+        self._expected: set[str] = set()
         self._lock = threading.Lock()
 
-    def put(self, route: Route) -> None:
+    def put(
+        self,
+        route: Route,
+        *,
+        canary: Route | None = None,
+        canary_percent: int = 0,
+        shadow: Mirror | None = None,
+    ) -> Served | None:
+        """Serves `route` (and its canary and shadow) under its name from the next stream on; returns
+        what served before. Streams already running keep the route they hold."""
+        served = Served(route, canary, canary_percent if canary is not None else 0, shadow)
         with self._lock:
-            self._routes[route.name] = route
+            before = self._served.get(route.name)
+            self._served[route.name] = served
+            self._expected.discard(route.name)
+            return before
 
     def remove(self, name: str) -> Route | None:
         """Takes a route out of service; streams already running on it finish on their own."""
         with self._lock:
-            return self._routes.pop(name, None)
+            self._expected.discard(name)
+            served = self._served.pop(name, None)
+        return None if served is None else served.primary
+
+    def expect(self, names: Iterable[str]) -> None:
+        """Names that will be routed soon (a restart resuming them): UNAVAILABLE until put or forgotten."""
+        with self._lock:
+            self._expected.update(n for n in names if n not in self._served)
+
+    def forget(self, name: str) -> None:
+        """An expected name will not come (its deployment failed): NOT_FOUND from now on."""
+        with self._lock:
+            self._expected.discard(name)
+
+    def expected(self) -> list[str]:
+        with self._lock:
+            return sorted(self._expected)
+
+    @property
+    def ready(self) -> bool:
+        """True when no expected name is waiting for its route."""
+        with self._lock:
+            return not self._expected
+
+    def served(self, name: str) -> Served:
+        with self._lock:
+            served = self._served.get(name)
+            expected = served is None and name in self._expected
+        if served is None:
+            bare = name.rpartition("/")[2]  # the route key's workspace is not the client's word
+            if expected:
+                raise Unavailable(f"deployment {bare!r} is starting; retry")
+            raise NotFound(f"deployment {bare!r} not found")
+        return served
 
     def get(self, name: str) -> Route:
-        with self._lock:
-            route = self._routes.get(name)
-        if route is None:
-            raise NotFound(f"deployment {name.rpartition('/')[2]!r} not found")
-        return route
+        return self.served(name).primary
 
     def named(self, name: str) -> list[str]:
-        """The route keys of the deployments called `name`, in any workspace."""
+        """The route keys of the deployments called `name`, in any workspace (expected ones too, so a bare
+        name a restart has not routed yet is UNAVAILABLE, not NOT_FOUND)."""
         suffix = "/" + name
         with self._lock:
-            return sorted(k for k in self._routes if k.endswith(suffix))
+            return sorted(k for k in self._served.keys() | self._expected if k.endswith(suffix))
 
     def names(self) -> list[str]:
         with self._lock:
-            return sorted(self._routes)
+            return sorted(self._served)

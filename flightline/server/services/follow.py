@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument
+from flightline.server.errors import FlightlineError, InvalidArgument
 from flightline.server.services.models import TERMINAL, ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.metadata import MetadataStore
@@ -40,7 +40,7 @@ PREPARE_TIMEOUT_S = 1800.0
 
 
 class Updater(Protocol):
-    """What the follower needs of DeploymentService (BRIEF decision 2)."""
+    """What the follower needs of DeploymentService: its `update` (tests give a recording one)."""
 
     def update(
         self,
@@ -51,29 +51,6 @@ class Updater(Protocol):
         reason: str,
         actor: str = "",
     ) -> Deployment: ...
-
-
-class InPlaceUpdates:
-    """`DeploymentService.update` as the follower's Updater. That method is built on the rollout branch;
-    until it is merged, a server finds no `update` and records each move as not followed, saying so."""
-
-    def __init__(self, deployments: object) -> None:
-        self._deployments = deployments
-
-    def update(
-        self,
-        workspace_id: int,
-        name: str,
-        steps: Sequence[DeploymentStep],
-        *,
-        reason: str,
-        actor: str = "",
-    ) -> Deployment:
-        method = getattr(self._deployments, "update", None)
-        if method is None:
-            raise FailedPrecondition("this server cannot swap a deployment's version in place yet")
-        result: Deployment = method(workspace_id, name, steps, reason=reason, actor=actor)
-        return result
 
 
 class AliasFollower:

@@ -7,6 +7,7 @@ race between concurrent writers is retried, so e.g. two uploads of one name neve
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from flightline.server import calls
-from flightline.server.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from flightline.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from flightline.server.store.access import AccessRecords
 from flightline.server.store.records import (
     Conversion,
@@ -33,12 +34,16 @@ from flightline.server.store.records import (
     Model,
     ModelStatus,
     ModelVersion,
+    Plan,
     Registry,
+    Revision,
+    RevisionStatus,
     StepPlacement,
     Workspace,
 )
 from flightline.server.store.secrets import Secrets, process_secrets
 from flightline.server.store.tables import (
+    DeploymentRevisionRow,
     DeploymentRow,
     DeploymentStepRow,
     FollowRow,
@@ -394,8 +399,17 @@ class MetadataStore(AccessRecords):
 
     # -- deployments
 
-    def create_deployment(self, workspace_id: int, name: str, steps: Sequence[DeploymentStep]) -> Deployment:
-        """Records a new DEPLOYING deployment. A STOPPED deployment of the same name is replaced."""
+    def create_deployment(
+        self,
+        workspace_id: int,
+        name: str,
+        steps: Sequence[DeploymentStep],
+        *,
+        actor: str = "",
+        reason: str = "deploy",
+    ) -> Deployment:
+        """Records a new DEPLOYING deployment and its revision 1 (pending until it runs or fails). A STOPPED
+        deployment of the same name is replaced, its revisions with it."""
         if not steps:
             raise InvalidArgument(f"deployment {name!r} needs at least one step")
         for step in steps:
@@ -431,6 +445,7 @@ class MetadataStore(AccessRecords):
             )
             session.add(row)
             session.flush()
+            session.add(_revision_row(row.id, 1, Plan(tuple(steps)), actor, reason))
             _routes_changed(session)
             return self._deployment(row)
 
@@ -466,6 +481,16 @@ class MetadataStore(AccessRecords):
                 step.location = placed.location
                 step.model_key = placed.model_key
                 step.runtime_secret = self.secrets.encrypt(placed.secret)
+            if not running:  # where the canary and shadow ran is known only while RUNNING
+                row.variants = _variants_json(
+                    _variants_of(row.variants, self.secrets)[0], (), (), self.secrets
+                )
+            if status in (DeploymentStatus.RUNNING, DeploymentStatus.FAILED) and not row.pending_revision:
+                # The deploy's own revision (or a resumed one) settles with the deployment.
+                live = session.get(DeploymentRevisionRow, (row.id, row.revision))
+                if live is not None and live.status == RevisionStatus.PENDING.value:
+                    live.status = (RevisionStatus.LIVE if running else RevisionStatus.FAILED).value
+                    live.status_reason = status_reason
             session.flush()
             _routes_changed(session)
             return self._deployment(row)
@@ -502,6 +527,119 @@ class MetadataStore(AccessRecords):
                 _workspace_row(session, workspace_id)
                 query = query.where(DeploymentRow.workspace_id == workspace_id)
             return [self._deployment(row) for row in session.scalars(query)]
+
+    def set_variant_placements(
+        self, workspace_id: int, name: str, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement]
+    ) -> Deployment:
+        """Records where a RUNNING deployment's canary and shadow steps run (after a resume)."""
+
+        def record(session: Session) -> Deployment:
+            row = _deployment_row(session, workspace_id, name)
+            plan = _variants_of(row.variants, self.secrets)[0]
+            row.variants = _variants_json(plan, canary, shadow, self.secrets)
+            session.flush()
+            _routes_changed(session)
+            return self._deployment(row)
+
+        return self._write(record)
+
+    def begin_change(
+        self, workspace_id: int, name: str, plan: Plan, *, actor: str, reason: str
+    ) -> Deployment:
+        """Records revision n+1 PENDING for a RUNNING deployment with no change pending; the deployment
+        keeps serving its revision. FailedPrecondition otherwise."""
+
+        def begin(session: Session) -> Deployment:
+            row = _deployment_row(session, workspace_id, name, lock=True)
+            if row.status != DeploymentStatus.RUNNING.value:
+                raise FailedPrecondition(f"deployment {name!r} is {row.status}, not running")
+            if row.pending_revision:
+                raise FailedPrecondition(
+                    f"deployment {name!r} has revision {row.pending_revision} pending; wait for it to finish"
+                )
+            latest = session.scalar(
+                select(func.max(DeploymentRevisionRow.revision)).where(
+                    DeploymentRevisionRow.deployment_id == row.id
+                )
+            )
+            number = max(int(latest or 0), row.revision) + 1
+            session.add(_revision_row(row.id, number, plan, actor, reason))
+            row.pending_revision = number
+            row.status_reason = f"revision {number} pending: loading and warming"
+            session.flush()
+            return self._deployment(row)
+
+        return self._write(begin)
+
+    def finish_change(
+        self,
+        workspace_id: int,
+        name: str,
+        revision: int,
+        plan: Plan,
+        placements: Sequence[StepPlacement],
+        canary: Sequence[StepPlacement],
+        shadow: Sequence[StepPlacement],
+    ) -> Deployment:
+        """The pending `revision` went live: the deployment now serves `plan` where `placements` say."""
+
+        def finish(session: Session) -> Deployment:
+            row = _deployment_row(session, workspace_id, name, lock=True)
+            pending = session.get(DeploymentRevisionRow, (row.id, revision))
+            if pending is not None:
+                pending.status = RevisionStatus.LIVE.value
+            if [(s.model_id, s.version) for s in row.steps] != [(s.model_id, s.version) for s in plan.steps]:
+                row.steps.clear()
+                session.flush()  # the old rows go before new ones take their (deployment, position) keys
+                row.steps.extend(
+                    DeploymentStepRow(position=i, model_id=s.model_id, version=s.version)
+                    for i, s in enumerate(plan.steps)
+                )
+            for step, placed in zip(row.steps, placements, strict=True):
+                step.in_front_door = placed.in_front_door
+                step.location = placed.location
+                step.model_key = placed.model_key
+                step.runtime_secret = self.secrets.encrypt(placed.secret)
+            row.variants = _variants_json(plan, canary, shadow, self.secrets)
+            row.revision = revision
+            row.pending_revision = 0
+            row.status_reason = ""
+            session.flush()
+            _routes_changed(session)
+            return self._deployment(row)
+
+        return self._write(finish)
+
+    def fail_change(self, workspace_id: int, name: str, revision: int, reason: str) -> Deployment:
+        """The pending `revision` could not go live; the deployment keeps serving the one before."""
+
+        def fail(session: Session) -> Deployment:
+            row = _deployment_row(session, workspace_id, name, lock=True)
+            pending = session.get(DeploymentRevisionRow, (row.id, revision))
+            if pending is not None:
+                pending.status = RevisionStatus.FAILED.value
+                pending.status_reason = reason
+            if row.pending_revision == revision:
+                row.pending_revision = 0
+                row.status_reason = f"revision {revision} failed, revision {row.revision} serves: {reason}"
+            session.flush()
+            return self._deployment(row)
+
+        return self._write(fail)
+
+    def list_revisions(
+        self, workspace_id: int, name: str, limit: int | None = None, after: int = 0
+    ) -> list[Revision]:
+        """A deployment's revisions by number, after `after`."""
+        with self._read() as session:
+            row = _deployment_row(session, workspace_id, name)
+            query = (
+                select(DeploymentRevisionRow)
+                .where(DeploymentRevisionRow.deployment_id == row.id, DeploymentRevisionRow.revision > after)
+                .order_by(DeploymentRevisionRow.revision)
+                .limit(limit)
+            )
+            return [_revision(r) for r in session.scalars(query)]
 
     def delete_deployment(self, workspace_id: int, name: str) -> None:
         def delete(session: Session) -> None:
@@ -542,6 +680,10 @@ class MetadataStore(AccessRecords):
                 if step.runtime_secret:
                     step.runtime_secret = new.encrypt(reader.decrypt(step.runtime_secret))
                     count += 1
+            for deployment in session.scalars(select(DeploymentRow).where(DeploymentRow.variants != "")):
+                plan, canary, shadow = _variants_of(deployment.variants, reader)
+                deployment.variants = _variants_json(plan, canary, shadow, new)
+                count += len(canary) + len(shadow)
             return count
 
         count = self._write(rotate)
@@ -626,6 +768,7 @@ class MetadataStore(AccessRecords):
         )
 
     def _deployment(self, row: DeploymentRow) -> Deployment:
+        plan, canary, shadow = _variants_of(row.variants, self.secrets)
         running = row.status == DeploymentStatus.RUNNING
         return Deployment(
             id=row.id,
@@ -645,6 +788,13 @@ class MetadataStore(AccessRecords):
             )
             if running
             else (),
+            revision=row.revision,
+            pending_revision=row.pending_revision,
+            canary=plan.canary,
+            canary_percent=plan.canary_percent,
+            shadow=plan.shadow,
+            canary_placements=canary if running else (),
+            shadow_placements=shadow if running else (),
         )
 
     # -- plumbing
@@ -779,11 +929,11 @@ def _version_row(session: Session, model_id: int, version: int) -> tuple[ModelVe
     return row, model.name
 
 
-def _deployment_row(session: Session, workspace_id: int, name: str) -> DeploymentRow:
+def _deployment_row(session: Session, workspace_id: int, name: str, *, lock: bool = False) -> DeploymentRow:
     query = select(DeploymentRow).where(
         DeploymentRow.workspace_id == workspace_id, DeploymentRow.name == name
     )
-    row = session.scalars(query).one_or_none()
+    row = session.scalars(query.with_for_update() if lock else query).one_or_none()
     if row is None:
         raise NotFound(f"deployment {name!r} does not exist")
     return row
@@ -870,6 +1020,97 @@ def _follow(row: FollowRow) -> Follow:
         row.followed_version,
         row.status_reason,
         row.checked_at,
+    )
+
+
+def _steps_json(steps: Sequence[DeploymentStep]) -> list[list[int]]:
+    return [[s.model_id, s.version] for s in steps]
+
+
+def _steps_of(value: Any) -> tuple[DeploymentStep, ...]:
+    return tuple(DeploymentStep(int(m), int(v)) for m, v in value or ())
+
+
+def _placements_json(placements: Sequence[StepPlacement], secrets: Secrets) -> list[list[Any]]:
+    return [[p.in_front_door, p.location, p.model_key, secrets.encrypt(p.secret)] for p in placements]
+
+
+def _placements_of(value: Any, secrets: Secrets) -> tuple[StepPlacement, ...]:
+    # [in_front_door, location, model_key, encrypted runtime secret]; rows from before auth have no secret
+    return tuple(
+        StepPlacement(bool(p[0]), str(p[1]), str(p[2]), secrets.decrypt(str(p[3])) if len(p) > 3 else "")
+        for p in value or ()
+    )
+
+
+def _variants_json(
+    plan: Plan, canary: Sequence[StepPlacement], shadow: Sequence[StepPlacement], secrets: Secrets
+) -> str:
+    """A deployment's `variants` column: its split and shadow (steps of the plan are its step rows); the
+    runtime servers' secrets in it are encrypted as the step rows' are."""
+    if not plan.canary and not plan.shadow:
+        return ""
+    return json.dumps(
+        {
+            "canary": _steps_json(plan.canary),
+            "canary_percent": plan.canary_percent,
+            "shadow": _steps_json(plan.shadow),
+            "canary_placements": _placements_json(canary, secrets),
+            "shadow_placements": _placements_json(shadow, secrets),
+        }
+    )
+
+
+def _variants_of(
+    text: str, secrets: Secrets
+) -> tuple[Plan, tuple[StepPlacement, ...], tuple[StepPlacement, ...]]:
+    """(plan without steps, canary placements, shadow placements) from a `variants` column."""
+    if not text:
+        return Plan(()), (), ()
+    value = json.loads(text)
+    plan = Plan((), _steps_of(value["canary"]), int(value["canary_percent"]), _steps_of(value["shadow"]))
+    canary = _placements_of(value["canary_placements"], secrets)
+    return plan, canary, _placements_of(value["shadow_placements"], secrets)
+
+
+def _revision_row(
+    deployment_id: int, number: int, plan: Plan, actor: str, reason: str
+) -> DeploymentRevisionRow:
+    return DeploymentRevisionRow(
+        deployment_id=deployment_id,
+        revision=number,
+        status=RevisionStatus.PENDING.value,
+        status_reason="",
+        actor=actor,
+        reason=reason,
+        plan=json.dumps(
+            {
+                "steps": _steps_json(plan.steps),
+                "canary": _steps_json(plan.canary),
+                "canary_percent": plan.canary_percent,
+                "shadow": _steps_json(plan.shadow),
+            }
+        ),
+        created_at=utc_now(),
+    )
+
+
+def _revision(row: DeploymentRevisionRow) -> Revision:
+    plan = json.loads(row.plan)
+    return Revision(
+        deployment_id=row.deployment_id,
+        revision=row.revision,
+        status=RevisionStatus(row.status),
+        status_reason=row.status_reason,
+        actor=row.actor,
+        reason=row.reason,
+        plan=Plan(
+            _steps_of(plan["steps"]),
+            _steps_of(plan["canary"]),
+            int(plan["canary_percent"]),
+            _steps_of(plan["shadow"]),
+        ),
+        created_at=row.created_at,
     )
 
 

@@ -133,6 +133,35 @@ class StepPlacement:
     secret: str = field(default="", repr=False)  # what the runtime server demands of its callers
 
 
+class RevisionStatus(StrEnum):
+    PENDING = "pending"
+    LIVE = "live"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a deployment serves: its steps, an optional canary pipeline with the percentage of new
+    streams it gets, and an optional shadow pipeline that requests are mirrored to."""
+
+    steps: tuple[DeploymentStep, ...]
+    canary: tuple[DeploymentStep, ...] = ()
+    canary_percent: int = 0
+    shadow: tuple[DeploymentStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class Revision:
+    deployment_id: int
+    revision: int
+    status: RevisionStatus
+    status_reason: str
+    actor: str
+    reason: str
+    plan: Plan
+    created_at: datetime
+
+
 @dataclass(frozen=True)
 class Deployment:
     id: int
@@ -145,6 +174,18 @@ class Deployment:
     failed_by_fault: bool = False  # FAILED by a fault, not by the model: start-up retries it
     owner: str = ""  # the control-plane instance that starts its runtimes and resumes it
     placements: tuple[StepPlacement, ...] = ()  # one per step while RUNNING, () otherwise
+    revision: int = 1  # the revision serving
+    pending_revision: int = 0  # a change being loaded; 0 for none
+    canary: tuple[DeploymentStep, ...] = ()
+    canary_percent: int = 0
+    shadow: tuple[DeploymentStep, ...] = ()
+    # Where the canary's and the shadow's steps run while RUNNING, as `placements` for the steps.
+    canary_placements: tuple[StepPlacement, ...] = ()
+    shadow_placements: tuple[StepPlacement, ...] = ()
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(self.steps, self.canary, self.canary_percent, self.shadow)
 
 
 @dataclass(frozen=True)

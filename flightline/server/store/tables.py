@@ -156,6 +156,14 @@ class DeploymentRow(Base):
     steps: Mapped[list[DeploymentStepRow]] = relationship(
         cascade="all, delete-orphan", order_by="DeploymentStepRow.position"
     )
+    # The revision serving now, and the one being loaded (0: none). See DeploymentRevisionRow.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    pending_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # JSON of the traffic split and the shadow (store/metadata.py `_variants`); "" for none.
+    variants: Mapped[str] = mapped_column(default="", server_default="")
+    revisions: Mapped[list[DeploymentRevisionRow]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class DeploymentStepRow(Base):
@@ -201,6 +209,24 @@ class FollowRow(Base):
     followed_version: Mapped[str]  # the registry version now served
     status_reason: Mapped[str]  # why the last move was not followed, "" when it was
     checked_at: Mapped[datetime]
+
+
+class DeploymentRevisionRow(Base):
+    """One change of a deployment (its deploy, an update, a split or shadow change): who, when, why,
+    the plan asked for (JSON: steps, canary, canary percent, shadow) and whether it went live."""
+
+    __tablename__ = "deployment_revisions"
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str]
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str]
+    plan: Mapped[str]
+    created_at: Mapped[datetime]
 
 
 class RouteStateRow(Base):

@@ -5,7 +5,7 @@ Registry tokens already stored in clear are encrypted by the server at its next 
 (`MetadataStore.encrypt_clear_tokens`): a migration has no access to the key.
 
 Revision ID: 0005_auth
-Revises: 0003
+Revises: 0004_revisions
 Create Date: 2026-12-01
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_auth"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004_revisions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
