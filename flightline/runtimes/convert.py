@@ -80,16 +80,20 @@ def convert(
 
 
 def _converter_versions(estimator: Any) -> str:
-    """The converters (and the library of the model) with their versions, as recorded on the version."""
-    import importlib.metadata
+    """The converters (and the library of the model) with their versions, as recorded on the version.
+    Read from the modules, not the distributions: `xgboost` may be installed as `xgboost-cpu`."""
+    import importlib
 
-    names = ["skl2onnx", "onnx"]
+    modules = ["skl2onnx", "onnx"]
     if type(_final_estimator(estimator)).__module__.startswith(boosters.MODULE):
-        names.insert(1, "onnxmltools")
-        names.append("xgboost")
+        modules.insert(1, "onnxmltools")
+        modules.append("xgboost")
     else:
-        names.append("scikit-learn")
-    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
+        modules.append("sklearn")
+    names = {"sklearn": "scikit-learn"}
+    return ", ".join(
+        f"{names.get(module, module)} {importlib.import_module(module).__version__}" for module in modules
+    )
 
 
 def _convert_pickle(
