@@ -80,8 +80,11 @@ def test_quickstart_blocks_run_as_written_twice(app: App, tmp_path: Path) -> Non
     python_blocks = blocks(section("Python"), "python")[:1] + blocks(section("From MLflow"), "python")
     assert len(python_blocks) == 2
     with mlflow_from_readme(tmp_path) as mlflow_url:
+        # A newcomer's shell: no MLflow run or experiment inherited from tests that ran before in this
+        # process (mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID to the environment).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env = {
-            **os.environ,
+            **inherited,
             **QUIET_MLFLOW_ENV,
             "FLIGHTLINE_SERVER": app.grpc_address,
             "MLFLOW_TRACKING_URI": mlflow_url,
