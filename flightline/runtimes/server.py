@@ -34,13 +34,11 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import pyarrow as pa
@@ -59,6 +57,7 @@ from flightline.runtimes.flight_service import (
 )
 from flightline.runtimes.host import MODES, Host, Mode, ModelOutputError, parse_mode
 from flightline.runtimes.plugins import plugin
+from flightline.runtimes.signals import stop_on_signals, wait_for_stop
 
 READY: Final = "FLIGHTLINE_READY"
 LISTEN_ERROR_EXIT_CODE: Final = 4
@@ -379,19 +378,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    # A blocked mask survives exec: unblock, or a parent's blocked SIGTERM would never reach us.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    return stop
-
-
 def _stop_at_end_of_stdin(stop: threading.Event) -> None:
     def watch() -> None:
         # Reads until EOF: the parent never writes, so this only returns once it closed the pipe or died.
@@ -443,11 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # pyarrow says only "Server did not start properly"; gRPC logged why
         print(f"cannot listen on {args.listen}: {error}", file=sys.stderr, flush=True)
         return LISTEN_ERROR_EXIT_CODE
-    stop = _stop_on_signals()  # before READY: whoever reads it may signal us at once
+    stop = stop_on_signals()  # before READY: whoever reads it may signal us at once
     if args.exit_with_stdin:
         _stop_at_end_of_stdin(stop)
     print(f"{READY} {server.location}", file=protocol, flush=True)
-    stop.wait()
+    wait_for_stop(stop)
     _shutdown(server, args.shutdown_grace)
     return 0
 

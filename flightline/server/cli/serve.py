@@ -6,7 +6,6 @@ import errno
 import faulthandler
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -15,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from flightline.runtimes.signals import stop_on_signals, wait_for_stop
 from flightline.server import observability
 from flightline.server.access.authn import ADMIN_TOKEN_FILE
 from flightline.server.app import App, build
@@ -64,12 +64,7 @@ def serve(
         observability.configure_logging(settings.log_format, logging.INFO)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--log-format") from None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    # A parent may start us with these signals blocked (a blocked mask survives exec, and threads of gRPC
-    # or Arrow block every signal): then SIGTERM would stay pending forever.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    stop = stop_on_signals()
     running = build(settings).start()
     try:
         grpc_address = running.grpc_address if isinstance(running, App) else ""
@@ -91,7 +86,7 @@ def serve(
             console.print(f"[bold]Sample model 'ccfraud' is served at {running.flight_location}[/bold]")
             shown = result.drop_columns([c for c in result.column_names if c.startswith("in.")])
             print(shown.to_pandas().to_string(), flush=True)
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         _exit_if_stuck(settings.shutdown_grace + STOP_BUDGET_SECONDS)
         closed = running.stop()
