@@ -1,21 +1,28 @@
 """Clients in other languages can use the control plane from protos/flightline/v1/*.proto alone.
 
-A Node.js client loads the .proto files at run time and talks to the real gRPC server; protoc's Java, C++
-and C# generators accept every file, the Java and C++ output compiles, and Java bytes round-trip with Python.
+A Node.js client loads the .proto files at run time and talks to the real gRPC server, and another infers
+over Arrow Flight with grpc-js and apache-arrow alone (no Flight library); protoc's Java, C++ and C#
+generators accept every file, the Java and C++ output compiles, and Java bytes round-trip with Python.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 from grpc_tools import protoc as grpc_tools_protoc
+from sklearn.linear_model import LogisticRegression
 
+import flightline
 from flightline.server.app import App
 from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
@@ -78,11 +85,14 @@ def csharp_files() -> set[str]:
 EXPECTED: dict[str, Callable[[], set[str]]] = {"java": java_files, "cpp": cpp_files, "csharp": csharp_files}
 
 
-def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
+def node() -> str:
     if not (NODE_CLIENT / "node_modules").is_dir():
         pytest.fail(f"{NODE_CLIENT}/node_modules is missing: run `npm ci --prefix tests/clients/node`")
-    node = require_tool("node")
-    done = run([node, str(NODE_CLIENT / "client.mjs"), app.grpc_address, "from-node"], cwd=ROOT)
+    return require_tool("node")
+
+
+def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
+    done = run([node(), str(NODE_CLIENT / "client.mjs"), app.grpc_address, "from-node"], cwd=ROOT)
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert int(seen["workspace_id"]) > 0
     assert seen["fetched_id"] == seen["workspace_id"]
@@ -95,6 +105,57 @@ def test_node_client_uses_the_control_plane_from_protos_alone(app: App) -> None:
     assert seen["unknown_workspace_status"] == 5  # NOT_FOUND
     assert seen["who"] == "admin"  # authenticated with FLIGHTLINE_TOKEN (the test server's admin token)
     assert seen["without_token_status"] == 16  # UNAUTHENTICATED
+
+
+def node_infer(app: App, workspace: str, name: str, rows: object) -> subprocess.CompletedProcess[str]:
+    command = [node(), str(NODE_CLIENT / "infer.mjs"), app.grpc_address, workspace, name, "-"]
+    return subprocess.run(command, input=json.dumps(rows), capture_output=True, text=True, timeout=120)
+
+
+def test_node_infers_over_flight_with_grpc_and_arrow_ipc_alone(app: App, tmp_path: Path) -> None:
+    """Both input forms (one fixed-size tensor column; named scalar columns) give what the Python client
+    gets, and the answer says which revision answered."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 4))
+    frame = pd.DataFrame(x, columns=["amount", "age", "score", "tenure"])
+    model = LogisticRegression().fit(x, x[:, 0] + x[:, 1] > 0)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    tensor = pa.schema([pa.field("inputs", pa.list_(pa.float32(), 4))])
+    named = pa.schema([pa.field(c, pa.float64()) for c in frame.columns])
+    with flightline.connect(app.grpc_address) as fl:
+        ws = fl.workspaces.create("node-flight")
+        for name, schema, rows, data in (
+            ("tensor", tensor, [{"inputs": r} for r in x[:3].tolist()], {"inputs": x[:3].tolist()}),
+            ("named", named, frame.head(3).to_dict("records"), frame.head(3)),
+        ):
+            version = fl.upload(
+                tmp_path / "model.pkl", name=name, workspace=ws, framework="sklearn", input_schema=schema
+            )
+            deployment = fl.deploy(name, version, workspace=ws)
+            expected = deployment.infer(data)
+            done = node_infer(app, "node-flight", name, rows)
+            assert done.returncode == 0, done.stderr
+            *lines, summary = [json.loads(line) for line in done.stdout.splitlines()]
+            assert [r["out.predictions"] for r in lines] == expected["out.predictions"].to_pylist()
+            np.testing.assert_allclose(
+                [r["out.probabilities"] for r in lines], expected["out.probabilities"].to_pylist(), rtol=1e-6
+            )
+            assert summary["rows"] == 3
+            assert summary["answered_by"].startswith("revision=1;variant=primary")
+        # apache-arrow would pad a short tensor row with NaN without a word; the client refuses it.
+        short = node_infer(app, "node-flight", "tensor", [{"inputs": [1.0, 2.0]}])
+        assert short.returncode == 1
+        assert short.stderr.strip() == "error: row 0: column inputs must be a list of 4 values"
+
+
+def test_node_flight_client_reports_the_servers_errors_in_one_line(app: App) -> None:
+    with flightline.connect(app.grpc_address) as fl:
+        fl.workspaces.create("node-errors")
+    missing = node_infer(app, "node-errors", "absent", [])
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: deployment 'absent' does not exist"
+    unknown = node_infer(app, "no-such-workspace", "absent", [])
+    assert unknown.stderr.strip() == 'error: workspace "no-such-workspace" does not exist'
 
 
 @pytest.mark.parametrize("language", sorted(EXPECTED))

@@ -5,6 +5,7 @@ script against a real Flightline server, in a fresh folder."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -108,3 +109,22 @@ def test_quickstart_blocks_run_as_written_twice(app: App, tmp_path: Path) -> Non
             assert lines[0] == "ready sklearn onnx sklearn", from_mlflow
             assert "out.predictions" in lines[1] and len(lines) == 5
             print(from_mlflow)  # what the README shows (pytest -s)
+            over_flight = run_node_block(app, tmp_path, env)
+            *rows, summary = [json.loads(line) for line in over_flight.splitlines()]
+            assert [row["out.predictions"] for row in rows] == [1, 0], over_flight
+            assert summary["rows"] == 2 and summary["answered_by"].startswith("revision=1;variant=primary")
+
+
+def run_node_block(app: App, folder: Path, env: dict[str, str]) -> str:
+    """The "From another language" block, but for its `npm ci` (.ci/setup ran it; running it again here
+    would replace node_modules under the other tests' feet), in `folder`, against the test server."""
+    (block,) = blocks(section("From another language, over Flight"), "bash")
+    client = str(README.parent / "tests" / "clients" / "node")
+    lines = [line for line in block.strip().splitlines() if not line.startswith("npm ci ")]
+    script = "set -e\n" + "\n".join(lines).replace("tests/clients/node", client)
+    script = script.replace("127.0.0.1:50051", app.grpc_address)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -5,47 +5,9 @@
 // Every call carries `authorization: Bearer <token>` (gRPC metadata); one call without it checks that the
 // server refuses it with UNAUTHENTICATED.
 // Prints one JSON line with what the server answered; exits non-zero on any surprise.
-import { readdirSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 
-const PROTO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../../../protos");
-const DEADLINE_MS = 10_000;
-
-function loadFlightline() {
-  const files = readdirSync(join(PROTO_ROOT, "flightline/v1"))
-    .filter((f) => f.endsWith(".proto"))
-    .map((f) => `flightline/v1/${f}`);
-  // google/protobuf/timestamp.proto resolves from protobufjs's bundled well-known types.
-  const definition = protoLoader.loadSync(files, {
-    includeDirs: [PROTO_ROOT],
-    keepCase: true,
-    longs: String, // int64 ids arrive as decimal strings: no precision loss above 2^53
-    enums: String,
-    defaults: true,
-  });
-  return grpc.loadPackageDefinition(definition).flightline.v1;
-}
-
-function bearer(token) {
-  const metadata = new grpc.Metadata();
-  if (token) metadata.add("authorization", `Bearer ${token}`);
-  return metadata;
-}
-
-let credentialsMetadata = bearer(process.env.FLIGHTLINE_TOKEN);
-
-// Promisifies one unary call with a deadline, so a hung server fails the run instead of blocking it.
-function call(stub, method, request, metadata = credentialsMetadata) {
-  return new Promise((ok, fail) => {
-    stub[method](request, metadata, { deadline: Date.now() + DEADLINE_MS }, (err, reply) =>
-      err ? fail(err) : ok(reply),
-    );
-  });
-}
+import { bearer, call, channelCredentials, loadFlightline } from "./flightline.mjs";
 
 async function expectStatus(promise, code) {
   try {
@@ -60,7 +22,7 @@ async function expectStatus(promise, code) {
 async function main([address, name]) {
   if (!address || !name) throw new Error("usage: node client.mjs <host:port> <workspace-name>");
   const v1 = loadFlightline();
-  const credentials = grpc.credentials.createInsecure();
+  const credentials = channelCredentials();
   const workspaces = new v1.WorkspaceService(address, credentials);
   const models = new v1.ModelService(address, credentials);
   const deployments = new v1.DeploymentService(address, credentials);
