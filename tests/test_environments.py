@@ -185,3 +185,34 @@ def test_cli_installs_and_lists_families(environments: Environments) -> None:
     listed = runner.invoke(app, ["runtimes", "list", "--envs-dir", str(environments.root)])
     assert listed.exit_code == 0
     assert "not built (flightline runtimes install python)" in " ".join(listed.output.split())
+
+
+def test_prune_removes_environments_of_other_runtimes_but_not_one_in_use(
+    environments: Environments, six_env: Environment
+) -> None:
+    """A copy of a built environment under another key is what an older `flightline.runtimes` left: the
+    key no longer matches its manifest. Prune keeps it while a process runs from it, then removes it,
+    and leaves the current environments alone."""
+    from typer.testing import CliRunner
+
+    from flightline.server.cli import app
+
+    old = environments.root / ("0" * 32)
+    shutil.copytree(six_env.path, old, symlinks=True)
+    assert [env.key for env in environments.stale()] == [old.name]
+    prune = ["runtimes", "prune", "--envs-dir", str(environments.root)]
+    runner = CliRunner()
+    listed = runner.invoke(app, [*prune, "--dry-run"])
+    assert listed.exit_code == 0 and f"would remove {old.name}" in listed.output and old.is_dir()
+    user = subprocess.Popen([str(old / "bin" / "python"), "-c", "import time; time.sleep(60)"])
+    try:
+        kept = runner.invoke(app, prune)
+        assert kept.exit_code == 0 and "a running process uses it" in kept.output and old.is_dir()
+    finally:
+        user.kill()
+        user.wait()
+    removed = runner.invoke(app, prune)
+    assert removed.exit_code == 0 and f"removed {old.name}" in removed.output, removed.output
+    assert not old.exists() and environments.stale() == []
+    assert environments.lookup([PINNED]) == environments.get(six_env.key)  # the current one is untouched
+    assert not [p for p in environments.root.iterdir() if p.name.startswith(".remove-")]

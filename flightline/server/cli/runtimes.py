@@ -1,4 +1,4 @@
-"""`flightline runtimes install|list`: environments of runtime families."""
+"""`flightline runtimes install|list|prune`: environments of runtime families."""
 
 from __future__ import annotations
 
@@ -56,3 +56,33 @@ def runtimes_list(envs_dir: EnvsDir = None) -> None:
         env = environments.lookup(requirements)
         where = str(env.path) if env is not None else "not built (flightline runtimes install " + family + ")"
         console.print(f"{family}: {' '.join(requirements)}\n    {where}")
+
+
+@runtimes.command("prune")
+def runtimes_prune(
+    envs_dir: EnvsDir = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+) -> None:
+    """Removes environments built for another version of Flightline's runtimes (each change to
+    flightline/runtimes builds new ones; the old stay until pruned). An environment a running process
+    uses is kept. A cache shared with servers of another Flightline version: their environments look stale
+    here; prune from the newest."""
+    import shutil
+
+    from flightline.server.hosting.environments import Environments
+
+    environments = Environments(envs_dir)
+    free_before = shutil.disk_usage(environments.root).free
+    for env in environments.stale():
+        what = f"{env.key} (Python {env.python_version}: {' '.join(env.requirements)})"
+        if dry_run:
+            console.print(f"would remove {what}")
+        elif environments.remove(env):
+            console.print(f"removed {what}")
+        else:
+            console.print(f"kept {what}: a running process uses it")
+    if not dry_run:
+        # What the disk gained, not the folders' sizes: uv hard-links files from its cache and across
+        # environments, so removing one may free far less than it seems to hold.
+        freed = max(0, shutil.disk_usage(environments.root).free - free_before)
+        console.print(f"freed {freed / 1e6:,.0f} MB on disk")

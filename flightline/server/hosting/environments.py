@@ -302,6 +302,24 @@ class Environments:
             key=lambda env: env.key,
         )
 
+    def stale(self) -> list[Environment]:
+        """Built environments no server of this code can use: made for another `flightline.runtimes`
+        (their key, recomputed from their manifest with today's runtimes hash, is no longer their name)."""
+        return [env for env in self.built() if self.key(env.requirements, env.python_version) != env.key]
+
+    def remove(self, env: Environment) -> bool:
+        """Deletes a built environment unless a process runs from it; False when one does. Under the
+        environment's lock, so a build of the same key waits."""
+        with self._locked(env.key):
+            if _processes_of(env.path):
+                return False
+            # Renamed first: a half-deleted folder with its manifest gone is never taken for a built one.
+            doomed = Path(tempfile.mkdtemp(dir=self.root, prefix=f".remove-{env.key}-"))
+            env.path.rename(doomed / env.key)
+            shutil.rmtree(doomed, ignore_errors=True)
+        (self.root / ".locks" / f"{env.key}.lock").unlink(missing_ok=True)
+        return True
+
     # -- building ---------------------------------------------------------------------------------
 
     def _existing(self, key: str) -> Environment | None:
@@ -393,6 +411,23 @@ class Environments:
             check=True,
         ).stdout.strip()
         return path, version
+
+
+def _processes_of(path: Path) -> list[int]:
+    """Ids of running processes whose command line names something under `path` (a runtime server runs
+    `<env>/bin/python -m flightline.runtimes.server ...`)."""
+    prefix = str(path.resolve()).encode() + b"/"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if any(argument.startswith(prefix) for argument in arguments):
+            found.append(int(proc.name))
+    return found
 
 
 def _pip_config(name: str) -> str:
