@@ -32,6 +32,7 @@ import pyarrow.flight as flight
 
 from flightline import errors
 from flightline.resources import (
+    AliasFollow,
     AnsweredBy,
     Columns,
     Deployment,
@@ -75,6 +76,7 @@ from flightline.v1 import (
 
 __all__ = [
     "DEFAULT_SERVER",
+    "AliasFollow",
     "AnsweredBy",
     "Columns",
     "Deployment",
@@ -635,6 +637,33 @@ class Flightline:
             reason=reason,
         )
         return self._changed(self._stubs.deployments.SetShadow, request, wait, timeout)
+
+    def follow(
+        self,
+        name: str,
+        uri: str,
+        *,
+        registry: str | Registry,
+        workspace: WorkspaceRef | None = None,
+    ) -> AliasFollow:
+        """Makes running deployment `name` follow a registry alias (`models:/<name>@<alias>`): whenever
+        the alias moves, its version is uploaded, prepared and swapped in without downtime (a version that
+        fails keeps the old one serving; `Deployment.follow.status_reason` says why)."""
+        registry_id = registry.id if isinstance(registry, Registry) else registry
+        request = deployment_pb2.FollowAliasRequest(
+            workspace_id=self._deployment_workspace(name, workspace),
+            name=name,
+            registry_id=registry_id,
+            uri=uri,
+        )
+        return AliasFollow.from_proto(self._call(self._stubs.deployments.FollowAlias, request))
+
+    def stop_following(self, name: str, *, workspace: WorkspaceRef | None = None) -> Deployment:
+        """Stops deployment `name` following its alias; it keeps serving the version it has."""
+        request = deployment_pb2.StopFollowingAliasRequest(
+            workspace_id=self._deployment_workspace(name, workspace), name=name
+        )
+        return Deployment.from_proto(self._call(self._stubs.deployments.StopFollowingAlias, request), self)
 
     def _changed(self, rpc: Any, request: Any, wait: bool, timeout: float | None) -> Deployment:
         pending = self._call(rpc, request)

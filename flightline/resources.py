@@ -245,6 +245,21 @@ class ShadowStats:
         )
 
 
+@dataclass(frozen=True)
+class AliasFollow:
+    """A deployment following a registry alias: the alias's URI, the registry version being served, why
+    the last move was not followed ("" when it was) and when the alias was last checked."""
+
+    uri: str
+    followed_version: str
+    status_reason: str
+    update_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, m: deployment_pb2.AliasFollow) -> AliasFollow:
+        return cls(m.uri, m.followed_version, m.status_reason, _time(m, "update_time"))
+
+
 class RevisionStatus(enum.StrEnum):
     """A revision's state: PENDING while it loads, then LIVE or FAILED (the one before kept serving)."""
 
@@ -331,6 +346,7 @@ class Deployment:
     canary_percent: int = 0
     shadow_steps: tuple[DeploymentStep, ...] = ()
     shadow_stats: ShadowStats | None = None
+    follow: AliasFollow | None = None  # the registry alias it follows, if any
 
     @classmethod
     def from_proto(cls, m: deployment_pb2.Deployment, client: Flightline | None = None) -> Deployment:
@@ -353,6 +369,7 @@ class Deployment:
             canary_percent=m.canary_percent,
             shadow_steps=_pins(m.shadow_steps),
             shadow_stats=ShadowStats.from_proto(m.shadow_stats) if m.HasField("shadow_stats") else None,
+            follow=AliasFollow.from_proto(m.follow) if m.HasField("follow") else None,
         )
 
     @property

@@ -293,6 +293,9 @@ def b_requests(t: Teams) -> dict[str, Callable[[Client], Any]]:
                 workspace_id=t.b, name="fraud", registry_id=t.b_registry, uri="models:/fraud@champion"
             )
         ),
+        "StopFollowingAlias": lambda c: c.deployments.StopFollowingAlias(
+            dep.StopFollowingAliasRequest(workspace_id=t.b, name="fraud")
+        ),
         "GetDeployment": lambda c: c.deployments.GetDeployment(
             dep.GetDeploymentRequest(workspace_id=t.b, name="fraud")
         ),

@@ -234,3 +234,66 @@ def test_alias_move_is_swapped_in_under_streaming_clients(
     for mine in answers:  # each client: version 1's answers, then version 2's, never back
         kinds = [1 if (a == expected_first).all() else 2 if (a == expected_second).all() else 0 for a in mine]
         assert kinds and kinds[0] == 1 and kinds[-1] == 2 and kinds == sorted(kinds), kinds
+
+
+def test_a_follow_is_shown_stopped_from_the_client_and_cli_and_ends_with_undeploy(
+    app: App, mlflow_playground: str
+) -> None:
+    """The Python client and the CLI start and stop a follow; `Deployment.follow` shows it in get and
+    list; a stopped follow no longer moves the deployment; Undeploy ends it too."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    import flightline
+    from flightline.errors import FailedPreconditionError
+
+    url = mlflow_playground
+    registry_client = mlflow.MlflowClient(url)
+    registry_client.set_registered_model_alias(NAME, "pinned", log_version(url, 0))
+    uri = f"models:/{NAME}@pinned"
+    cli = [sys.executable, "-m", "flightline.server.cli", "--server", app.grpc_address, "deployments"]
+    with flightline.connect(app.grpc_address) as fl:
+        ws = fl.workspaces.create("client-follow")
+        registry = fl.registries.create("mlflow", url, workspace=ws)
+        version = fl.upload(uri, registry=registry.id, name="pinned", workspace=ws)
+        fl.deploy("pinned", version, workspace=ws)
+        state = fl.follow("pinned", uri, registry=registry, workspace=ws)
+        assert state.uri == uri and state.followed_version == version.mlflow["version"]
+        shown = fl.deployments.get("pinned", workspace=ws).follow
+        assert shown is not None and shown.uri == uri and shown.update_time is not None
+        (listed,) = [d for d in fl.deployments.list(workspace=ws) if d.name == "pinned"]
+        assert listed.follow == shown
+
+        stopped = subprocess.run(
+            [*cli, "unfollow", "pinned", "-w", str(ws.id)], capture_output=True, text=True, timeout=120
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith("deployment pinned: follows no alias; revision 1")
+        assert fl.deployments.get("pinned", workspace=ws).follow is None
+        moved = log_version(url, 1)
+        registry_client.set_registered_model_alias(NAME, "pinned", moved)
+        assert not [line for line in app.follower.check() if "alias pinned" in line]  # not followed
+        with pytest.raises(FailedPreconditionError, match="deployment 'pinned' follows no alias"):
+            fl.stop_following("pinned", workspace=ws)
+        again = subprocess.run(
+            [*cli, "unfollow", "pinned", "-w", str(ws.id)], capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 2 and again.stderr.strip() == "error: deployment 'pinned' follows no alias"
+
+        followed = subprocess.run(
+            [*cli, "follow", "pinned", uri, "--registry", registry.id, "-w", str(ws.id)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert followed.returncode == 0, followed.stderr
+        # Its version came from the alias's model, so that counts as followed; the alias has moved on.
+        served = version.mlflow["version"]
+        assert followed.stdout.strip() == f"deployment pinned: follows {uri}, serving version {served}"
+        assert [line for line in app.follower.check() if "alias pinned" in line] == [
+            f"alias pinned of {NAME} moved to version {moved}: serving it"
+        ]
+        fl.undeploy("pinned", workspace=ws)
+        assert all(f.uri != uri for f in app.store.list_follows())

@@ -66,6 +66,14 @@ class FollowAliasRequest(_message.Message):
     uri: str
     def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ..., registry_id: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
+class StopFollowingAliasRequest(_message.Message):
+    __slots__ = ("workspace_id", "name")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: int
+    name: str
+    def __init__(self, workspace_id: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
 class AliasFollow(_message.Message):
     __slots__ = ("uri", "followed_version", "status_reason", "update_time")
     URI_FIELD_NUMBER: _ClassVar[int]
@@ -99,7 +107,7 @@ class DeploymentStep(_message.Message):
     def __init__(self, model_id: _Optional[int] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time", "flight_path", "revision", "pending_revision", "canary_steps", "canary_percent", "shadow_steps", "shadow_stats")
+    __slots__ = ("id", "name", "workspace_id", "status", "status_reason", "steps", "flight_location", "input_schema", "output_schema", "create_time", "flight_path", "revision", "pending_revision", "canary_steps", "canary_percent", "shadow_steps", "shadow_stats", "follow")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +125,7 @@ class Deployment(_message.Message):
     CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     SHADOW_STEPS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_STATS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     workspace_id: int
@@ -134,7 +143,8 @@ class Deployment(_message.Message):
     canary_percent: int
     shadow_steps: _containers.RepeatedCompositeFieldContainer[DeploymentStep]
     shadow_stats: ShadowStats
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flight_path: _Optional[str] = ..., revision: _Optional[int] = ..., pending_revision: _Optional[int] = ..., canary_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., canary_percent: _Optional[int] = ..., shadow_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., shadow_stats: _Optional[_Union[ShadowStats, _Mapping]] = ...) -> None: ...
+    follow: AliasFollow
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., workspace_id: _Optional[int] = ..., status: _Optional[_Union[DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., flight_location: _Optional[str] = ..., input_schema: _Optional[bytes] = ..., output_schema: _Optional[bytes] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flight_path: _Optional[str] = ..., revision: _Optional[int] = ..., pending_revision: _Optional[int] = ..., canary_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., canary_percent: _Optional[int] = ..., shadow_steps: _Optional[_Iterable[_Union[DeploymentStep, _Mapping]]] = ..., shadow_stats: _Optional[_Union[ShadowStats, _Mapping]] = ..., follow: _Optional[_Union[AliasFollow, _Mapping]] = ...) -> None: ...
 
 class ShadowStats(_message.Message):
     __slots__ = ("batches", "rows", "failed", "dropped", "disagreeing_rows", "mean_latency_ms", "max_latency_ms")

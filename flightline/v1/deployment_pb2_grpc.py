@@ -44,6 +44,11 @@ class DeploymentServiceStub:
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.SerializeToString,
                 response_deserializer=flightline_dot_v1_dot_deployment__pb2.AliasFollow.FromString,
                 _registered_method=True)
+        self.StopFollowingAlias = channel.unary_unary(
+                '/flightline.v1.DeploymentService/StopFollowingAlias',
+                request_serializer=flightline_dot_v1_dot_deployment__pb2.StopFollowingAliasRequest.SerializeToString,
+                response_deserializer=flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
+                _registered_method=True)
         self.WatchDeployment = channel.unary_stream(
                 '/flightline.v1.DeploymentService/WatchDeployment',
                 request_serializer=flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.SerializeToString,
@@ -109,6 +114,15 @@ class DeploymentServiceServicer:
         is not swapped in and AliasFollow.status_reason says why. Polled every
         FLIGHTLINE_FOLLOW_POLL_SECONDS. Calling it again replaces the follow. NOT_FOUND for an unknown
         deployment, registry, model or alias; INVALID_ARGUMENT for a uri without an alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopFollowingAlias(self, request, context):
+        """Stops a deployment following its alias; it keeps serving the version it has (the alias no longer
+        moves it). Undeploy stops the follow as well. NOT_FOUND for an unknown deployment;
+        FAILED_PRECONDITION when it follows no alias.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +220,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     request_deserializer=flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.FromString,
                     response_serializer=flightline_dot_v1_dot_deployment__pb2.AliasFollow.SerializeToString,
             ),
+            'StopFollowingAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopFollowingAlias,
+                    request_deserializer=flightline_dot_v1_dot_deployment__pb2.StopFollowingAliasRequest.FromString,
+                    response_serializer=flightline_dot_v1_dot_deployment__pb2.Deployment.SerializeToString,
+            ),
             'WatchDeployment': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchDeployment,
                     request_deserializer=flightline_dot_v1_dot_deployment__pb2.WatchDeploymentRequest.FromString,
@@ -301,6 +320,33 @@ class DeploymentService:
             '/flightline.v1.DeploymentService/FollowAlias',
             flightline_dot_v1_dot_deployment__pb2.FollowAliasRequest.SerializeToString,
             flightline_dot_v1_dot_deployment__pb2.AliasFollow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopFollowingAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flightline.v1.DeploymentService/StopFollowingAlias',
+            flightline_dot_v1_dot_deployment__pb2.StopFollowingAliasRequest.SerializeToString,
+            flightline_dot_v1_dot_deployment__pb2.Deployment.FromString,
             options,
             channel_credentials,
             insecure,

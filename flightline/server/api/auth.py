@@ -110,6 +110,7 @@ RULES: Final[dict[str, Rule]] = {
         {
             "Deploy": Rule(EDIT, WS, audit=True),
             "FollowAlias": Rule(EDIT, DEP, audit=True),  # the registry must be attached to the workspace
+            "StopFollowingAlias": Rule(EDIT, DEP, audit=True),
             "WatchDeployment": Rule(VIEW, DEP),
             "Undeploy": Rule(EDIT, DEP, audit=True),
             "GetDeployment": Rule(VIEW, DEP),

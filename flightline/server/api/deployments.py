@@ -11,7 +11,7 @@ from flightline.server.api import messages
 from flightline.server.errors import FailedPrecondition
 from flightline.server.services.deployments import DeploymentService, batching_of
 from flightline.server.services.follow import AliasFollower
-from flightline.server.store.records import Deployment, DeploymentStep
+from flightline.server.store.records import Deployment, DeploymentStep, Follow
 from flightline.v1 import deployment_pb2 as pb
 from flightline.v1 import deployment_pb2_grpc
 
@@ -28,12 +28,14 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         if self.follower is None:
             raise FailedPrecondition("this server does not follow registry aliases")
         follow = self.follower.follow(request.workspace_id, request.name, request.registry_id, request.uri)
-        return pb.AliasFollow(
-            uri=follow.uri,
-            followed_version=follow.followed_version,
-            status_reason=follow.status_reason,
-            update_time=messages.timestamp(follow.checked_at),
-        )
+        return messages.alias_follow(follow)
+
+    def StopFollowingAlias(
+        self, request: pb.StopFollowingAliasRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        if self.follower is None:
+            raise FailedPrecondition("this server does not follow registry aliases")
+        return self._message(self.follower.stop(request.workspace_id, request.name))
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.Deployment:
         steps = _steps(request.steps, "steps")
@@ -71,8 +73,9 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             lambda limit, after: self.deployments.in_workspace(workspace_id, limit, after, only),
             lambda d: d.id,
         )
+        follows = self.follower.by_deployment() if self.follower is not None else {}  # one query a page
         return pb.ListDeploymentsResponse(
-            deployments=[self._message(d) for d in page.items], next_page_token=page.next_page_token
+            deployments=[self._message(d, follows) for d in page.items], next_page_token=page.next_page_token
         )
 
     def UpdateDeployment(
@@ -130,9 +133,13 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
             revisions=[messages.revision(r) for r in page.items], next_page_token=page.next_page_token
         )
 
-    def _message(self, deployment: Deployment) -> pb.Deployment:
+    def _message(self, deployment: Deployment, follows: dict[int, Follow] | None = None) -> pb.Deployment:
         live = self.deployments.live(deployment.workspace_id, deployment.name)
-        return messages.deployment(deployment, live, self.flight_location)
+        if follows is not None:
+            follow = follows.get(deployment.id)
+        else:
+            follow = self.follower.get(deployment.id) if self.follower is not None else None
+        return messages.deployment(deployment, live, self.flight_location, follow)
 
 
 def _steps(specs: Iterable[pb.StepSpec], field: str) -> list[DeploymentStep]:

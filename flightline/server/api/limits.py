@@ -73,6 +73,7 @@ MAXIMA: dict[str, int] = {
     "flightline.v1.FollowAliasRequest.name": 63,
     "flightline.v1.FollowAliasRequest.registry_id": 36,
     "flightline.v1.FollowAliasRequest.uri": 4096,
+    "flightline.v1.StopFollowingAliasRequest.name": 63,
     "flightline.v1.DeployRequest.steps": 32,
     "flightline.v1.UndeployRequest.name": 63,
     "flightline.v1.GetDeploymentRequest.name": 63,

@@ -274,7 +274,18 @@ def framework(f: FrameworkSpec, family_built: Callable[[str], bool] | None = Non
     )
 
 
-def deployment(d: records.Deployment, live: Live | None, flight_location: str) -> deployment_pb2.Deployment:
+def alias_follow(follow: records.Follow) -> deployment_pb2.AliasFollow:
+    return deployment_pb2.AliasFollow(
+        uri=follow.uri,
+        followed_version=follow.followed_version,
+        status_reason=follow.status_reason,
+        update_time=timestamp(follow.checked_at),
+    )
+
+
+def deployment(
+    d: records.Deployment, live: Live | None, flight_location: str, follow: records.Follow | None = None
+) -> deployment_pb2.Deployment:
     message = deployment_pb2.Deployment(
         id=d.id,
         name=d.name,
@@ -288,6 +299,8 @@ def deployment(d: records.Deployment, live: Live | None, flight_location: str) -
     )
     if d.pending_revision:
         message.pending_revision = d.pending_revision
+    if follow is not None:
+        message.follow.CopyFrom(alias_follow(follow))
     _steps(message.steps, d.steps, live.primary if live else None)
     _steps(message.canary_steps, d.canary, live.canary if live else None)
     _steps(message.shadow_steps, d.shadow, live.shadow if live else None)

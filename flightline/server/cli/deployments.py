@@ -1,4 +1,4 @@
-"""`flightline deploy`, `undeploy`, `deployments list|get|update|split|shadow|history`."""
+"""`flightline deploy`, `undeploy`, `deployments list|get|update|split|shadow|history|follow|unfollow`."""
 
 from __future__ import annotations
 
@@ -169,6 +169,34 @@ def shadow(
     with client() as fl, stderr.status(f"shadowing {name}"):
         found = fl.shadow(name, *(models or ()), workspace=workspace, reason=reason, wait=wait)
     _report(found)
+
+
+@deployments.command("follow")
+def follow(
+    name: Annotated[str, typer.Argument(help="Deployment name (running, one step).")],
+    uri: Annotated[str, typer.Argument(help="models:/<registered model>@<alias>")],
+    registry: Annotated[str, typer.Option(help="Registry id (attached to the deployment's workspace).")],
+    workspace: ChangeWorkspace = None,
+) -> None:
+    """Makes a deployment follow a registry alias: each version the alias moves to is uploaded, prepared
+    and swapped in without downtime. `deployments get` shows where the follow stands."""
+    with client() as fl:
+        found = fl.follow(name, uri, registry=registry, workspace=workspace)
+    served = f"serving version {found.followed_version}" if found.followed_version else "swapping it in"
+    console.print(f"deployment {name}: follows {found.uri}, {served}", highlight=False)
+
+
+@deployments.command("unfollow")
+def unfollow(
+    name: Annotated[str, typer.Argument(help="Deployment name.")], workspace: ChangeWorkspace = None
+) -> None:
+    """Stops a deployment following its alias; it keeps serving the version it has."""
+    with client() as fl:
+        found = fl.stop_following(name, workspace=workspace)
+    console.print(
+        f"deployment {found.name}: follows no alias; revision {found.revision} [{_pins(found.steps)}]",
+        highlight=False,
+    )
 
 
 @deployments.command("history")

@@ -322,8 +322,9 @@ class DeploymentService:
     def undeploy(self, workspace_id: int, name: str) -> Deployment:
         key = route_key(workspace_id, name)
         with self._name_lock(key):
-            self.store.get_deployment(workspace_id, name)
+            existing = self.store.get_deployment(workspace_id, name)
             self._stop(key)
+            self.store.delete_follow(existing.id)  # a stopped deployment follows nothing
             stopped = self.store.update_deployment(workspace_id, name, DeploymentStatus.STOPPED)
         self.changes.notify()
         return stopped

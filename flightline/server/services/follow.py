@@ -12,13 +12,14 @@ for; `check()` is what such a receiver would call, and polling stays the guarant
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from flightline.server.errors import FlightlineError, InvalidArgument
+from flightline.server.errors import FailedPrecondition, FlightlineError, InvalidArgument, NotFound
 from flightline.server.services.models import TERMINAL, ModelService
 from flightline.server.services.registries import RegistryService
 from flightline.server.store.metadata import MetadataStore
@@ -114,6 +115,22 @@ class AliasFollower:
             )
         )
 
+    def stop(self, workspace_id: int, name: str) -> Deployment:
+        """Stops deployment `name` following its alias; it keeps serving what it serves."""
+        deployment = self.store.get_deployment(workspace_id, name)  # NotFound names it
+        # Not under the pass's lock (a pass may prepare a version for minutes): a pass checks that the
+        # follow still stands right before it swaps a version in.
+        if not self.store.delete_follow(deployment.id):
+            raise FailedPrecondition(f"deployment {name!r} follows no alias")
+        log.info("follow of %s stopped", name)
+        return deployment
+
+    def get(self, deployment_id: int) -> Follow | None:
+        return self.store.get_follow(deployment_id)
+
+    def by_deployment(self) -> dict[int, Follow]:
+        return {follow.deployment_id: follow for follow in self.store.list_follows()}
+
     def check(self) -> list[str]:
         """One pass over every follow; returns what it did, one line each (also logged)."""
         with self._lock:
@@ -152,7 +169,7 @@ class AliasFollower:
         except Exception as exc:  # the registry is down or the alias was deleted: keep serving, say so
             reason = f"cannot resolve {follow.uri}: {exc}"
             if reason != follow.status_reason:
-                self.store.update_follow(follow.deployment_id, status_reason=reason)
+                self._record(follow.deployment_id, status_reason=reason)
             return ""
         moved_to = reference.version
         if moved_to == follow.followed_version or follow.status_reason.startswith(_tried(moved_to)):
@@ -171,6 +188,8 @@ class AliasFollower:
             if prepared.status != ModelStatus.READY:
                 raise _NotFollowed(f"it failed to prepare: {prepared.status_reason}")
             step = DeploymentStep(prepared.model_id, prepared.version)
+            if self.store.get_follow(follow.deployment_id) is None:
+                return f"{what}: not followed (the follow was stopped)"
             self.updater.update(deployment.workspace_id, deployment.name, [step], reason=what, actor=ACTOR)
         except Exception as exc:  # the old version keeps serving; the follow says why
             # Our own errors carry messages meant for people; anything else is named, its detail logged.
@@ -178,10 +197,15 @@ class AliasFollower:
             why = str(exc) if known else f"internal error: {type(exc).__name__}"
             if not isinstance(exc, _NotFollowed):
                 log.warning("following %s for %s failed", what, deployment.name, exc_info=exc)
-            self.store.update_follow(follow.deployment_id, status_reason=f"{_tried(moved_to)}{why}")
+            self._record(follow.deployment_id, status_reason=f"{_tried(moved_to)}{why}")
             return f"{what}: not followed ({why})"
-        self.store.update_follow(follow.deployment_id, followed_version=moved_to, status_reason="")
+        self._record(follow.deployment_id, followed_version=moved_to, status_reason="")
         return f"{what}: serving it"
+
+    def _record(self, deployment_id: int, **fields: str) -> None:
+        """Where the follow stands now, unless it was stopped meanwhile."""
+        with contextlib.suppress(NotFound):
+            self.store.update_follow(deployment_id, **fields)
 
     def _prepared(self, model_id: int, number: int) -> ModelVersion:
         deadline = time.monotonic() + PREPARE_TIMEOUT_S

@@ -750,6 +750,22 @@ class MetadataStore(AccessRecords):
 
         return self._write(update)
 
+    def get_follow(self, deployment_id: int) -> Follow | None:
+        with self._read() as session:
+            row = session.get(FollowRow, deployment_id)
+            return None if row is None else _follow(row)
+
+    def delete_follow(self, deployment_id: int) -> bool:
+        """Stops the follow of a deployment; False when it followed nothing."""
+
+        def delete(session: Session) -> bool:
+            row = session.get(FollowRow, deployment_id)
+            if row is not None:
+                session.delete(row)
+            return row is not None
+
+        return self._write(delete)
+
     def list_follows(self) -> list[Follow]:
         with self._read() as session:
             return [_follow(row) for row in session.scalars(select(FollowRow))]
