@@ -204,3 +204,47 @@ def test_a_schema_against_the_signature_is_checked(setup: tuple[Client, int, str
     result = serve(client, workspace_id, version, rows)
     expected = pyfunc_predict(logged.url, uri, logged.rows)
     np.testing.assert_array_equal(result.column("out.predictions").to_numpy(), np.asarray(expected))
+
+
+def test_sklearn_with_a_string_column_is_served_by_pyfunc_with_the_dataframe_as_is(
+    setup: tuple[Client, int, str], logged: Logged
+) -> None:
+    """A pipeline one-hot encoding a text column: neither the sklearn runtime nor ONNX takes strings, so
+    the flavor's pyfunc serves it, and clients send the DataFrame with its string column."""
+    import mlflow
+    import pandas as pd
+    import sklearn
+    import skops
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    client, workspace_id, registry_id = setup
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"city": rng.choice(["paris", "lyon", "nice"], 300), "amount": rng.normal(size=300)})
+    encode = ColumnTransformer(
+        [("city", OneHotEncoder(handle_unknown="ignore"), ["city"])], remainder="passthrough"
+    )
+    model = make_pipeline(encode, LogisticRegression()).fit(
+        frame, (frame["city"] == "paris") ^ (frame["amount"] > 0)
+    )
+    mlflow.set_tracking_uri(logged.url)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(
+            model, name="model", registered_model_name="sk-city", input_example=frame.head(3),
+            # What MLflow would infer for a skops file, without its slow inference run.
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"],
+        )  # fmt: skip
+    uri = "models:/sk-city/1"
+    version = upload(client, workspace_id, registry_id, uri, "city")
+    assert version.status == model_pb2.MODEL_STATUS_READY, version.status_reason
+    assert (version.framework, version.runtime) == ("mlflow", "pyfunc")
+    assert "string column 'city'" in version.mlflow.route and version.mlflow.flavor == "python_function"
+    served = pa.ipc.read_schema(pa.py_buffer(version.input_schema))
+    assert served.field("city").type == pa.string() and served.field("amount").type == pa.float64()
+    rows = frame.sample(20, random_state=1).reset_index(drop=True)
+    result = serve(client, workspace_id, version, pa.Table.from_pandas(rows, preserve_index=False))
+    expected = np.asarray(pyfunc_predict(logged.url, uri, rows))
+    np.testing.assert_array_equal(result.column(result.column_names[0]).to_numpy(), expected)
+    assert len(set(expected.tolist())) == 2  # both classes: the city decides, so it was read

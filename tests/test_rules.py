@@ -142,6 +142,29 @@ def test_wrong_dtype_says_expected_and_got() -> None:
         check_batch(_batch(wrong_width), SCHEMA)
 
 
+def test_text_in_another_arrow_layout_is_cast_to_the_declared_one() -> None:
+    """pandas 3 turns str columns into large_string; string views hold the same text. Bytes stay bytes."""
+    schema = pa.schema([("text", pa.string()), ("words", pa.list_(pa.string(), 2)), ("raw", pa.binary())])
+    batch = pa.record_batch(
+        [
+            pa.array(["a", "bc"], pa.large_string()),
+            pa.array([["x", "y"], ["z", "w"]], pa.list_(pa.string_view())),
+            pa.array([b"1", b"22"], pa.large_binary()),
+        ],
+        names=schema.names,
+    )
+    checked = check_batch(batch, schema)
+    assert checked.schema.equals(schema)
+    assert checked.to_pydict() == {
+        "text": ["a", "bc"],
+        "words": [["x", "y"], ["z", "w"]],
+        "raw": [b"1", b"22"],
+    }
+    as_bytes = pa.record_batch([pa.array([b"a"]), *checked.slice(0, 1).columns[1:]], names=schema.names)
+    with pytest.raises(InvalidInput, match=r"column 'text' has type binary, expected string"):
+        check_batch(as_bytes, schema)
+
+
 def test_mixed_types_are_refused() -> None:
     union = pa.UnionArray.from_sparse(
         pa.array([0, 1], pa.int8()), [pa.array([1.0, 0.0], pa.float32()), pa.array(["a", "b"])]

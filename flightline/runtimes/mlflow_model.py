@@ -8,6 +8,8 @@ at upload to decide how a model is served, and a plug-in (e.g. pyfunc) may use i
 
 Routing (`route`), first match wins:
 - `onnx` -> framework `onnx`, the flavor's `.onnx` file;
+- `sklearn` and `xgboost` with a string (or other non-numeric) column in their signature -> `mlflow`
+  (the pyfunc runtime, below);
 - `sklearn` (pickle, cloudpickle or skops) -> `sklearn`, the flavor's model file (converted to ONNX with
   verification, else served by the sklearn runtime; skops files load with an explicit trusted-type list);
 - `xgboost` (ubj, json, deprecated binary) -> `xgboost`, the booster file (converted with onnxmltools,
@@ -47,6 +49,11 @@ _FLAVOR_FRAMEWORKS: Final = (
     ("pytorch", "pytorch"),
     ("transformers", "hugging-face-"),  # + the flavor's task
 )
+
+# Flavors whose runtimes (and their ONNX conversions) take numeric features only: a column signature with
+# a column of another type (a category as text, a date) is served by MLflow's pyfunc, which gets the
+# DataFrame as it is.
+_NUMERIC_ONLY: Final = frozenset({"sklearn", "xgboost"})
 
 
 class NotAnMlflowModel(ValueError):
@@ -146,6 +153,17 @@ def route(model: MlflowModel, requested: str = "", known: Sequence[str] = ()) ->
                 continue  # a task the catalog does not list: MLflow's pyfunc serves it below
         if requested and requested != framework:
             continue
+        column = _non_numeric_column(model) if flavor in _NUMERIC_ONLY else None
+        if column is not None and not requested and pyfunc is not None:
+            return Route(
+                PYFUNC_FRAMEWORK,
+                "python_function",
+                "",
+                "",
+                f"flavor {flavor} with the {column.type} column {column.name!r} (the {flavor} runtime and "
+                "ONNX take numbers only): served by MLflow pyfunc",
+                True,
+            )
         artifact, serialization = _flavor_artifact(flavor, conf)
         return Route(framework, flavor, artifact, serialization, f"flavor {flavor}")
     if requested:
@@ -211,6 +229,14 @@ def params_schema(model: MlflowModel) -> pa.Schema | None:
 def is_column_signature(model: MlflowModel) -> bool:
     specs = model.signature.get("inputs")
     return isinstance(specs, list) and bool(specs) and all(s.get("type") != "tensor" for s in specs)
+
+
+def _non_numeric_column(model: MlflowModel) -> pa.Field | None:
+    """The first column of a column signature that is not a number or a bool; None for tensors."""
+    if not is_column_signature(model):
+        return None
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    return next((f for f in input_schema(model) or () if not any(t(f.type) for t in numeric)), None)
 
 
 def _signature(specs: Any, side: str) -> pa.Schema | None:

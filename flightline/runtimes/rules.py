@@ -189,10 +189,21 @@ def _regular_values(
     return array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), width
 
 
+def _same_kind(got: pa.DataType, expected: pa.DataType) -> bool:
+    """Text (or bytes) in another layout: pandas 3 makes `large_string` columns of what models declare as
+    `string`, and Arrow's view types hold the same values. Cast, never refused."""
+    kinds = (
+        (pt.is_string, pt.is_large_string, pt.is_string_view),
+        (pt.is_binary, pt.is_large_binary, pt.is_binary_view),
+    )
+    return any(any(k(got) for k in kind) and any(k(expected) for k in kind) for kind in kinds)
+
+
 def _fixable(got: pa.DataType, expected: pa.DataType) -> bool:
-    """Whether a column of type `got` can become `expected` by viewing regular lists as fixed-size ones
-    (decided on types alone, so a wrong element type is reported as such before any raggedness)."""
-    if got.equals(expected):
+    """Whether a column of type `got` can become `expected` by viewing regular lists as fixed-size ones,
+    or by casting text to the declared text layout (decided on types alone, so a wrong element type is
+    reported as such before any raggedness)."""
+    if got.equals(expected) or _same_kind(got, expected):
         return True
     if not pt.is_fixed_size_list(expected) or not _is_list(got):
         return False
@@ -206,6 +217,8 @@ def _fixed_to(name: str, array: pa.Array, expected: pa.DataType, rows_per_item: 
     into fixed-size ones without copying values."""
     if array.type.equals(expected):
         return array
+    if _same_kind(array.type, expected):
+        return array.cast(expected)  # the same values with offsets of the declared width
     width = expected.list_size
     if pt.is_fixed_size_list(array.type):
         if array.null_count:  # rebuilding the list below would drop its validity bitmap
