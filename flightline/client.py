@@ -39,6 +39,7 @@ from flightline.resources import (
     DeploymentStatus,
     DeploymentStep,
     Framework,
+    Member,
     Model,
     ModelStatus,
     ModelVersion,
@@ -49,6 +50,8 @@ from flightline.resources import (
     Revision,
     RevisionStatus,
     ShadowStats,
+    Token,
+    User,
     Workspace,
 )
 from flightline.transport import (
@@ -84,6 +87,7 @@ __all__ = [
     "DeploymentStep",
     "Flightline",
     "Framework",
+    "Member",
     "Model",
     "ModelStatus",
     "ModelVersion",
@@ -94,6 +98,8 @@ __all__ = [
     "Revision",
     "RevisionStatus",
     "ShadowStats",
+    "Token",
+    "User",
     "Workspace",
     "connect",
 ]
@@ -380,12 +386,32 @@ class Flightline:
         found: access_pb2.WhoAmIResponse = self._call(self._stubs.access.WhoAmI, access_pb2.WhoAmIRequest())
         return found
 
-    def create_user(self, name: str, *, admin: bool = False) -> access_pb2.User:
+    def create_user(self, name: str, *, admin: bool = False) -> User:
         """A new user or service account (platform admins only)."""
-        user: access_pb2.User = self._call(
-            self._stubs.access.CreateUser, access_pb2.CreateUserRequest(name=name, admin=admin)
+        request = access_pb2.CreateUserRequest(name=name, admin=admin)
+        return User.from_proto(self._call(self._stubs.access.CreateUser, request))
+
+    def users(self, *, page_size: int = 0) -> Iterator[User]:
+        """Every user (platform admins only), fetched page by page."""
+        request = access_pb2.ListUsersRequest(page_size=page_size)
+        return (User.from_proto(u) for u in self._pages(self._stubs.access.ListUsers, request, "users"))
+
+    def tokens(self, *, user_id: int = 0) -> list[Token]:
+        """Your tokens, or (platform admins) `user_id`'s: revoked and expired ones included."""
+        found = self._call(self._stubs.access.ListTokens, access_pb2.ListTokensRequest(user_id=user_id))
+        return [Token.from_proto(t) for t in found.tokens]
+
+    def members(self, workspace: WorkspaceRef, *, page_size: int = 0) -> Iterator[Member]:
+        """A workspace's members and their roles, fetched page by page."""
+        request = access_pb2.ListMembersRequest(
+            workspace_id=self._workspace_id(workspace), page_size=page_size
         )
-        return user
+        return (Member.from_proto(m) for m in self._pages(self._stubs.access.ListMembers, request, "members"))
+
+    def remove_member(self, workspace: WorkspaceRef, user_id: int) -> None:
+        """Takes a user's role in `workspace` away (workspace admins)."""
+        request = access_pb2.RemoveMemberRequest(workspace_id=self._workspace_id(workspace), user_id=user_id)
+        self._call(self._stubs.access.RemoveMember, request)
 
     def create_token(self, *, user_id: int = 0, name: str = "", ttl_seconds: int = 0) -> tuple[str, str]:
         """(token id, token): a new API token for yourself or (platform admins) `user_id`. The token is

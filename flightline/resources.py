@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from flightline import errors
 from flightline.transport import exchange, exchange_answers, exchange_table
-from flightline.v1 import deployment_pb2, model_pb2, registry_pb2, workspace_pb2
+from flightline.v1 import access_pb2, deployment_pb2, model_pb2, registry_pb2, workspace_pb2
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,6 +67,53 @@ class Workspace:
     @classmethod
     def from_proto(cls, m: workspace_pb2.Workspace) -> Workspace:
         return cls(m.id, m.name, _time(m, "create_time"))
+
+
+@dataclass(frozen=True)
+class User:
+    """A user or service account; platform admins manage users and are admins of every workspace."""
+
+    id: int
+    name: str
+    admin: bool
+    create_time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, m: access_pb2.User) -> User:
+        return cls(m.id, m.name, m.admin, _time(m, "create_time"))
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API token's public record (the secret is shown once, at creation, and never again)."""
+
+    id: str
+    user_id: int
+    name: str
+    create_time: datetime | None
+    expire_time: datetime | None  # None: never expires
+    revoke_time: datetime | None  # set once revoked
+
+    @classmethod
+    def from_proto(cls, m: access_pb2.Token) -> Token:
+        times = (_time(m, t) for t in ("create_time", "expire_time", "revoke_time"))
+        return cls(m.id, m.user_id, m.name, *times)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A user's role in a workspace: "viewer", "editor" or "admin"."""
+
+    workspace_id: int
+    user_id: int
+    user_name: str
+    role: str
+
+    @classmethod
+    def from_proto(cls, m: access_pb2.Member) -> Member:
+        return cls(
+            m.workspace_id, m.user_id, m.user_name, access_pb2.Role.Name(m.role).removeprefix("ROLE_").lower()
+        )
 
 
 @dataclass(frozen=True)

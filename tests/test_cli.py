@@ -284,3 +284,19 @@ def test_a_user_a_token_and_a_role_from_the_command_line(app: App) -> None:
     run("tokens", "revoke", token_id, server=server)
     gone = run("whoami", server=server, check=False, env={"FLIGHTLINE_TOKEN": token})
     assert gone.returncode == 2 and "token revoked" in gone.stderr
+    # The lists show what was made and revoked; a member removed has no role any more.
+    users = as_json("users", "list", server=server)
+    assert {"name": "dana", "admin": False} in [{"name": u["name"], "admin": u["admin"]} for u in users]
+    (listed,) = as_json("tokens", "list", "--user", user_id, server=server)
+    assert (listed["id"], listed["name"]) == (token_id, "laptop")
+    assert listed["revoke_time"] is not None and listed["expire_time"] is not None
+    assert "secret" not in json.dumps(listed) and token not in json.dumps(listed)
+    members = as_json("members", "list", "--workspace", "cli-team", server=server)
+    assert {"user_id": int(user_id), "user_name": "dana", "role": "viewer"} in [
+        {k: m[k] for k in ("user_id", "user_name", "role")} for m in members
+    ]
+    assert "dana" in run("members", "list", "--workspace", "cli-team", server=server).stdout  # the table
+    removed = run("members", "remove", user_id, "--workspace", "cli-team", server=server).stdout
+    assert removed.strip() == "user " + user_id + ": no role in workspace cli-team"
+    after = as_json("members", "list", "--workspace", "cli-team", server=server)
+    assert int(user_id) not in [m["user_id"] for m in after]

@@ -1,5 +1,6 @@
-"""`flightline whoami`, `users create`, `tokens create|revoke`, `members set` (over gRPC, as the caller of
---token), and `keys generate|rotate` (on the server's own database and settings, like `serve`)."""
+"""`flightline whoami`, `users create|list`, `tokens create|list|revoke`, `members set|remove|list` (over
+gRPC, as the caller of --token), and `keys generate|rotate` (on the server's own database and settings,
+like `serve`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from flightline.server.cli._app import WorkspaceOption, app, client, console, stderr, usage
+from flightline.server.cli._app import (
+    Format,
+    OutputFormat,
+    WorkspaceOption,
+    app,
+    client,
+    console,
+    show,
+    stderr,
+    usage,
+)
 from flightline.v1 import access_pb2
 
 users = typer.Typer(help="Users and service accounts (platform admins).", no_args_is_help=True)
@@ -46,6 +57,13 @@ def create_user(
     console.print(f"user {user.name} (id {user.id})", highlight=False)
 
 
+@users.command("list")
+def list_users(output: OutputFormat = Format.table) -> None:
+    """Lists users (platform admins)."""
+    with client() as fl:
+        show(list(fl.users()), ["id", "name", "admin", "create_time"], output)
+
+
 @tokens.command("create")
 def create_token(
     user: Annotated[int, typer.Option(help="The user's id; 0 for yourself.")] = 0,
@@ -57,6 +75,17 @@ def create_token(
         token_id, secret = fl.create_token(user_id=user, name=name, ttl_seconds=ttl)
     typer.echo(secret)
     stderr.print(f"token {token_id}: shown once; keep it secret", style="dim", highlight=False)
+
+
+@tokens.command("list")
+def list_tokens(
+    user: Annotated[int, typer.Option(help="The user's id; 0 for yourself.")] = 0,
+    output: OutputFormat = Format.table,
+) -> None:
+    """Lists tokens (never their secrets), revoked and expired ones included."""
+    with client() as fl:
+        found = fl.tokens(user_id=user)
+    show(found, ["id", "user_id", "name", "create_time", "expire_time", "revoke_time"], output)
 
 
 @tokens.command("revoke")
@@ -77,6 +106,23 @@ def set_member(
     with client() as fl:
         fl.set_member(workspace, user, role)
     console.print(f"user {user}: {role} of workspace {workspace}", highlight=False)
+
+
+@members.command("remove")
+def remove_member(
+    user: Annotated[int, typer.Argument(help="The user's id.")], workspace: WorkspaceOption
+) -> None:
+    """Takes a user's role in a workspace away (workspace admins)."""
+    with client() as fl:
+        fl.remove_member(workspace, user)
+    console.print(f"user {user}: no role in workspace {workspace}", highlight=False)
+
+
+@members.command("list")
+def list_members(workspace: WorkspaceOption, output: OutputFormat = Format.table) -> None:
+    """Lists a workspace's members and their roles."""
+    with client() as fl:
+        show(list(fl.members(workspace)), ["user_id", "user_name", "role"], output)
 
 
 DataDir = Annotated[Path, typer.Option(envvar="FLIGHTLINE_DATA_DIR", help="The server's data folder.")]
