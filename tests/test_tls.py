@@ -150,6 +150,16 @@ def test_mtls_admits_only_clients_with_a_certificate_of_the_ca(pki: dict[str, Pa
             tls_cert=str(pki["client-cert"]),
             tls_key=str(pki["client-key"]),
         )
+        # The CLI takes the same three files as options.
+        cli = [sys.executable, "-m", "flightline.server.cli", "--server", app.grpc_address]
+        cli += ["--tls-ca", str(pki["ca"])]
+        mine = ["--tls-cert", str(pki["client-cert"]), "--tls-key", str(pki["client-key"])]
+        listed = subprocess.run(
+            [*cli, *mine, "workspaces", "list"], capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0 and f"tls-{tmp_path.name[-12:]}" in listed.stdout, listed.stderr
+        refused = subprocess.run([*cli, "workspaces", "list"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.startswith("error: "), refused.stderr
         for cert, key in ((None, None), (pki["stranger-cert"], pki["stranger-key"])):
             options = {"tls_cert": str(cert), "tls_key": str(key)} if cert else {}
             with (

@@ -88,6 +88,9 @@ class Options:
     server: str = DEFAULT_SERVER
     token: str | None = None
     debug: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 options = Options()
@@ -95,7 +98,13 @@ options = Options()
 
 def client() -> Flightline:
     """A client for the server and token of the global options."""
-    return connect(options.server, token=options.token)
+    return connect(
+        options.server,
+        token=options.token,
+        tls_ca=options.tls_ca,
+        tls_cert=options.tls_cert,
+        tls_key=options.tls_key,
+    )
 
 
 def _print_version(value: bool) -> None:
@@ -115,6 +124,18 @@ def main(
             envvar="FLIGHTLINE_TOKEN", help="Sent as 'authorization: Bearer <token>'.", show_default=False
         ),
     ] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLIGHTLINE_TLS_CA", help="PEM file of the CA of the server's certificate (TLS on)."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(envvar="FLIGHTLINE_TLS_CERT", help="This client's PEM certificate (mTLS).")
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option(envvar="FLIGHTLINE_TLS_KEY", help="This client's PEM private key (mTLS).")
+    ] = None,
     debug: Annotated[bool, typer.Option(help="Show the traceback of an error.")] = False,
     version: Annotated[
         bool,
@@ -123,6 +144,7 @@ def main(
 ) -> None:
     """Flightline: MLflow registries to Arrow Flight inference endpoints."""
     options.server, options.token, options.debug = server, token or None, debug
+    options.tls_ca, options.tls_cert, options.tls_key = tls_ca or None, tls_cert or None, tls_key or None
 
 
 class Format(enum.StrEnum):
