@@ -317,7 +317,7 @@ class Environments:
             doomed = Path(tempfile.mkdtemp(dir=self.root, prefix=f".remove-{env.key}-"))
             env.path.rename(doomed / env.key)
             shutil.rmtree(doomed, ignore_errors=True)
-        (self.root / ".locks" / f"{env.key}.lock").unlink(missing_ok=True)
+        # The lock file stays: unlinked, a builder already waiting on it would hold a lock nobody else sees.
         return True
 
     # -- building ---------------------------------------------------------------------------------
