@@ -223,7 +223,14 @@ class Tls:
             raise errors.InvalidArgumentError("a client certificate and its key go together")
 
         def read(path: str | None) -> bytes | None:
-            return Path(path).expanduser().read_bytes() if path else None
+            if not path:
+                return None
+            try:
+                return Path(path).expanduser().read_bytes()
+            except OSError as error:  # the caller's own file: name it, in one line
+                raise errors.InvalidArgumentError(
+                    f"cannot read the TLS file {path}: {error.strerror or error}"
+                ) from None
 
         return cls(read(ca), read(cert), read(key))
 

@@ -160,6 +160,13 @@ def test_mtls_admits_only_clients_with_a_certificate_of_the_ca(pki: dict[str, Pa
         assert listed.returncode == 0 and f"tls-{tmp_path.name[-12:]}" in listed.stdout, listed.stderr
         refused = subprocess.run([*cli, "workspaces", "list"], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and refused.stderr.startswith("error: "), refused.stderr
+        missing = [*cli[:-1], str(tmp_path / "no-such-ca.pem"), "workspaces", "list"]
+        unread = subprocess.run(missing, capture_output=True, text=True, timeout=60)
+        assert unread.returncode == 2, unread.stderr
+        assert (
+            unread.stderr
+            == f"error: cannot read the TLS file {tmp_path / 'no-such-ca.pem'}: No such file or directory\n"
+        )
         for cert, key in ((None, None), (pki["stranger-cert"], pki["stranger-key"])):
             options = {"tls_cert": str(cert), "tls_key": str(key)} if cert else {}
             with (
