@@ -22,6 +22,8 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from flightline.runtimes.plugins import HF_TASKS
+
 tf.logging.set_verbosity_error()
 
 SENTENCES = [
@@ -96,6 +98,16 @@ def bart_tokenizer() -> tf.PreTrainedTokenizerFast:
         pad_token="<pad>",
         mask_token="<mask>",
     )
+
+
+def clip_towers(vocab_size: int, positions: int) -> dict[str, dict[str, int]]:
+    """The text and vision towers of a tiny CLIP-style model (CLIP and OWL-ViT share them)."""
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {"vocab_size": vocab_size, "max_position_embeddings": positions, **layers}
+    return {
+        "text_config": {**text, "eos_token_id": 2, "bos_token_id": 1, "pad_token_id": 0},
+        "vision_config": {"image_size": 32, "patch_size": 8, **layers},
+    }
 
 
 def clip_tokenizer(max_length: int) -> tf.PreTrainedTokenizerFast:
@@ -275,25 +287,7 @@ def build(task: str, folder: Path) -> None:
     elif task == "zero-shot-image-classification":
         tok = clip_tokenizer(64)
         config = tf.CLIPConfig(
-            text_config={
-                "vocab_size": len(tok),
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 64,
-                "eos_token_id": 2,
-                "bos_token_id": 1,
-                "pad_token_id": 0,
-            },
-            vision_config={
-                "image_size": 32,
-                "patch_size": 8,
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
+            **clip_towers(len(tok), 64),
             projection_dim=16,
         )
         processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -301,25 +295,7 @@ def build(task: str, folder: Path) -> None:
     elif task == "zero-shot-object-detection":
         tok = clip_tokenizer(16)
         config = tf.OwlViTConfig(
-            text_config={
-                "vocab_size": len(tok),
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 16,
-                "eos_token_id": 2,
-                "bos_token_id": 1,
-                "pad_token_id": 0,
-            },
-            vision_config={
-                "image_size": 32,
-                "patch_size": 8,
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
+            **clip_towers(len(tok), 16),
             projection_dim=32,
         )
         processor = tf.OwlViTImageProcessor(
@@ -451,25 +427,7 @@ def build(task: str, folder: Path) -> None:
         raise SystemExit(f"unknown task {task}")
 
 
-TASKS = [
-    "feature-extraction",
-    "image-classification",
-    "image-segmentation",
-    "image-to-text",
-    "object-detection",
-    "question-answering",
-    "stable-diffusion-text-2-img",
-    "summarization",
-    "text-classification",
-    "translation",
-    "zero-shot-classification",
-    "zero-shot-image-classification",
-    "zero-shot-object-detection",
-    "sentiment-analysis",
-    "text-generation",
-    "automatic-speech-recognition",
-    "whisper",
-]
+TASKS = [*HF_TASKS, "whisper"]  # ASR twice: Wav2Vec2 (the task's model) and Whisper
 
 
 def main() -> None:
